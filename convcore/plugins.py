@@ -1,0 +1,103 @@
+"""The plugin manager: built-in formats and entry-point group ``conv``.
+
+A plugin that fails to import or to register prints one warning naming it and
+is skipped; the other formats keep working. ``CONV_DISABLE_PLUGINS=a,b``
+blocks plugins by entry-point name (or ``builtin``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from functools import lru_cache
+
+import pluggy
+
+from convcore import hookspecs
+from convcore.errors import UsageError
+from convcore.format import Format
+
+GROUP = "conv"
+LAYER_ORDER = {"container": 0, "table": 1, "filesystem": 2}
+
+
+def warn(message: str) -> None:
+    print(f"conv: warning: {message}", file=sys.stderr)
+
+
+class Registry:
+    """Every registered format, by name."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.formats: dict[str, Format] = {}
+
+    def add(self, fmt: Format, distribution: str) -> None:
+        if fmt.name in self.formats:
+            other = self.formats[fmt.name].distribution
+            warn(f"format {fmt.name!r} from {distribution} ignored: {other} already provides it")
+            return
+        fmt.distribution = distribution
+        self.formats[fmt.name] = fmt
+
+    def get(self, name: str) -> Format:
+        try:
+            return self.formats[name]
+        except KeyError:
+            known = ", ".join(sorted(self.formats))
+            raise UsageError(f"unknown format {name!r} (known: {known})") from None
+
+    def detect(self, head: bytes) -> Format | None:
+        """The format whose magic matches ``head``, containers first."""
+        found = []
+        for name in self.pm.hook.conv_detect(head=head):
+            if name and name in self.formats:
+                found.append(self.formats[name])
+        found.sort(key=lambda f: (LAYER_ORDER.get(f.layer or "", 9), f.name))
+        return found[0] if found else None
+
+
+def _disabled() -> set[str]:
+    return {p.strip() for p in os.environ.get("CONV_DISABLE_PLUGINS", "").split(",") if p.strip()}
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """Load every plugin once and return the registry."""
+    pm = pluggy.PluginManager("conv")
+    pm.add_hookspecs(hookspecs)
+    disabled = _disabled()
+    reg = Registry(pm)
+
+    plugins: list[tuple[str, str, object]] = []
+    if "builtin" not in disabled:
+        from convcore import builtin
+        plugins.append(("builtin", "conv", builtin))
+    for ep in sorted(importlib.metadata.entry_points(group=GROUP), key=lambda e: e.name):
+        if ep.name in disabled:
+            continue
+        dist = ep.dist.name if ep.dist else ep.name
+        try:
+            module = ep.load()
+        except Exception as e:  # a broken plugin must not take conv down
+            warn(f"plugin {ep.name!r} ({dist}) failed to load: {type(e).__name__}: {e}")
+            continue
+        plugins.append((ep.name, dist, module))
+
+    for name, dist, module in plugins:
+        try:
+            pm.register(module, name=name)
+        except Exception as e:
+            warn(f"plugin {name!r} ({dist}) is not a valid conv plugin: {e}")
+            continue
+        hook = getattr(module, "conv_register_formats", None)
+        if hook is None:
+            continue
+        try:
+            hook(register=lambda fmt, _d=dist: reg.add(fmt, _d))
+        except Exception as e:
+            warn(f"plugin {name!r} ({dist}) failed to register: {type(e).__name__}: {e}")
+            pm.unregister(module)
+    return reg

@@ -1,0 +1,1 @@
+"""conv plugin for ext4 (placeholder until its issue lands)."""

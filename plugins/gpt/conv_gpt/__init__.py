@@ -1,0 +1,1 @@
+"""conv plugin for gpt (placeholder until its issue lands)."""

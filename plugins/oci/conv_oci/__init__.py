@@ -1,0 +1,1 @@
+"""conv plugin for oci (placeholder until its issue lands)."""

@@ -1,0 +1,1 @@
+"""conv plugin for qcow2 (placeholder until its issue lands)."""

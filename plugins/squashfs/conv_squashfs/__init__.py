@@ -1,0 +1,1 @@
+"""conv plugin for squashfs (placeholder until its issue lands)."""
