@@ -36,6 +36,9 @@ class Volume:
     size: int = 0
     #: what this volume is, for ``conv info`` ("raw", "qcow2", "partition 2").
     description: str = ""
+    #: facts for ``conv info`` (a qcow2's cluster size, backing chain, ...);
+    #: readers set their own dict on the instance.
+    info: dict = {}
 
     def readinto(self, buf: memoryview | bytearray, offset: int) -> int:
         """Fill ``buf`` from ``offset``; short only past the end."""

@@ -364,6 +364,8 @@ class Tree:
         self._entries: dict[str, Entry] = {}
         self._children: dict[str, dict[str, None]] = {"": {}}
         self.default_dir_mode = 0o755
+        #: facts for ``conv info`` (an OCI image config, a filesystem's label).
+        self.info: dict = {}
         self.add(root or Entry("", Kind.DIR, mode=0o755))
 
     # -- building
@@ -452,6 +454,7 @@ class Tree:
         out = Tree.__new__(Tree)
         out._entries = self._entries
         out.default_dir_mode = self.default_dir_mode
+        out.info = self.info
         out._children = {p: dict.fromkeys(sorted(k, key=os.fsencode))
                          for p, k in self._children.items()}
         return out

@@ -1,0 +1,224 @@
+"""Helpers shared by conv's test suites (core and plugins).
+
+- ``require_tool(name)``: skip when a reference tool is missing, fail on CI.
+- ``make_sample_dir(path)``: a small tree with every kind of entry a root
+  filesystem has, for round-trip tests.
+- ``scan_dir(path)`` / ``scan_tree(tree)``: what a user compares after a round
+  trip (type, mode, owner, times, size, content hash, link target, device,
+  xattrs, hardlink groups), in one comparable form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+
+from convcore.tree import Kind, Tree
+
+#: mtime used by make_sample_dir, with nanoseconds to catch truncation.
+SAMPLE_MTIME_NS = 1_700_000_000_123_456_789
+
+
+def require_tool(*names: str) -> None:
+    """Skip the calling test when a tool is missing; with CI=true, fail."""
+    import pytest
+
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        msg = f"reference tool not installed: {', '.join(missing)}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def xattrs_supported(path: str) -> bool:
+    probe = os.path.join(path, ".xattr-probe")
+    open(probe, "w").close()
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.unlink(probe)
+
+
+def make_sample_dir(root: str, *, devices: bool | None = None) -> str:
+    """Fill ``root`` with one of everything. Devices only when root (or when
+    ``devices`` says so). Returns ``root``."""
+    os.makedirs(root, exist_ok=True)
+    j = lambda *p: os.path.join(root, *p)  # noqa: E731
+    os.makedirs(j("etc"))
+    os.makedirs(j("usr", "bin"))
+    os.makedirs(j("empty"))
+    os.makedirs(j("var", "lib", "deep", "er", "still"))
+    with open(j("etc", "hostname"), "w") as f:
+        f.write("conv-test\n")
+    with open(j("etc", "empty-file"), "w"):
+        pass
+    with open(j("usr", "bin", "tool"), "wb") as f:
+        f.write(b"\x7fELF" + bytes(range(256)) * 300)
+    os.chmod(j("usr", "bin", "tool"), 0o4755)
+    os.chmod(j("empty"), 0o1777)
+    with open(j("var", "lib", "deep", "er", "still", "file.txt"), "w") as f:
+        f.write("deep\n" * 1000)
+    # A sparse file: data, a 1 MiB hole, data, and a trailing hole.
+    with open(j("var", "sparse.img"), "wb") as f:
+        f.write(b"A" * 5000)
+        f.seek(5000 + (1 << 20))
+        f.write(b"B" * 4096)
+        f.truncate(3 << 20)
+    # Many names in one directory (htree / directory index paths).
+    os.makedirs(j("many"))
+    for i in range(300):
+        with open(j("many", f"entry-{i:04d}-{'x' * (i % 40)}"), "w") as f:
+            f.write(str(i))
+    os.symlink("hostname", j("etc", "short-link"))
+    os.symlink("/" + "long/" * 30 + "target", j("etc", "long-link"))
+    os.symlink("../etc/hostname", j("usr", "abs-rel-link"))
+    os.link(j("usr", "bin", "tool"), j("usr", "bin", "tool-hardlink"))
+    os.link(j("etc", "hostname"), j("var", "hostname-link"))
+    os.mkfifo(j("var", "fifo"))
+    with open(j("unicode-名前-é.txt"), "w") as f:
+        f.write("unicode\n")
+    if xattrs_supported(root):
+        os.setxattr(j("etc", "hostname"), "user.comment", b"hello")
+        os.setxattr(j("usr", "bin", "tool"), "user.big", b"v" * 300)
+        os.setxattr(j("empty"), "user.dir", b"on a directory")
+    if devices if devices is not None else is_root():
+        os.mknod(j("var", "null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(j("var", "sda"), 0o660 | stat.S_IFBLK, os.makedev(8, 0))
+        os.mknod(j("var", "bigdev"), 0o600 | stat.S_IFCHR, os.makedev(300, 70000))
+        os.chown(j("etc", "hostname"), 1000, 1000)
+        os.chown(j("var", "sda"), 0, 6)
+        os.lchown(j("etc", "short-link"), 100000, 100001)
+        if xattrs_supported(root):
+            os.setxattr(j("usr", "bin", "tool"), "security.capability",
+                        bytes.fromhex("0100000200200000000000000000000000000000"))
+    # Fixed times last (creating children touches directory mtimes).
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(j(dirpath, name), ns=(SAMPLE_MTIME_NS, SAMPLE_MTIME_NS),
+                     follow_symlinks=False)
+    os.utime(root, ns=(SAMPLE_MTIME_NS, SAMPLE_MTIME_NS))
+    return root
+
+
+def _hash(read) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def scan_dir(root: str, *, atime: bool = False, xattr_prefixes=("user.", "security.")) -> dict:
+    """{path: metadata} for a host directory, comparable with scan_tree."""
+    out: dict[str, dict] = {}
+    inodes: dict[tuple[int, int], str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [""] + sorted(dirnames + filenames) if dirpath == root else sorted(
+                dirnames + filenames):
+            full = os.path.join(dirpath, name) if name else dirpath
+            rel = os.path.relpath(full, root)
+            rel = "" if rel == "." else rel
+            if rel in out:
+                continue
+            st = os.lstat(full)
+            rec = {
+                "type": stat.S_IFMT(st.st_mode),
+                "mode": stat.S_IMODE(st.st_mode),
+                "uid": st.st_uid,
+                "gid": st.st_gid,
+                "mtime_ns": st.st_mtime_ns,
+            }
+            if atime:
+                rec["atime_ns"] = st.st_atime_ns
+            if stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in inodes:
+                    rec["hardlink_of"] = inodes[key]
+                else:
+                    inodes[key] = rel
+                rec["size"] = st.st_size
+                with open(full, "rb") as f:
+                    rec["sha256"] = _hash(f.read)
+            elif stat.S_ISLNK(st.st_mode):
+                rec["target"] = os.readlink(full)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                rec["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            try:
+                names = os.listxattr(full, follow_symlinks=False)
+            except OSError:
+                names = []
+            rec["xattrs"] = {n: os.getxattr(full, n, follow_symlinks=False)
+                             for n in sorted(names) if n.startswith(tuple(xattr_prefixes))}
+            out[rel] = rec
+    return out
+
+
+def scan_tree(tree: Tree, *, atime: bool = False, xattr_prefixes=("user.", "security.")) -> dict:
+    """{path: metadata} for a Tree, in scan_dir's form."""
+    out: dict[str, dict] = {}
+    for entry in tree:
+        inode = tree.resolve(entry)
+        rec = {
+            "type": inode.kind.value,
+            "mode": inode.mode & 0o7777,
+            "uid": inode.uid,
+            "gid": inode.gid,
+            "mtime_ns": inode.mtime_ns,
+        }
+        if atime:
+            rec["atime_ns"] = inode.atime_ns
+        if inode.kind is Kind.FILE:
+            if entry.link is not None:
+                rec["hardlink_of"] = entry.link
+            rec["size"] = inode.size
+            data = inode.data
+            if data is None:
+                rec["sha256"] = hashlib.sha256(b"").hexdigest()
+            else:
+                with data.open() as f:
+                    rec["sha256"] = _hash(f.read)
+        elif inode.kind is Kind.SYMLINK:
+            rec["target"] = inode.target
+        elif inode.kind in (Kind.CHAR, Kind.BLOCK):
+            rec["rdev"] = tuple(inode.rdev)
+        rec["xattrs"] = {n: v for n, v in sorted(inode.xattrs.items())
+                         if n.startswith(tuple(xattr_prefixes))}
+        out[entry.path] = rec
+    return out
+
+
+def normalize_hardlinks(scan: dict) -> dict:
+    """Replace ``hardlink_of`` by group membership so that which name came
+    first (an ordering detail) does not matter in comparisons."""
+    groups: dict[str, set[str]] = {}
+    for path, rec in scan.items():
+        if "hardlink_of" in rec:
+            groups.setdefault(rec["hardlink_of"], {rec["hardlink_of"]}).add(path)
+    member = {p: min(g) for g in groups.values() for p in g}
+    out = {}
+    for path, rec in scan.items():
+        rec = dict(rec)
+        rec.pop("hardlink_of", None)
+        if path in member:
+            rec["link_group"] = member[path]
+        out[path] = rec
+    return out
+
+
+def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a reference tool, capturing text output; raise with its output on failure."""
+    p = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
