@@ -1,1 +1,62 @@
-"""conv plugin for squashfs (placeholder until its issue lands)."""
+"""conv-squashfs: write and read SquashFS 4.0 images in userspace.
+
+Only registration lives here; the writer and reader are imported when a stage
+runs, so loading conv's plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from convcore import hookimpl
+from convcore.format import TREE, Format, Option, parse_bool, parse_size
+
+SQUASHFS_MAGIC = b"hsqs"
+
+
+def _encode(tree, opts, ctx):
+    from conv_squashfs.writer import encode
+    return encode(tree, opts, ctx)
+
+
+def _decode(volume, opts, ctx):
+    from conv_squashfs.reader import decode
+    return decode(volume, opts, ctx)
+
+
+def _uid(text: str) -> int:
+    return int(text)
+
+
+OPTIONS = [
+    Option("comp", "gzip", "compressor", choices=("gzip", "xz", "lzma", "lz4", "zstd", "lzo")),
+    Option("level", None, "compression level (default: the codec's mksquashfs default)", int),
+    Option("block_size", 128 * 1024, "data block size, 4K to 1M, a power of two", parse_size),
+    Option("bcj", "", "xz only: BCJ filters, e.g. x86,arm"),
+    Option("all_root", False, "make every file owned by root", parse_bool),
+    Option("uid", None, "force this owner uid on every file", _uid),
+    Option("gid", None, "force this group gid on every file", _uid),
+    Option("mtime", None, "force this modification time (seconds) on every entry", int),
+    Option("exclude", "", "glob of paths to leave out (comma-separated)"),
+    Option("fragments", True, "pack file tails into fragment blocks", parse_bool),
+    Option("dedup", True, "store identical files once", parse_bool),
+    Option("xattrs", True, "store extended attributes", parse_bool),
+    Option("threads", None, "compression threads (default: all cores)", int),
+]
+
+
+@hookimpl
+def conv_register_formats(register: Callable[[Format], None]) -> None:
+    register(Format(
+        name="squashfs",
+        help="SquashFS 4.0 compressed read-only filesystem",
+        options=OPTIONS,
+        encode=_encode, encode_kind=TREE,
+        decode=_decode, decode_kind=TREE,
+        layer="filesystem",
+    ))
+
+
+@hookimpl
+def conv_detect(head: bytes) -> str | None:
+    return "squashfs" if head[:4] == SQUASHFS_MAGIC else None
