@@ -3,6 +3,7 @@
 - ``require_tool(name)``: skip when a reference tool is missing, fail on CI.
 - ``make_sample_dir(path)``: a small tree with every kind of entry a root
   filesystem has, for round-trip tests.
+- ``run_conv(*args)``: the CLI in a fresh process, as a user runs it.
 - ``scan_dir(path)`` / ``scan_tree(tree)``: what a user compares after a round
   trip (type, mode, owner, times, size, content hash, link target, device,
   xattrs, hardlink groups), in one comparable form.
@@ -214,6 +215,19 @@ def normalize_hardlinks(scan: dict) -> dict:
             rec["link_group"] = member[path]
         out[path] = rec
     return out
+
+
+def run_conv(*args: str, env: dict | None = None, check: bool = False,
+             cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run the ``conv`` CLI as a user would, in a fresh process."""
+    import sys
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "convcore.cli", *args], capture_output=True,
+                       text=True, env=full_env, cwd=cwd)
+    if check and p.returncode != 0:
+        raise AssertionError(f"conv {' '.join(args)} exited {p.returncode}:\n{p.stderr}")
+    return p
 
 
 def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:

@@ -1,0 +1,258 @@
+"""The ``conv`` command (typer). Plugin modules load only when a command needs
+them, so ``conv --help`` stays fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from convcore import __version__
+from convcore.errors import ConvError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Convert between disk-image formats in userspace: directories, tar, OCI layouts, "
+         "ext2/3/4, SquashFS, GPT/MBR, raw and qcow2.\n\n"
+         "Example: conv convert 'dir:./rootfs -> ext4 -> gpt -> qcow2:disk.qcow2'",
+)
+
+
+class _State:
+    quiet = False
+    debug = False
+    seed: str | None = None
+
+
+def _context():
+    from convcore.format import Context
+    return Context(seed=_State.seed, quiet=_State.quiet, debug=_State.debug)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"conv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    seed: Annotated[str | None, typer.Option(
+        "--seed", help="Seed for UUIDs and hash seeds (default: SOURCE_DATE_EPOCH, or fixed).")
+    ] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version.")] = False,
+) -> None:
+    _State.quiet = quiet
+    _State.debug = debug
+    _State.seed = seed
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def convert(
+    ctx: typer.Context,
+    chain: Annotated[list[str], typer.Argument(
+        help="'SOURCE -> STAGE -> ... -> SINK:PATH' as one quoted argument, or the stages as "
+             "separate arguments with '->' quoted or --to between them.")],
+) -> None:
+    """Convert along a chain, e.g. 'oci:./layout -> ext4 -> gpt -> qcow2:out.qcow2'."""
+    from convcore.pipeline import convert as run
+    run(list(chain) + list(ctx.args), _context())
+
+
+@app.command()
+def build(spec: Annotated[str, typer.Argument(help="A TOML disk spec.")],
+          output: Annotated[str | None, typer.Option(
+              "--output", "-o", help="Write here instead of the spec's output.")] = None) -> None:
+    """Build a multi-partition disk from a TOML spec."""
+    from convcore import spec as specs
+    specs.build(spec, _context(), output=output)
+
+
+@app.command()
+def formats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
+            ) -> None:
+    """List every format: directions, kinds, options and the distribution providing it."""
+    from convcore.plugins import registry
+    rows = []
+    for name, fmt in sorted(registry().formats.items()):
+        kinds = []
+        if fmt.source:
+            kinds.append(f"reads file -> {fmt.source_kind}")
+        if fmt.decode:
+            kinds.append(f"reads volume -> {fmt.decode_kind}")
+        if fmt.encode:
+            kinds.append(f"writes {fmt.encode_kind} -> volume")
+        if fmt.sink:
+            kinds.append(f"writes {fmt.sink_kind} -> file")
+        rows.append({
+            "name": name,
+            "help": fmt.help,
+            "reads": bool(fmt.source or fmt.decode),
+            "writes": bool(fmt.encode or fmt.sink),
+            "directions": kinds,
+            "options": [{"name": o.name, "default": _jsonable(o.default), "help": o.help,
+                         **({"choices": list(o.choices)} if o.choices else {})}
+                        for o in fmt.options],
+            "distribution": fmt.distribution,
+        })
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        rw = "/".join(x for x, on in (("reads", row["reads"]), ("writes", row["writes"])) if on)
+        print(f"{row['name']:<10} {rw:<13} {row['help']}  [{row['distribution']}]")
+        for d in row["directions"]:
+            print(f"{'':13}{d}")
+        for o in row["options"]:
+            default = "" if o["default"] in (None, "") else f" (default: {o['default']})"
+            choices = f" {{{'|'.join(o['choices'])}}}" if "choices" in o else ""
+            print(f"{'':13}{o['name']}={choices} {o['help']}{default}")
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+@app.command()
+def info(path: Annotated[str, typer.Argument(
+             help="An image file (raw, qcow2, partitioned or not), a directory, an OCI layout, "
+                  "or a chain without a sink.")],
+         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
+         ) -> None:
+    """Show the layers of an image: container, partitions, filesystem, sizes."""
+    from convcore.inspect import describe, render
+    report = describe(path, _context())
+    print(json.dumps(report, indent=2, default=str) if as_json else render(report))
+
+
+def _mode_string(mode: int) -> str:
+    return stat.filemode(mode)
+
+
+@app.command("ls")
+def ls(source: Annotated[str, typer.Argument(help="An image, a directory, or a chain without "
+                                                  "a sink (e.g. 'qcow2:vm.qcow2 -> gpt[part=2]').")],
+       path: Annotated[str, typer.Argument(help="Directory or file inside.")] = "/",
+       recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
+       as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List files inside an image without mounting it."""
+    from convcore.pipeline import open_tree
+    from convcore.tree import Kind
+    tree = open_tree(source, _context())
+    top = tree.get(path)
+    if recursive:
+        prefix = f"{top.path}/" if top.path else ""
+        entries = [e for e in tree if e.path.startswith(prefix) or e.path == top.path]
+    elif top.is_dir():
+        entries = tree.children(top.path)
+    else:
+        entries = [top]
+    rows = []
+    for e in entries:
+        node = tree.resolve(e)
+        row = {"path": "/" + e.path, "type": node.kind.name.lower(), "mode": node.st_mode,
+               "uid": node.uid, "gid": node.gid, "size": node.size if node.kind is Kind.FILE
+               else 0, "mtime_ns": node.mtime_ns}
+        if node.kind is Kind.SYMLINK:
+            row["target"] = node.target
+        if node.kind in (Kind.CHAR, Kind.BLOCK):
+            row["rdev"] = list(node.rdev)
+        if e.link is not None:
+            row["hardlink"] = "/" + e.link
+        if node.xattrs:
+            row["xattrs"] = sorted(node.xattrs)
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["mtime_ns"] // 10**9))
+        size = f"{row['rdev'][0]}, {row['rdev'][1]}" if "rdev" in row else str(row["size"])
+        name = row["path"] if recursive else (row["path"].rpartition("/")[2] or "/")
+        extra = f" -> {row['target']}" if "target" in row else (
+            f" link to {row['hardlink']}" if "hardlink" in row else "")
+        print(f"{_mode_string(row['mode'])} {row['uid']:>5} {row['gid']:>5} {size:>10} "
+              f"{when} {name}{extra}")
+
+
+@app.command("cat")
+def cat(source: Annotated[str, typer.Argument(help="An image, a directory, or a chain.")],
+        path: Annotated[str, typer.Argument(help="File inside.")]) -> None:
+    """Write a file from inside an image to stdout."""
+    from convcore.errors import UsageError
+    from convcore.pipeline import open_tree
+    from convcore.tree import Kind
+    tree = open_tree(source, _context())
+    entry = tree.resolve(tree.get(path))
+    if entry.kind is not Kind.FILE:
+        raise UsageError(f"{path}: is a {entry.kind.name.lower()}, not a regular file")
+    if entry.data is None or entry.size == 0:
+        return
+    out = sys.stdout.buffer
+    with entry.data.open() as f:
+        while chunk := f.read(1 << 20):
+            out.write(chunk)
+    out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors are one line and a non-zero exit."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="conv", standalone_mode=False)
+    except ConvError as e:
+        if debug:
+            raise
+        print(f"conv: {e}", file=sys.stderr)
+        return e.exit_code
+    except _click_errors() as e:  # bad usage of the command itself
+        e.show()
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("conv: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except MemoryError:
+        print("conv: out of memory", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"conv: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: still one line, the traceback on --debug
+        if debug:
+            raise
+        print(f"conv: internal error: {type(e).__name__}: {e} (run with --debug for details)",
+              file=sys.stderr)
+        return 70
+    return 0
+
+
+def _click_errors():
+    import click
+    return click.ClickException
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,373 @@
+"""Chains: parse ``'a -> b[opt=v] -> c:path'``, type-check, plan, then write.
+
+A chain reads from its first stage and writes with its last. In between, the
+chain first *decodes* (a qcow2 file into a disk volume, a GPT disk into one
+partition, an ext4 volume into a tree), then *encodes* (a tree into an ext4
+plan, that plan into a GPT disk plan). Decoders only read; encoders only plan.
+Nothing is written until every stage has been resolved and planned, and then
+only the sink writes: to a temporary name beside the target, renamed on
+success and removed on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from convcore.blockdev import FileVolume, Volume
+from convcore.errors import ConvError, UsageError
+from convcore.format import FILE, TREE, VOLUME, Context, Format
+from convcore.plugins import Registry, registry
+from convcore.tree import Tree
+
+HEAD_SIZE = 64 * 1024
+ARROW = "->"
+
+_STAGE_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.+-]+)(?:\[(?P<opts>[^\]]*)\])?(?::(?P<path>.*))?$",
+                       re.DOTALL)
+
+
+@dataclass
+class Stage:
+    """One parsed stage: ``name[options]:path``."""
+
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+    path: str | None = None
+    index: int = 0
+    text: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"stage {self.index + 1} ({self.text!r})"
+
+
+def parse_options(text: str, where: str) -> dict[str, str]:
+    """``a=1,b=x`` -> dict. A piece without ``=`` continues the previous
+    value, so ``exclude=*.o,*.pyc`` keeps its comma."""
+    out: dict[str, str] = {}
+    last: str | None = None
+    for piece in text.split(","):
+        if "=" in piece:
+            key, _, value = piece.partition("=")
+            key = key.strip()
+            if not key:
+                raise UsageError(f"{where}: empty option name in [{text}]")
+            out[key] = value.strip()
+            last = key
+        elif piece.strip():
+            if last is None:
+                # A bare word is a yes/no flag: ``squashfs[all_root]``.
+                out[piece.strip()] = "yes"
+                continue
+            out[last] += "," + piece.strip()
+    return out
+
+
+def parse_chain(args: str | Sequence[str]) -> list[Stage]:
+    """Parse a chain given as one string or as shell words.
+
+    Accepts ``'a -> b -> c'``, ``a '->' b '->' c`` and ``a --to b --to c``
+    (an unquoted ``->`` is a shell redirection).
+    """
+    words = [args] if isinstance(args, str) else list(args)
+    text = " ".join("->" if w == "--to" else w for w in words)
+    parts = [p.strip() for p in text.split(ARROW)]
+    if not parts or any(not p for p in parts):
+        raise UsageError(f"bad chain {text!r}: write stages as 'SOURCE -> STAGE -> SINK'")
+    stages = []
+    for i, part in enumerate(parts):
+        m = _STAGE_RE.match(part)
+        if not m:
+            raise UsageError(
+                f"stage {i + 1} ({part!r}): expected NAME, NAME:PATH or NAME[opt=value,...]:PATH")
+        where = f"stage {i + 1} ({part!r})"
+        opts = parse_options(m.group("opts") or "", where)
+        path = m.group("path")
+        if path is not None:
+            path = path.strip()
+            if not path:
+                raise UsageError(f"{where}: empty path after ':'")
+        stages.append(Stage(m.group("name"), opts, path, i, part))
+    return stages
+
+
+# --------------------------------------------------------------------------
+# Resolution helpers
+
+
+def _kind_of(value: Any) -> str:
+    return TREE if isinstance(value, Tree) else VOLUME
+
+
+def _head(volume: Volume) -> bytes:
+    return volume.pread(min(HEAD_SIZE, volume.size), 0)
+
+
+def detect_layer(reg: Registry, volume: Volume) -> Format | None:
+    """The table or filesystem format found at the start of a volume."""
+    if volume.size == 0:
+        return None
+    fmt = reg.detect(_head(volume))
+    if fmt is None or fmt.decode is None:
+        return None
+    return fmt
+
+
+def open_container(reg: Registry, path: str, ctx: Context) -> tuple[Volume, Format]:
+    """Open a file as a volume: a detected container (qcow2) or raw."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory, not an image (use dir:{path} or oci:{path})")
+    probe = FileVolume(path)
+    try:
+        fmt = reg.detect(_head(probe))
+    finally:
+        probe.close()
+    if fmt is None or fmt.layer != "container" or fmt.source is None:
+        fmt = reg.get("raw")
+    return fmt.source(path, fmt.parse_options({}), ctx), fmt
+
+
+def _mismatch(stage: Stage, fmt: Format, kind: str) -> UsageError:
+    accepts = []
+    if fmt.decode:
+        accepts.append(f"reads a volume into a {fmt.decode_kind}")
+    if fmt.encode:
+        accepts.append(f"writes a {fmt.encode_kind} into a volume")
+    if fmt.sink:
+        accepts.append(f"writes a {fmt.sink_kind} to a path ({fmt.name}:PATH)")
+    hint = ""
+    if kind == VOLUME and fmt.encode_kind == TREE:
+        hint = "; to read a filesystem first, insert it (e.g. '-> ext4 ->')"
+    elif kind == TREE and (fmt.encode_kind == VOLUME or fmt.sink_kind == VOLUME):
+        hint = "; to make a volume from a tree, insert a filesystem (e.g. '-> ext4 ->')"
+    return UsageError(
+        f"{stage.label}: {fmt.name} cannot take a {kind} here (it {', '.join(accepts) or 'has no directions'}){hint}")
+
+
+@dataclass
+class Step:
+    """A resolved stage: the format, its direction, its parsed options."""
+
+    stage: Stage
+    fmt: Format
+    direction: str
+    options: dict[str, Any]
+
+
+class Chain:
+    """A parsed chain bound to the registry; ``run`` executes it."""
+
+    def __init__(self, stages: list[Stage], reg: Registry | None = None,
+                 need_sink: bool = True) -> None:
+        self.reg = reg or registry()
+        self.stages = stages
+        self.need_sink = need_sink
+        self._precheck()
+
+    def _format(self, stage: Stage) -> Format:
+        try:
+            return self.reg.get(stage.name)
+        except UsageError as e:
+            raise UsageError(f"{stage.label}: {e}") from None
+
+    def _options(self, stage: Stage, fmt: Format) -> dict[str, Any]:
+        try:
+            return fmt.parse_options(stage.options)
+        except UsageError as e:
+            raise UsageError(f"{stage.label}: {e}") from None
+
+    def _precheck(self) -> None:
+        """Everything that can be checked without reading the input."""
+        first, last = self.stages[0], self.stages[-1]
+        if first.path is None:
+            raise UsageError(f"{first.label}: the first stage needs a path, e.g. "
+                             f"{first.name}:./input")
+        if self.need_sink:
+            if len(self.stages) < 2:
+                raise UsageError("a chain needs a source and a sink: 'SOURCE -> ... -> SINK:PATH'")
+            if last.path is None:
+                raise UsageError(f"{last.label}: the last stage needs an output path, e.g. "
+                                 f"{last.name}:out (or add '-> raw:out.img')")
+        for stage in self.stages[1:-1] if self.need_sink else self.stages[1:]:
+            if stage.path is not None:
+                raise UsageError(f"{stage.label}: only the first and last stages take a path")
+        for stage in self.stages:
+            if stage.name == "image" and stage.index == 0:
+                continue
+            if stage.name == "image":
+                raise UsageError(f"{stage.label}: image: only opens an input (first stage)")
+            fmt = self._format(stage)
+            self._options(stage, fmt)
+        if self.need_sink:
+            out = os.path.abspath(last.path)  # type: ignore[arg-type]
+            if out == os.path.abspath(first.path):
+                raise UsageError(f"{last.label}: the output would overwrite the input")
+
+    # -- execution
+    def open_source(self, ctx: Context) -> tuple[Any, int]:
+        """Run the first stage (and, for ``image:``, peel what it detects).
+        Returns the value and the index of the next stage to apply."""
+        first = self.stages[0]
+        path = first.path or ""
+        if first.name == "image":
+            nxt = self.stages[1] if len(self.stages) > 1 else None
+            value, _ = open_container(self.reg, path, ctx)
+            return self._peel(value, nxt, ctx), 1
+        fmt = self._format(first)
+        opts = self._options(first, fmt)
+        if fmt.source is not None:
+            if not os.path.lexists(path) and fmt.name != "image":
+                from convcore.errors import NotFoundError
+                raise NotFoundError(f"{path}: no such file or directory")
+            return fmt.source(path, opts, ctx), 1
+        if fmt.decode is not None:
+            volume, _ = open_container(self.reg, path, ctx)
+            return fmt.decode(volume, opts, ctx), 1
+        raise UsageError(f"{first.label}: {fmt.name} cannot read an input")
+
+    def _peel(self, value: Any, nxt: Stage | None, ctx: Context) -> Any:
+        """``image:``: decode the tables and filesystems it detects until the
+        next stage takes over: a volume sink (raw, qcow2) keeps the volume, a
+        stage that decodes the detected layer itself gets it as is."""
+        last = nxt is not None and nxt.index == len(self.stages) - 1
+        nfmt = self._format(nxt) if nxt is not None else None
+        for _ in range(8):  # container > table > filesystem, with headroom
+            if not isinstance(value, Volume):
+                return value
+            if (nfmt is not None and last and nxt.path is not None  # type: ignore[union-attr]
+                    and nfmt.sink is not None and nfmt.sink_kind == VOLUME):
+                return value
+            detected = detect_layer(self.reg, value)
+            if detected is None:
+                return value
+            if nfmt is not None and nfmt.decode is not None and (
+                    detected.name == nfmt.name or detected.layer != "table"):
+                return value
+            value = detected.decode(value, detected.parse_options({}), ctx)  # type: ignore[misc]
+        return value
+
+    def run(self, ctx: Context) -> Any:
+        """Execute the chain; returns the final value (a Tree or Volume when
+        the chain has no sink)."""
+        value, start = self.open_source(ctx)
+        if isinstance(value, Tree) and ctx.epoch is not None:
+            value.clamp_times(ctx.epoch * 1_000_000_000)
+        encoding = False
+        end = len(self.stages) - 1 if self.need_sink else len(self.stages)
+        for stage in self.stages[start:end]:
+            fmt = self._format(stage)
+            opts = self._options(stage, fmt)
+            kind = _kind_of(value)
+            decode = (not encoding and kind == VOLUME and fmt.decode is not None)
+            if decode and fmt.encode is not None and fmt.encode_kind == VOLUME:
+                # Both directions take a volume (gpt): decode a disk that holds
+                # this table, or when asked for a partition; else wrap it.
+                picked = any(o in stage.options for o in ("part", "partition"))
+                detected = detect_layer(self.reg, value)
+                decode = picked or (detected is not None and detected.name == fmt.name)
+            if decode:
+                value = fmt.decode(value, opts, ctx)  # type: ignore[misc]
+                if isinstance(value, Tree) and ctx.epoch is not None:
+                    value.clamp_times(ctx.epoch * 1_000_000_000)
+            elif fmt.encode is not None and fmt.encode_kind == kind:
+                value = fmt.encode(value, opts, ctx)
+                encoding = True
+            else:
+                raise _mismatch(stage, fmt, kind)
+        if not self.need_sink:
+            return value
+        return self._sink(value, ctx)
+
+    def _sink(self, value: Any, ctx: Context) -> None:
+        stage = self.stages[-1]
+        fmt = self._format(stage)
+        opts = self._options(stage, fmt)
+        kind = _kind_of(value)
+        if fmt.sink is not None and fmt.sink_kind == kind:
+            sink, sink_opts = fmt.sink, opts
+        elif fmt.encode is not None and fmt.encode_kind == kind:
+            # 'dir:x -> ext4:out.img': encode, then write the volume raw.
+            value = fmt.encode(value, opts, ctx)
+            raw = self.reg.get("raw")
+            sink, sink_opts = raw.sink, raw.parse_options({})
+        else:
+            raise _mismatch(stage, fmt, kind)
+        assert sink is not None and stage.path is not None
+        write_atomically(stage.path, lambda tmp: sink(value, tmp, sink_opts, ctx))
+
+
+def write_atomically(path: str, write) -> None:
+    """Call ``write(tmp)`` with a fresh temporary name beside ``path``; rename
+    it to ``path`` on success, remove it on any failure."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    name = os.path.basename(path)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{path}: the output directory {parent} does not exist")
+    if os.path.isdir(path) and not os.path.islink(path) and os.listdir(path):
+        raise UsageError(f"{path}: exists and is a non-empty directory")
+    token = tempfile.mktemp(prefix="", dir="")[-8:]
+    tmp = os.path.join(parent, f".conv-tmp-{token}-{name}")
+    try:
+        write(tmp)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)  # an empty directory gets replaced
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def convert(chain: str | Sequence[str], ctx: Context | None = None) -> None:
+    """``conv convert``: run a chain that ends in a sink."""
+    Chain(parse_chain(chain)).run(ctx or Context())
+
+
+def open_tree(spec: str | Sequence[str], ctx: Context | None = None) -> Tree:
+    """A tree from a chain without a sink, or from a bare path (a directory,
+    or an image whose filesystem is detected)."""
+    ctx = ctx or Context()
+    stages = _source_stages(spec)
+    value = Chain(stages, need_sink=False).run(ctx)
+    if isinstance(value, Volume):
+        fmt = detect_layer(registry(), value)
+        if fmt is not None:
+            value = fmt.decode(value, fmt.parse_options({}), ctx)  # type: ignore[misc]
+    if not isinstance(value, Tree):
+        raise UsageError(f"{spec if isinstance(spec, str) else ' '.join(spec)}: "
+                         "no filesystem conv can read was found")
+    return value
+
+
+def _source_stages(spec: str | Sequence[str]) -> list[Stage]:
+    text = (spec if isinstance(spec, str) else " ".join(spec)).strip()
+    if ARROW not in text:
+        m = _STAGE_RE.match(text)
+        known = m is not None and m.group("path") is not None and (
+            m.group("name") == "image" or m.group("name") in registry().formats)
+        if not known:
+            name = "image"
+            if os.path.isdir(text):
+                name = "oci" if os.path.exists(os.path.join(text, "oci-layout")) else "dir"
+            return [Stage(name, {}, text, 0, f"{name}:{text}")]
+    return parse_chain(text)
+
+
+__all__ = ["Chain", "ConvError", "FILE", "Stage", "convert", "open_tree", "parse_chain",
+           "write_atomically"]

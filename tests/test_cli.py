@@ -1,0 +1,111 @@
+"""The conv command as a user meets it: errors, formats, plugins, raw copies."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+from convcore.testing import run_conv, scan_dir
+
+
+def test_help_lists_commands():
+    p = run_conv("--help")
+    assert p.returncode == 0
+    for cmd in ("convert", "build", "formats", "info", "ls", "cat"):
+        assert cmd in p.stdout
+
+
+def test_formats_json_names_directions_options_and_distribution():
+    p = run_conv("formats", "--json", check=True)
+    rows = {r["name"]: r for r in json.loads(p.stdout)}
+    assert rows["raw"]["distribution"] == "conv"
+    assert rows["raw"]["reads"] and rows["raw"]["writes"]
+    assert rows["tar"]["distribution"] == "conv"
+    assert rows["dir"]["distribution"] == "conv"
+    ext4 = rows.get("ext4")
+    if ext4 is not None:
+        assert ext4["distribution"] == "conv-ext4"
+        assert any(o["name"] == "size" for o in ext4["options"])
+
+
+def test_raw_copy_keeps_holes_and_content(tmp_path):
+    src = tmp_path / "in.img"
+    with open(src, "wb") as f:
+        f.write(os.urandom(70000))
+        f.seek(8 << 20)
+        f.write(b"tail")
+        f.truncate(16 << 20)
+    out = tmp_path / "out.img"
+    run_conv("convert", f"raw:{src} -> raw:{out}", check=True)
+    assert out.read_bytes() == src.read_bytes()
+    assert os.stat(out).st_blocks * 512 <= 256 * 1024
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.img", "out.img"]
+
+
+def test_user_errors_are_one_line_with_exit_codes(tmp_path):
+    cases = [
+        (("convert", f"raw:{tmp_path}/missing.img -> raw:{tmp_path}/o.img"), 1, "no such file"),
+        (("convert", f"raw:{tmp_path}/x -> bogus -> raw:{tmp_path}/o.img"), 2, "unknown format"),
+        (("convert", "raw:a ->"), 2, "bad chain"),
+        (("convert", f"dir:{tmp_path} -> raw:{tmp_path}/o.img"), 2, "insert a filesystem"),
+        (("info", f"{tmp_path}/missing.img"), 1, "no such file"),
+    ]
+    for args, code, words in cases:
+        p = run_conv(*args)
+        assert p.returncode == code, (args, p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("conv: ") and words in lines[0], p.stderr
+        assert "Traceback" not in p.stderr
+    assert not (tmp_path / "o.img").exists()
+
+
+def test_output_directory_missing_is_one_line(tmp_path):
+    src = tmp_path / "in.img"
+    src.write_bytes(b"x" * 512)
+    p = run_conv("convert", f"raw:{src} -> raw:{tmp_path}/nodir/out.img")
+    assert p.returncode == 2 and "does not exist" in p.stderr
+
+
+def _fake_dist(site, name: str, entry_points: str) -> None:
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+
+
+def test_broken_plugin_is_one_warning_and_others_work(tmp_path):
+    site = tmp_path / "site"
+    _fake_dist(site, "conv_broken", "[conv]\nbroken = conv_broken_does_not_exist\n")
+    env = {"PYTHONPATH": str(site)}
+    p = run_conv("formats", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    warnings = [line for line in p.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "'broken'" in warnings[0] and "conv_broken" in warnings[0]
+    assert "raw" in {r["name"] for r in json.loads(p.stdout)}
+    p = run_conv("formats", env={**env, "CONV_DISABLE_PLUGINS": "broken"})
+    assert p.returncode == 0 and "warning" not in p.stderr
+
+
+def test_disable_plugins_hides_their_formats():
+    p = run_conv("formats", "--json", env={"CONV_DISABLE_PLUGINS": "listing,ext4"}, check=True)
+    names = {r["name"] for r in json.loads(p.stdout)}
+    assert "listing" not in names and "ext4" not in names and "raw" in names
+
+
+def test_third_party_plugin_in_a_chain(tmp_path, sample_dir):
+    """tests/plugin_example is installed as its own distribution (tox does it);
+    its 'listing' sink then works in a chain like any built-in format."""
+    p = run_conv("formats", "--json", check=True)
+    rows = {r["name"]: r for r in json.loads(p.stdout)}
+    assert rows["listing"]["distribution"] == "conv-example"
+    out = tmp_path / "listing.txt"
+    run_conv("convert", f"dir:{sample_dir} -> listing:{out}", check=True)
+    lines = out.read_text().splitlines()
+    by_path = {line.rsplit(" ", 1)[1]: line.split(" ") for line in lines}
+    assert by_path["/etc/hostname"][0] == "file"
+    import hashlib
+    expected = hashlib.sha256(open(os.path.join(sample_dir, "etc/hostname"), "rb").read())
+    assert by_path["/etc/hostname"][4] == expected.hexdigest()
+    assert by_path["/usr/bin/tool"][1] == "4755"
+    assert len(lines) == len(scan_dir(sample_dir))

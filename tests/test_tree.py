@@ -1,0 +1,84 @@
+"""Tree semantics every source and writer relies on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from convcore.errors import NotFoundError, UsageError
+from convcore.tree import BytesData, Entry, FileRangeData, Kind, Tree, normpath
+
+
+def test_parents_created_and_iteration_is_parent_first():
+    t = Tree()
+    t.add(Entry("a/b/c", Kind.FILE, data=BytesData(b"x"), size=1))
+    assert [e.path for e in t] == ["", "a", "a/b", "a/b/c"]
+    assert t.get("/a/b").kind is Kind.DIR
+
+
+def test_replacing_dir_with_file_drops_descendants():
+    t = Tree()
+    t.add(Entry("d/x", Kind.FILE))
+    t.add(Entry("d", Kind.FILE, size=0))
+    assert [e.path for e in t] == ["", "d"]
+    with pytest.raises(NotFoundError):
+        t.get("d/x")
+    assert isinstance(NotFoundError("x"), FileNotFoundError)
+
+
+def test_remove_and_clear_dir():
+    t = Tree()
+    for p in ("d/a", "d/b/c", "e"):
+        t.add(Entry(p, Kind.FILE))
+    t.clear_dir("d")
+    assert sorted(e.path for e in t) == ["", "d", "e"]
+    t.remove("d")
+    assert sorted(e.path for e in t) == ["", "e"]
+
+
+def test_sorted_orders_children_bytewise():
+    t = Tree()
+    for name in ("b", "B", "a", "é"):
+        t.add(Entry(name, Kind.FILE))
+    assert [e.path for e in t.sorted()] == ["", "B", "a", "b", "é"]
+
+
+def test_link_counts():
+    t = Tree()
+    t.add(Entry("d/f", Kind.FILE))
+    t.add(Entry("d/sub", Kind.DIR))
+    t.add(Entry("g", Kind.FILE, link="d/f"))
+    counts = t.link_counts()
+    assert counts["d/f"] == 2
+    assert counts["d"] == 3  # ., its name in root, sub/..
+    assert counts[""] == 3
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../../x"])
+def test_normpath_refuses_escape(bad):
+    with pytest.raises(UsageError):
+        normpath(bad)
+
+
+def test_normpath_forms():
+    assert normpath("./usr//bin/") == "usr/bin"
+    assert normpath("/") == ""
+
+
+def test_file_range_data_reports_holes_and_copies_sparse(tmp_path):
+    src = tmp_path / "sparse"
+    with open(src, "wb") as f:
+        f.write(b"A" * 4096)
+        f.seek(1 << 20)
+        f.write(b"B" * 4096)
+    data = FileRangeData(src, holes=True)
+    assert data.extents() == [(0, 4096), (1 << 20, 4096)]
+    dst = tmp_path / "copy"
+    fd = os.open(dst, os.O_RDWR | os.O_CREAT)
+    os.ftruncate(fd, data.size)
+    data.copy_to(fd, 0)
+    os.close(fd)
+    assert dst.read_bytes() == src.read_bytes()
+    assert os.stat(dst).st_blocks * 512 < 64 * 1024
+    assert data.read(4090, 12) == b"AAAAAA" + bytes(6)
