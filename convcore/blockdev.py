@@ -324,7 +324,8 @@ class WindowTarget(Target):
 
     def __init__(self, parent: Target, offset: int, size: int) -> None:
         if offset < 0 or offset + size > parent.size:
-            raise NoSpaceError(f"window at {offset} (+{size}) overruns the {parent.size}-byte output")
+            raise NoSpaceError(
+                f"window at {offset} (+{size}) overruns the {parent.size}-byte output")
         self.parent = parent
         self.offset = offset
         self.size = size

@@ -140,8 +140,9 @@ def _mode_string(mode: int) -> str:
 
 
 @app.command("ls")
-def ls(source: Annotated[str, typer.Argument(help="An image, a directory, or a chain without "
-                                                  "a sink (e.g. 'qcow2:vm.qcow2 -> gpt[part=2]').")],
+def ls(source: Annotated[str, typer.Argument(
+           help="An image, a directory, or a chain without a sink "
+                "(e.g. 'qcow2:vm.qcow2 -> gpt[part=2]').")],
        path: Annotated[str, typer.Argument(help="Directory or file inside.")] = "/",
        recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
        as_json: Annotated[bool, typer.Option("--json")] = False) -> None:

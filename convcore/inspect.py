@@ -110,6 +110,14 @@ def _facts(d: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
     return ", ".join(parts)
 
 
+def _fs_line(fs: dict[str, Any] | None) -> str:
+    if not fs:
+        return "none detected"
+    if "format" not in fs or "error" in fs:
+        return f"{fs.get('format', '?')}: unreadable: {fs.get('error', '')}"
+    return f"{fs['format']}: {_facts(fs, ('format',))}"
+
+
 def render(report: dict[str, Any]) -> str:
     """The human form of ``describe``."""
     lines = [report["path"]]
@@ -126,11 +134,9 @@ def render(report: dict[str, Any]) -> str:
                          f"type={p['type_name']} ({p['type_id']})"
                          + (f" name={p['name']!r}" if p.get("name") else "")
                          + (f" uuid={p['uuid']}" if p.get("uuid") else ""))
-            fs = p.get("filesystem")
-            lines.append(f"       filesystem: {fs['format'] + ': ' + _facts(fs, ('format',)) if fs and 'format' in fs else (fs or {}).get('error', 'none detected')}")
+            lines.append(f"       filesystem: {_fs_line(p.get('filesystem'))}")
     if "filesystem" in report:
-        fs = report["filesystem"]
-        lines.append(f"  filesystem: {fs['format'] + ': ' + _facts(fs, ('format',)) if fs else 'none detected'}")
+        lines.append(f"  filesystem: {_fs_line(report['filesystem'])}")
     if "tree" in report:
         t = report["tree"]
         lines.append(f"  {t['format']}: {_facts(t, ('format',))}")

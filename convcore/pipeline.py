@@ -146,8 +146,8 @@ def _mismatch(stage: Stage, fmt: Format, kind: str) -> UsageError:
         hint = "; to read a filesystem first, insert it (e.g. '-> ext4 ->')"
     elif kind == TREE and (fmt.encode_kind == VOLUME or fmt.sink_kind == VOLUME):
         hint = "; to make a volume from a tree, insert a filesystem (e.g. '-> ext4 ->')"
-    return UsageError(
-        f"{stage.label}: {fmt.name} cannot take a {kind} here (it {', '.join(accepts) or 'has no directions'}){hint}")
+    does = ", ".join(accepts) or "has no directions"
+    return UsageError(f"{stage.label}: {fmt.name} cannot take a {kind} here (it {does}){hint}")
 
 
 @dataclass

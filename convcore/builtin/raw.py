@@ -22,7 +22,8 @@ def sink(plan, path: str, opts: dict, ctx: Context) -> None:
             os.ftruncate(fd, plan.size)
         except OSError as e:
             if e.errno in (errno.EFBIG, errno.ENOSPC):
-                raise NoSpaceError(f"{path}: cannot make a {plan.size}-byte file: {e.strerror}") from None
+                raise NoSpaceError(
+                    f"{path}: cannot make a {plan.size}-byte file: {e.strerror}") from None
             raise
         plan.write_to(FileTarget(fd, plan.size))
     finally:
