@@ -1,0 +1,121 @@
+"""Reading an image: an OCI image layout directory or a ``docker save``
+tarball, its layers stacked into one tree.
+
+Layer contents are never extracted: each file's Data reads its member out of
+the (compressed) layer blob when a writer asks, in archive order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from conv_oci.blobs import LayoutBlobs
+from conv_oci.model import (
+    LAYER_TYPES,
+    MAX_JSON_BYTES,
+    ImageConfig,
+    Platform,
+    parse_config,
+    parse_index,
+    parse_json,
+    parse_manifest,
+    short,
+)
+from conv_oci.select import Candidate, candidates, choose
+from conv_oci.whiteouts import LayerMerger
+from convcore.errors import CorruptError, NotFoundError, UnsupportedError
+from convcore.format import Context
+from convcore.tree import Entry, Tree
+
+_MAGICS = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
+def sniff_compression(path: str, offset: int = 0) -> str | None:
+    """gzip, zstd or None (plain tar), by magic: the media type only says
+    what the producer meant, and docker labels plain layers as gzip."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(4)
+    for magic, name in _MAGICS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def layer_entries(path: str, compression: str | None) -> Iterator[Entry]:
+    from convcore.builtin.tarfmt import iter_entries
+    return iter_entries(path, compression=compression)
+
+
+def source(path: str, opts: dict, ctx: Context) -> Tree:
+    if os.path.isdir(path):
+        return read_layout(path, opts)
+    if os.path.isfile(path):
+        from conv_oci.docker import read_docker_archive
+        return read_docker_archive(path, opts)
+    raise NotFoundError(f"no such OCI image layout or docker archive: {path}")
+
+
+def _read_small_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise NotFoundError(f"not an OCI image layout: {what} is missing") from None
+    except IsADirectoryError:
+        raise CorruptError(f"{what} is not a file") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise CorruptError(f"{what} is larger than {MAX_JSON_BYTES} bytes")
+    return raw
+
+
+def read_layout(root: str, opts: dict) -> Tree:
+    layout = parse_json(_read_small_file(os.path.join(root, "oci-layout"), "oci-layout"),
+                        "oci-layout")
+    version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
+    if not isinstance(version, str) or not version.startswith("1."):
+        raise UnsupportedError(f"oci-layout: unsupported imageLayoutVersion {version!r}")
+    blobs = LayoutBlobs(root)
+    top = parse_index(_read_small_file(os.path.join(root, "index.json"), "index.json"),
+                      "index.json")
+
+    configs: dict[str, ImageConfig] = {}
+
+    def config_of(c: Candidate) -> ImageConfig:
+        if c.desc.digest not in configs:
+            where = f"manifest {short(c.desc.digest)}"
+            manifest = parse_manifest(blobs.read(c.desc), where)
+            configs[c.desc.digest] = parse_config(blobs.read(manifest.config),
+                                                  f"config {short(manifest.config.digest)}")
+        return configs[c.desc.digest]
+
+    platform = Platform.parse(opts["platform"]) if opts.get("platform") else None
+    chosen = choose(candidates(top, blobs.read), opts.get("ref"), platform, root,
+                    lambda c: config_of(c).platform)
+    where = f"manifest {short(chosen.desc.digest)}"
+    manifest = parse_manifest(blobs.read(chosen.desc), where)
+    config = config_of(chosen)
+    if config.diff_ids and len(config.diff_ids) != len(manifest.layers):
+        raise CorruptError(f"{where}: {len(manifest.layers)} layers but the config lists "
+                           f"{len(config.diff_ids)} diff_ids")
+    for desc in manifest.layers:
+        if desc.media_type not in LAYER_TYPES:
+            raise UnsupportedError(f"layer {short(desc.digest)}: unsupported media type "
+                                   f"{desc.media_type!r}")
+
+    paths = blobs.verify_all(manifest.layers)
+    merger = LayerMerger(opts.get("whiteouts") or "apply")
+    for desc, blob in zip(manifest.layers, paths, strict=True):
+        merger.apply(layer_entries(blob, sniff_compression(blob)), short(desc.digest))
+    tree = merger.finish()
+    tree.info = image_info(config, len(manifest.layers), ref=chosen.ref,
+                           digest=chosen.desc.digest)
+    return tree
+
+
+def image_info(config: ImageConfig, layers: int, ref: str | None, digest: str) -> dict:
+    """What ``conv info`` shows for an image."""
+    info = {"format": "oci", "ref": ref or "", "manifest": digest, "layers": layers}
+    info.update(config.info())
+    return info

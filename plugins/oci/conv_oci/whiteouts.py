@@ -1,0 +1,187 @@
+"""Stacking image layers into one tree, per the image-spec's layer rules.
+
+A layer is a changeset over the layers below it:
+
+- ``DIR/.wh.NAME`` removes ``DIR/NAME`` (and everything below it) from the
+  lower layers; ``DIR/.wh..wh..opq`` removes every lower child of ``DIR``.
+  Both act only on LOWER layers, never on what the same layer adds, so a
+  layer's whiteouts are applied before any of its entries, whatever the tar
+  order.
+- Any other entry replaces the lower one of that path (a directory over a
+  directory keeps the lower children; anything else over a directory drops
+  them).
+- A hardlink names an inode (the lower layer's or an earlier member's). The
+  merge tracks inodes, not names: if the link's target name is later replaced
+  or whited out, the hardlink keeps the old contents, and the final tree
+  makes one of the surviving names the holder of each inode.
+
+``whiteouts="overlay"`` (alias ``keep``) leaves overlayfs markers instead of
+nothing: a char device 0:0 where ``.wh.NAME`` was, and
+``trusted.overlay.opaque=y`` on an opaque directory, so a runtime stacking
+this tree over others still hides their entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from convcore.errors import CorruptError, UsageError
+from convcore.tree import Entry, Kind, Tree, normpath
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_OPAQUE = "trusted.overlay.opaque"
+
+
+class LayerMerger:
+    """Apply layers bottom to top with ``apply``, then take the tree with
+    ``finish``."""
+
+    def __init__(self, whiteouts: str = "apply") -> None:
+        if whiteouts not in ("apply", "keep", "overlay"):
+            raise UsageError(f"oci[whiteouts=...]: {whiteouts!r} is not one of "
+                             "apply, keep, overlay")
+        self.markers = whiteouts != "apply"
+        self.tree = Tree()
+        #: path -> the Entry holding its inode's metadata and data, for every
+        #: non-directory; hardlink names share their target's object.
+        self._inode: dict[str, Entry] = {}
+
+    # -- one layer
+    def apply(self, entries: Iterable[Entry], layer: str) -> None:
+        """Apply one layer's entries (tar order); ``layer`` names the blob in
+        error messages."""
+        try:
+            self._apply(entries, layer)
+        except CorruptError as e:
+            if str(e).startswith(f"layer {layer}"):
+                raise
+            raise CorruptError(f"layer {layer}: {e}") from None
+
+    def _apply(self, entries: Iterable[Entry], layer: str) -> None:
+        changes: list[Entry] = []
+        opaque: list[Entry] = []
+        whiteouts: list[tuple[str, Entry]] = []
+        for entry in entries:
+            path = self._clean(entry.path, layer)
+            name = path.rpartition("/")[2]
+            if name == OPAQUE_MARKER:
+                opaque.append(dataclasses.replace(entry, path=path.rpartition("/")[0]))
+            elif name.startswith(WHITEOUT_PREFIX):
+                hidden = name[len(WHITEOUT_PREFIX):]
+                if hidden in ("", ".", "..") or "/" in hidden:
+                    raise CorruptError(f"bad whiteout name {path!r}")
+                parent = path.rpartition("/")[0]
+                whiteouts.append((f"{parent}/{hidden}" if parent else hidden, entry))
+            else:
+                if path != entry.path or (entry.link is not None
+                                          and entry.link != self._clean(entry.link, layer)):
+                    entry = dataclasses.replace(
+                        entry, path=path,
+                        link=None if entry.link is None else self._clean(entry.link, layer))
+                changes.append(entry)
+
+        # Whiteouts hide lower layers only: all of them go before this
+        # layer's own entries.
+        for marker in opaque:
+            if self._is_dir(marker.path):
+                self.tree.clear_dir(marker.path)
+        for hidden, _ in whiteouts:
+            self.tree.remove(hidden)
+
+        for entry in changes:
+            self._add(entry, layer)
+
+        if self.markers:
+            # After the layer's entries, so that a directory the layer adds
+            # holds its markers; a name the layer itself adds needs none.
+            for hidden, entry in whiteouts:
+                if hidden not in self.tree and self._can_create(hidden):
+                    self._add(Entry(hidden, Kind.CHAR, mode=0, uid=entry.uid, gid=entry.gid,
+                                    mtime_ns=entry.mtime_ns, atime_ns=entry.atime_ns,
+                                    ctime_ns=entry.ctime_ns, rdev=(0, 0)), layer)
+            for marker in opaque:
+                self._mark_opaque(marker, layer)
+
+    @staticmethod
+    def _clean(path: str, layer: str) -> str:
+        try:
+            return normpath(path)
+        except UsageError:
+            raise CorruptError(f"member {path!r} escapes the root") from None
+
+    def _is_dir(self, path: str) -> bool:
+        if not path:
+            return True
+        return path in self.tree and self.tree.get(path).is_dir()
+
+    def _can_create(self, path: str) -> bool:
+        """Whether ``path`` can be added: its nearest existing ancestor is a
+        directory (missing ones in between are created)."""
+        parent = path.rpartition("/")[0]
+        while parent and parent not in self.tree:
+            parent = parent.rpartition("/")[0]
+        return self._is_dir(parent)
+
+    def _add(self, entry: Entry, layer: str) -> None:
+        path = entry.path
+        old = self.tree.get(path) if path in self.tree else None
+        if not path and entry.kind is not Kind.DIR:
+            raise CorruptError(f"the root is replaced by a {entry.kind.name.lower()}")
+        if entry.link is not None:
+            target = entry.link
+            if target == path or target not in self.tree or self.tree.get(target).is_dir():
+                raise CorruptError(f"hardlink {path!r} to missing {target!r}")
+            inode = self._inode[target]
+            self.tree.add(dataclasses.replace(inode, path=path, link=target))
+            self._inode[path] = inode
+            return
+        if entry.kind is Kind.DIR:
+            if self.markers and old is not None and old.is_dir():
+                # An opaque directory stays opaque under a later layer's
+                # version of it: the markers hide what lies below the image.
+                flag = old.xattrs.get(OVERLAY_OPAQUE)
+                if flag is not None and OVERLAY_OPAQUE not in entry.xattrs:
+                    entry = dataclasses.replace(entry,
+                                                xattrs={**entry.xattrs, OVERLAY_OPAQUE: flag})
+            self._inode.pop(path, None)
+        else:
+            self._inode[path] = entry
+        self.tree.add(entry)
+
+    def _mark_opaque(self, marker: Entry, layer: str) -> None:
+        path = marker.path
+        if path not in self.tree:
+            if not self._can_create(path):
+                return
+            self._add(Entry(path, Kind.DIR, mode=0o755, uid=marker.uid, gid=marker.gid,
+                            mtime_ns=marker.mtime_ns, atime_ns=marker.atime_ns,
+                            ctime_ns=marker.ctime_ns), layer)
+        entry = self.tree.get(path)
+        if entry.is_dir():
+            entry.xattrs = {**entry.xattrs, OVERLAY_OPAQUE: b"y"}
+
+    # -- the result
+    def finish(self) -> Tree:
+        """The merged tree: each inode held by its first surviving name, its
+        other names hardlinks to that one."""
+        merged = self.tree
+        out = Tree(merged.root)
+        out.default_dir_mode = merged.default_dir_mode
+        holder: dict[int, str] = {}
+        for entry in merged:
+            if not entry.path:
+                continue
+            if entry.is_dir():
+                out.add(entry)
+                continue
+            inode = self._inode[entry.path]
+            first = holder.get(id(inode))
+            if first is None:
+                holder[id(inode)] = entry.path
+                out.add(inode if inode.path == entry.path and inode.link is None
+                        else dataclasses.replace(inode, path=entry.path, link=None))
+            else:
+                out.add(dataclasses.replace(inode, path=entry.path, link=first))
+        return out
