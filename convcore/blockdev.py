@@ -267,12 +267,17 @@ class Target:
 
 
 class FileTarget(Target):
-    """A host file (already sized by the sink with ftruncate, so sparse)."""
+    """A host file (already sized by the sink with ftruncate, so sparse).
 
-    def __init__(self, fd: int, size: int, base: int = 0) -> None:
+    ``progress`` (a bar from ``Context.progress``) counts bytes written,
+    windows included.
+    """
+
+    def __init__(self, fd: int, size: int, base: int = 0, progress=None) -> None:
         self.fd = fd
         self.size = size
         self.base = base
+        self.progress = progress
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or offset + length > self.size:
@@ -293,6 +298,8 @@ class FileTarget(Target):
                 raise
             view = view[n:]
             offset += n
+        if self.progress is not None:
+            self.progress.update(len(data))
 
     def pread(self, length: int, offset: int) -> bytes:
         return os.pread(self.fd, length, self.base + offset)
@@ -300,20 +307,26 @@ class FileTarget(Target):
     def copy_from_fd(self, fd: int, src_offset: int, length: int, offset: int) -> None:
         self._check(offset, length)
         copy_range(fd, src_offset, self.fd, self.base + offset, length)
+        if self.progress is not None:
+            self.progress.update(length)
 
     def copy_from_volume(self, volume: Volume, src_offset: int, length: int,
                          offset: int) -> None:
         self._check(offset, length)
         volume.copy_to_fd(src_offset, length, self.fd, self.base + offset)
+        if self.progress is not None:
+            self.progress.update(length)
 
     def copy_from_data(self, data, offset: int, buf: bytearray | None = None) -> None:
         self._check(offset, data.size)
         data.copy_to(self.fd, self.base + offset, buf)
+        if self.progress is not None:
+            self.progress.update(data.size)
 
     def window(self, offset: int, size: int) -> Target:
         if offset < 0 or offset + size > self.size:
             raise NoSpaceError(f"window at {offset} (+{size}) overruns the {self.size}-byte output")
-        return FileTarget(self.fd, size, self.base + offset)
+        return FileTarget(self.fd, size, self.base + offset, self.progress)
 
     def host_fd(self) -> tuple[int, int] | None:
         return (self.fd, self.base)

@@ -25,6 +25,7 @@ def sink(plan, path: str, opts: dict, ctx: Context) -> None:
                 raise NoSpaceError(
                     f"{path}: cannot make a {plan.size}-byte file: {e.strerror}") from None
             raise
-        plan.write_to(FileTarget(fd, plan.size))
+        with ctx.progress(None, f"writing {os.path.basename(path).split('-', 3)[-1]}") as bar:
+            plan.write_to(FileTarget(fd, plan.size, progress=bar))
     finally:
         os.close(fd)
