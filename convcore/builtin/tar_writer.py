@@ -1,0 +1,272 @@
+"""Writing a Tree as a PAX tar archive (plain, gz, zst or xz).
+
+What GNU tar reads back exactly: ustar headers with PAX records where ustar
+falls short (long names, nanosecond mtimes, large ids and sizes, xattrs as
+``SCHILY.xattr.*``), hardlinks as type '1', devices, and files with holes as
+GNU sparse PAX 1.0 members, which GNU tar extracts with the holes kept.
+
+Reproducible: members in tree order, uname/gname empty, no clock; the PAX
+headers depend only on the entry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from convcore.builtin import tar_layout as L
+from convcore.builtin.tar_codec import ChunkOutput, PlainOutput, open_output
+from convcore.errors import NoSpaceError
+from convcore.format import Context
+from convcore.tree import COPY_CHUNK, Entry, FileRangeData, Kind, Tree
+
+_TYPEFLAGS = {
+    Kind.FILE: L.REGTYPE, Kind.DIR: L.DIRTYPE, Kind.SYMLINK: L.SYMTYPE,
+    Kind.CHAR: L.CHRTYPE, Kind.BLOCK: L.BLKTYPE, Kind.FIFO: L.FIFOTYPE,
+}
+
+#: files smaller than this are stored densely even if they have holes, and
+#: go through the output buffer rather than copy_file_range.
+SMALL_FILE = 64 << 10
+
+
+def _split_ustar_name(raw: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, name) for the ustar fields, or None when it does not fit."""
+    if len(raw) <= 100:
+        return b"", raw
+    if len(raw) > 256:
+        return None
+    # the longest prefix (<= 155 bytes) ending at a '/' that leaves <= 100 bytes
+    cut = raw.rfind(b"/", 0, min(156, len(raw) - 1))
+    if cut > 0 and len(raw) - cut - 1 <= 100:
+        return raw[:cut], raw[cut + 1 :]
+    return None
+
+
+def _time_record(ns: int) -> bytes:
+    sign = "-" if ns < 0 else ""
+    sec, frac = divmod(abs(ns), 1_000_000_000)
+    if frac:
+        return f"{sign}{sec}.{frac:09d}".rstrip("0").encode()
+    return f"{sign}{sec}".encode()
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _header_block(name: bytes, prefix: bytes, mode: int, uid: int, gid: int, size: int,
+                  mtime: int, typeflag: bytes, linkname: bytes, devmajor: int = 0,
+                  devminor: int = 0) -> bytes:
+    def num(value: int, width: int) -> bytes:
+        field = L.format_octal(value, width)
+        if field is None:  # GNU base-256 (only reached for device numbers)
+            field = bytes([0x80]) + value.to_bytes(width - 1, "big")
+        return field
+
+    block = bytearray(L.HEADER.pack(
+        name, num(mode, 8), num(uid, 8), num(gid, 8), num(size, 12), num(mtime, 12),
+        b" " * 8, typeflag, linkname, L.USTAR_MAGIC, L.USTAR_VERSION, b"", b"",
+        num(devmajor, 8), num(devminor, 8), prefix, b""))
+    unsigned, _ = L.checksum(block)
+    block[L.CHKSUM_OFFSET : L.CHKSUM_OFFSET + 8] = b"%06o\x00 " % unsigned
+    return bytes(block)
+
+
+def member_headers(entry: Entry, inode: Entry, size: int, typeflag: bytes,
+                   extra: list[tuple[str, bytes]] = (), name_override: bytes | None = None
+                   ) -> bytes:
+    """The PAX extended header (when needed) and the ustar header of one
+    member. ``inode`` carries the metadata (the entry itself, or the target
+    of a hardlink); ``size`` is what the member stores."""
+    records: list[tuple[str, bytes]] = []
+    raw = os.fsencode(entry.path) if entry.path else b"."
+    if entry.is_dir():
+        raw += b"/"
+    binary = not _is_utf8(raw)
+
+    header_name = name_override if name_override is not None else raw
+    split = _split_ustar_name(header_name)
+    if split is None:
+        records.append(("path", header_name))
+        split = (b"", header_name[:100])
+    prefix, name = split
+
+    linkname = b""
+    if entry.link is not None:
+        linkname = os.fsencode(entry.link)
+    elif inode.kind is Kind.SYMLINK:
+        linkname = os.fsencode(inode.target)
+    binary = binary or not _is_utf8(linkname)
+    if len(linkname) > 100:
+        records.append(("linkpath", linkname))
+        linkname = linkname[:100]
+
+    uid, gid = inode.uid, inode.gid
+    if L.format_octal(uid, 8) is None:
+        records.append(("uid", str(uid).encode()))
+        uid = 0
+    if L.format_octal(gid, 8) is None:
+        records.append(("gid", str(gid).encode()))
+        gid = 0
+    if L.format_octal(size, 12) is None:
+        records.append(("size", str(size).encode()))
+    mtime_ns = inode.mtime_ns
+    mtime = mtime_ns // 1_000_000_000
+    if mtime_ns % 1_000_000_000 or L.format_octal(mtime, 12) is None:
+        records.append(("mtime", _time_record(mtime_ns)))
+        mtime = min(max(mtime, 0), 0o77777777777)
+    records.extend(extra)
+    for key in sorted(inode.xattrs):
+        records.append((f"SCHILY.xattr.{key}", inode.xattrs[key]))
+    if binary and records:
+        records.insert(0, ("hdrcharset", b"BINARY"))
+
+    devmajor = devminor = 0
+    if inode.kind in (Kind.CHAR, Kind.BLOCK):
+        devmajor, devminor = inode.rdev
+
+    out = b""
+    if records:
+        body = b"".join(L.pax_record(k, v) for k, v in records)
+        pax_name = (b"PaxHeaders/" + header_name.rstrip(b"/").rpartition(b"/")[2])[:100]
+        out += _header_block(pax_name, b"", 0o644, 0, 0, len(body), mtime, L.XHDTYPE, b"")
+        out += body + bytes(-len(body) % L.BLOCK)
+    out += _header_block(name, prefix, inode.mode & 0o7777, uid, gid,
+                         size if L.format_octal(size, 12) is not None else 0, mtime, typeflag,
+                         linkname, devmajor, devminor)
+    return out
+
+
+def _merged_extents(data, size: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, length in data.extents():
+        if length <= 0:
+            continue
+        start, length = max(0, start), min(length, size - max(0, start))
+        if length <= 0:
+            continue
+        if out and out[-1][0] + out[-1][1] >= start:
+            prev_start, prev_len = out[-1]
+            out[-1] = (prev_start, max(prev_len, start + length - prev_start))
+        else:
+            out.append((start, length))
+    return out
+
+
+class TarWriter:
+    """Writes members to a ChunkOutput."""
+
+    def __init__(self, out: ChunkOutput) -> None:
+        self.out = out
+        self.buf = bytearray(COPY_CHUNK)
+        self.sockets_skipped = 0
+
+    def add(self, tree: Tree, entry: Entry) -> None:
+        inode = tree.resolve(entry)
+        if entry.link is not None:
+            self.out.write(member_headers(entry, inode, 0, L.LNKTYPE))
+            return
+        if entry.kind is Kind.SOCKET:
+            self.sockets_skipped += 1  # tar has no socket type (GNU tar skips them too)
+            return
+        if entry.kind is not Kind.FILE:
+            self.out.write(member_headers(entry, inode, 0, _TYPEFLAGS[entry.kind]))
+            return
+        data = entry.data
+        size = data.size if data is not None else 0
+        if data is None or size == 0:
+            self.out.write(member_headers(entry, inode, 0, L.REGTYPE))
+            return
+        extents = _merged_extents(data, size) if size >= SMALL_FILE else [(0, size)]
+        if extents == [(0, size)]:
+            self.out.write(member_headers(entry, inode, size, L.REGTYPE))
+            self._copy_dense(data, size)
+        else:
+            self._write_sparse(entry, inode, data, size, extents)
+        self.out.write_zeros(-size % L.BLOCK if extents == [(0, size)] else 0)
+
+    def _copy_dense(self, data, size: int) -> None:
+        out = self.out
+        if isinstance(out, PlainOutput) and size >= SMALL_FILE:
+            out.copy_data(data, size, self.buf)
+            return
+        self._copy_range(data, 0, size)
+
+    def _copy_range(self, data, start: int, length: int) -> None:
+        out = self.out
+        if isinstance(out, PlainOutput) and length >= SMALL_FILE and isinstance(
+                data, FileRangeData):
+            with open(data.path, "rb", buffering=0) as f:
+                out.copy_fd_range(f.fileno(), data.offset + start, length, self.buf)
+            return
+        pos, end = start, start + length
+        while pos < end:
+            space = out.space()
+            n = data.readinto(pos, space[: min(len(space), end - pos)])
+            if n <= 0:
+                from convcore.errors import CorruptError
+                raise CorruptError(f"file data ended early at offset {pos} of {data.size}")
+            out.commit(n)
+            pos += n
+
+    def _write_sparse(self, entry: Entry, inode: Entry, data, size: int,
+                      extents: list[tuple[int, int]]) -> None:
+        """GNU sparse PAX 1.0: the map as decimal lines padded to a block,
+        then the data extents back to back. A trailing hole is recorded as
+        a zero-length extent at the end so readers restore the full size."""
+        sparse_map = list(extents)
+        if not sparse_map or sum(sparse_map[-1]) < size:
+            sparse_map.append((size, 0))
+        text = b"%d\n" % len(sparse_map) + b"".join(b"%d\n%d\n" % e for e in sparse_map)
+        text += bytes(-len(text) % L.BLOCK)
+        stored = sum(n for _, n in extents)
+        raw = os.fsencode(entry.path)
+        parent, _, base = raw.rpartition(b"/")
+        fake = (parent + b"/" if parent else b"") + b"GNUSparseFile.0/" + base
+        extra = [("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0"),
+                 ("GNU.sparse.name", raw), ("GNU.sparse.realsize", str(size).encode())]
+        self.out.write(member_headers(entry, inode, len(text) + stored, L.REGTYPE, extra,
+                                      name_override=fake))
+        self.out.write(text)
+        for start, length in extents:
+            self._copy_range(data, start, length)
+        self.out.write_zeros(-stored % L.BLOCK)
+
+    def finish(self) -> None:
+        self.out.write_zeros(2 * L.BLOCK)
+        self.out.write_zeros(-self.out.offset % L.RECORD)
+
+
+def write_tar(tree: Tree, path: str | os.PathLike, compression: str = "none",
+              ctx: Context | None = None, level: int | None = None) -> None:
+    """Write ``tree`` as a new tar file at ``path``, in tree order.
+
+    ``compression`` is ``none``, ``gz``, ``zst`` or ``xz``; ``level`` the
+    codec's level (its default when None). The file must not exist yet.
+    """
+    path = os.fspath(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        out = open_output(fd, compression, level)
+        writer = TarWriter(out)
+        try:
+            for entry in tree:
+                writer.add(tree, entry)
+            writer.finish()
+        finally:
+            out.close()
+    except OSError as e:
+        import errno
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(f"{path}: no space left on the output device") from None
+        raise
+    finally:
+        os.close(fd)
+    if writer.sockets_skipped and not (ctx is not None and ctx.quiet):
+        print(f"conv: warning: tar cannot hold sockets: {writer.sockets_skipped} skipped",
+              file=sys.stderr)
