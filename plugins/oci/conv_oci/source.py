@@ -28,24 +28,13 @@ from convcore.errors import CorruptError, NotFoundError, UnsupportedError
 from convcore.format import Context
 from convcore.tree import Entry, Tree
 
-_MAGICS = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
-
-def sniff_compression(path: str, offset: int = 0) -> str | None:
-    """gzip, zstd or None (plain tar), by magic: the media type only says
-    what the producer meant, and docker labels plain layers as gzip."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        head = f.read(4)
-    for magic, name in _MAGICS:
-        if head.startswith(magic):
-            return name
-    return None
-
-
-def layer_entries(path: str, compression: str | None) -> Iterator[Entry]:
-    from convcore.builtin.tarfmt import iter_entries
-    return iter_entries(path, compression=compression)
+def layer_entries(path: str) -> Iterator[Entry]:
+    """A layer blob's members, its compression (plain, gzip, zstd) told by
+    magic: the media type says what the producer meant, and docker labels
+    plain layers as gzip."""
+    from convcore.builtin.tar_reader import iter_entries
+    return iter_entries(path)
 
 
 def source(path: str, opts: dict, ctx: Context) -> Tree:
@@ -107,7 +96,7 @@ def read_layout(root: str, opts: dict) -> Tree:
     paths = blobs.verify_all(manifest.layers)
     merger = LayerMerger(opts.get("whiteouts") or "apply")
     for desc, blob in zip(manifest.layers, paths, strict=True):
-        merger.apply(layer_entries(blob, sniff_compression(blob)), short(desc.digest))
+        merger.apply(layer_entries(blob), short(desc.digest))
     tree = merger.finish()
     tree.info = image_info(config, len(manifest.layers), ref=chosen.ref,
                            digest=chosen.desc.digest)
