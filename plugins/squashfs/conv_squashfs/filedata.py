@@ -1,0 +1,258 @@
+"""Lazy file contents of a squashfs image: decompressed block by block.
+
+A file is ``size`` bytes: full data blocks stored back to back from
+``start`` (each compressed, stored, or a size-0 sparse block of zeros), then
+either a last partial block or a tail kept in a fragment block shared with
+other files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from array import array
+from collections import OrderedDict
+from concurrent.futures import Executor, ThreadPoolExecutor
+from itertools import accumulate
+
+from conv_squashfs.decompress import Decompressor
+from conv_squashfs.layout import DATA_SIZE_MASK, DATA_UNCOMPRESSED
+from convcore.blockdev import Volume
+from convcore.errors import CorruptError
+from convcore.tree import Data
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def decompress_pool() -> Executor:
+    """One process-wide pool for data blocks (the codecs release the GIL)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                       thread_name_prefix="squashfs-read")
+        return _pool
+
+
+class FragmentCache:
+    """The fragment table and a few decompressed fragment blocks (many small
+    files share one, and are read one after another)."""
+
+    KEEP = 8
+
+    def __init__(self, volume: Volume, decompress: Decompressor, block_size: int,
+                 entries: list[tuple[int, int]], bytes_used: int) -> None:
+        self.volume = volume
+        self.decompress = decompress
+        self.block_size = block_size
+        #: (absolute start, size field) per fragment
+        self.entries = entries
+        self.bytes_used = bytes_used
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def block_start(self, index: int) -> int:
+        return self.entries[index][0]
+
+    def get(self, index: int) -> bytes:
+        with self._lock:
+            data = self._cache.get(index)
+            if data is not None:
+                self._cache.move_to_end(index)
+                return data
+        start, field = self.entries[index]
+        length = field & DATA_SIZE_MASK
+        what = f"fragment block {index}"
+        if field & ~(DATA_UNCOMPRESSED | DATA_SIZE_MASK) or length == 0 \
+                or length > self.block_size:
+            raise CorruptError(f"{what}: bad size field {field:#x}")
+        if start + length > self.bytes_used:
+            raise CorruptError(f"{what} at offset {start} (+{length}) lies past the filesystem end")
+        raw = self.volume.read_exact(length, start, what)
+        data = raw if field & DATA_UNCOMPRESSED else self.decompress(raw, self.block_size, what)
+        with self._lock:
+            self._cache[index] = data
+            while len(self._cache) > self.KEEP:
+                self._cache.popitem(last=False)
+        return data
+
+
+class SquashFileData(Data):
+    """The contents of one regular file inode."""
+
+    def __init__(self, volume: Volume, decompress: Decompressor, block_size: int,
+                 inode: int, size: int, start: int, blocks: array,
+                 fragments: FragmentCache | None = None, fragment: int = -1,
+                 fragment_offset: int = 0) -> None:
+        self.volume = volume
+        self.decompress = decompress
+        self.block_size = block_size
+        self.inode = inode
+        self.size = size
+        self.start = start
+        #: block list entries from the inode
+        self.blocks = blocks
+        self.fragments = fragments
+        self.fragment = fragment
+        self.fragment_offset = fragment_offset
+        self._offsets: array | None = None
+        self._last: tuple[int, bytes] | None = None
+
+    @property
+    def order_key(self) -> tuple:
+        if not self.blocks and self.fragments is not None and self.fragment >= 0:
+            return (self.fragments.block_start(self.fragment),)
+        return (self.start,)
+
+    # -- where things are
+    def _block_offsets(self) -> array:
+        """Disk offset of each block relative to ``start`` (plus the end)."""
+        if self._offsets is None:
+            sizes = (b & DATA_SIZE_MASK for b in self.blocks)
+            self._offsets = array("Q", accumulate(sizes, initial=0))
+        return self._offsets
+
+    def _block_length(self, index: int) -> int:
+        """Bytes of file data block ``index`` holds once decompressed."""
+        return min(self.block_size, self.size - index * self.block_size)
+
+    def _tail(self) -> bytes:
+        """The part of the file kept in its fragment block."""
+        tail_start = len(self.blocks) * self.block_size
+        length = self.size - tail_start
+        assert self.fragments is not None
+        block = self.fragments.get(self.fragment)
+        end = self.fragment_offset + length
+        if end > len(block):
+            raise CorruptError(f"inode {self.inode}: tail at fragment {self.fragment} offset "
+                               f"{self.fragment_offset} (+{length}) lies outside the "
+                               f"{len(block)}-byte fragment block")
+        return block[self.fragment_offset : end]
+
+    def _what(self, index: int) -> str:
+        return f"inode {self.inode} data block {index}"
+
+    def _read_block(self, index: int) -> bytes | None:
+        """Decompressed block ``index``; None for a sparse block. Reentrant."""
+        entry = self.blocks[index]
+        length = entry & DATA_SIZE_MASK
+        if length == 0:
+            return None
+        offsets = self._block_offsets()
+        raw = self.volume.read_exact(length, self.start + offsets[index], self._what(index))
+        want = self._block_length(index)
+        data = raw if entry & DATA_UNCOMPRESSED else self.decompress(raw, want, self._what(index))
+        if len(data) != want:
+            raise CorruptError(f"{self._what(index)} holds {len(data)} bytes, expected {want}")
+        return data
+
+    def _block(self, index: int) -> bytes | None:
+        last = self._last
+        if last is not None and last[0] == index:
+            return last[1]
+        data = self._read_block(index)
+        self._last = (index, data)  # one tuple: a concurrent reader sees old or new
+        return data
+
+    # -- Data
+    def extents(self) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        bs = self.block_size
+        for i, entry in enumerate(self.blocks):
+            if entry & DATA_SIZE_MASK == 0:
+                continue
+            start = i * bs
+            length = self._block_length(i)
+            if out and out[-1][0] + out[-1][1] == start:
+                out[-1] = (out[-1][0], out[-1][1] + length)
+            else:
+                out.append((start, length))
+        tail_start = len(self.blocks) * bs
+        if tail_start < self.size:
+            length = self.size - tail_start
+            if out and out[-1][0] + out[-1][1] == tail_start:
+                out[-1] = (out[-1][0], out[-1][1] + length)
+            else:
+                out.append((tail_start, length))
+        return out
+
+    def readinto(self, offset: int, buf: memoryview | bytearray) -> int:
+        want = max(0, min(len(buf), self.size - offset))
+        view = memoryview(buf)
+        bs = self.block_size
+        nblocks = len(self.blocks)
+        tail_start = nblocks * bs
+        pos, end = offset, offset + want
+        while pos < end:
+            if pos >= tail_start:
+                tail = self._tail()
+                n = end - pos
+                view[pos - offset : end - offset] = tail[pos - tail_start : pos - tail_start + n]
+                break
+            index = pos // bs
+            inner = pos - index * bs
+            n = min(end - pos, self._block_length(index) - inner)
+            out = view[pos - offset : pos - offset + n]
+            entry = self.blocks[index]
+            if entry & DATA_SIZE_MASK == 0:
+                out[:] = bytes(n)
+            elif entry & DATA_UNCOMPRESSED:
+                # Stored blocks go straight from the image into the caller's buffer.
+                if self._block_length(index) != entry & DATA_SIZE_MASK:
+                    raise CorruptError(f"{self._what(index)}: stored length "
+                                       f"{entry & DATA_SIZE_MASK} does not match the file size")
+                disk = self.start + self._block_offsets()[index] + inner
+                if self.volume.readinto(out, disk) != n:
+                    raise CorruptError(f"{self._what(index)} at offset {disk} is truncated")
+            else:
+                data = self._block(index)
+                assert data is not None
+                out[:] = data[inner : inner + n]
+            pos += n
+        return want
+
+    def copy_to(self, fd: int, dst_offset: int, buf: bytearray | None = None) -> None:
+        """Decompress on the thread pool, a bounded window of blocks in
+        flight, and write each block in file order (holes skipped)."""
+        nblocks = len(self.blocks)
+        if nblocks > 1:
+            pool = decompress_pool()
+            window = 2 * (os.cpu_count() or 1)
+            pending: list = []
+            for index in range(nblocks):
+                entry = self.blocks[index]
+                if entry & DATA_SIZE_MASK == 0:
+                    continue
+                if entry & DATA_UNCOMPRESSED:
+                    pending.append((index, None))
+                else:
+                    pending.append((index, pool.submit(self._read_block, index)))
+                if len(pending) >= window:
+                    self._write_done(pending.pop(0), fd, dst_offset, buf)
+            for item in pending:
+                self._write_done(item, fd, dst_offset, buf)
+        elif nblocks == 1:
+            self._write_done((0, None), fd, dst_offset, buf)
+        tail_start = nblocks * self.block_size
+        if tail_start < self.size:
+            os.pwrite(fd, self._tail(), dst_offset + tail_start)
+
+    def _write_done(self, item, fd: int, dst_offset: int, buf: bytearray | None) -> None:
+        index, future = item
+        entry = self.blocks[index]
+        pos = dst_offset + index * self.block_size
+        if future is None and entry & DATA_UNCOMPRESSED:
+            length = entry & DATA_SIZE_MASK
+            if length != self._block_length(index):
+                raise CorruptError(f"{self._what(index)}: stored length {length} does not "
+                                   f"match the file size")
+            disk = self.start + self._block_offsets()[index]
+            if disk + length > self.volume.size:
+                raise CorruptError(f"{self._what(index)} at offset {disk} (+{length}) lies "
+                                   f"outside the image")
+            self.volume.copy_to_fd(disk, length, fd, pos, buf)
+            return
+        data = future.result() if future is not None else self._read_block(index)
+        if data is not None:
+            os.pwrite(fd, data, pos)
