@@ -25,6 +25,7 @@ from conv_oci.model import (
     Platform,
     dumps,
 )
+from conv_oci.whiteouts import markers_to_whiteouts
 from convcore.errors import UsageError
 from convcore.format import Context
 from convcore.tree import Tree
@@ -113,6 +114,8 @@ def sink(tree: Tree, path: str, opts: dict, ctx: Context) -> None:
     level = opts.get("level")
     if level is not None and codec == "gz" and level > 9:
         raise UsageError(f"oci[level={level}]: gzip levels are 1-9")
+    if opts.get("whiteouts") in ("keep", "overlay"):
+        tree = markers_to_whiteouts(tree)
     writer = LayoutWriter(path)
     tmp = os.path.join(writer.blob_dir, ".layer.tmp")
     write_layer(tree, tmp, codec, level, ctx)

@@ -33,7 +33,7 @@ def layer_entries(path: str) -> Iterator[Entry]:
     """A layer blob's members, its compression (plain, gzip, zstd) told by
     magic: the media type says what the producer meant, and docker labels
     plain layers as gzip."""
-    from convcore.builtin.tar_reader import iter_entries
+    from convcore.builtin.tarfmt import iter_entries
     return iter_entries(path)
 
 

@@ -185,3 +185,42 @@ class LayerMerger:
             else:
                 out.add(dataclasses.replace(inode, path=entry.path, link=first))
         return out
+
+
+def markers_to_whiteouts(tree: Tree) -> Tree:
+    """The reverse of ``whiteouts=overlay``: overlayfs markers (char 0:0,
+    ``trusted.overlay.opaque=y``) become a layer's ``.wh.`` entries, the
+    opaque marker first in its directory."""
+    out = Tree(_without_opaque(tree.root))
+    out.info = tree.info
+    for entry in tree:
+        if not entry.path:
+            if OVERLAY_OPAQUE in entry.xattrs:
+                out.add(_opaque_marker(entry))
+            continue
+        if entry.kind is Kind.CHAR and entry.rdev == (0, 0) and entry.link is None:
+            parent, _, name = entry.path.rpartition("/")
+            out.add(Entry(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent
+                          else WHITEOUT_PREFIX + name, Kind.FILE, mode=0o644,
+                          uid=entry.uid, gid=entry.gid, mtime_ns=entry.mtime_ns,
+                          atime_ns=entry.atime_ns, ctime_ns=entry.ctime_ns))
+        elif entry.is_dir() and OVERLAY_OPAQUE in entry.xattrs:
+            out.add(_without_opaque(entry))
+            out.add(_opaque_marker(entry))
+        else:
+            out.add(entry)
+    return out
+
+
+def _without_opaque(entry: Entry) -> Entry:
+    if OVERLAY_OPAQUE not in entry.xattrs:
+        return entry
+    xattrs = {k: v for k, v in entry.xattrs.items() if k != OVERLAY_OPAQUE}
+    return dataclasses.replace(entry, xattrs=xattrs)
+
+
+def _opaque_marker(directory: Entry) -> Entry:
+    path = f"{directory.path}/{OPAQUE_MARKER}" if directory.path else OPAQUE_MARKER
+    return Entry(path, Kind.FILE, mode=0o644, uid=directory.uid, gid=directory.gid,
+                 mtime_ns=directory.mtime_ns, atime_ns=directory.atime_ns,
+                 ctime_ns=directory.ctime_ns)
