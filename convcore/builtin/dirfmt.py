@@ -1,16 +1,380 @@
-"""Placeholder: being written (issue 2)."""
+"""dir: a host directory as a tree, and a tree extracted into a new directory.
+
+Source: walks with ``os.scandir`` without following symlinks, children in
+byte order of name (reproducible), hardlinks by (st_dev, st_ino), every
+xattr ``listxattr`` shows, file data referenced as FileRangeData (holes found
+with SEEK_DATA when a writer asks), nothing read at scan time.
+
+Sink: creates every entry relative to an open parent directory fd, each
+parent opened component by component with O_NOFOLLOW, so neither a path in
+the tree nor a symlink the tree itself created can lead outside the
+destination.
+"""
 
 from __future__ import annotations
 
-from convcore.errors import UnsupportedError
-from convcore.format import Option
+import errno
+import fnmatch
+import os
+import stat
+import sys
+from collections.abc import Iterable
 
-OPTIONS: list[Option] = []
+from convcore.errors import ConvError, CorruptError, NoSpaceError, NotFoundError
+from convcore.format import Context, Option
+from convcore.tree import COPY_CHUNK, Entry, FileRangeData, Kind, Tree
 
 
-def source(path, opts, ctx):
-    raise UnsupportedError("not written yet")
+def _parse_owner(text: str) -> tuple[int, int]:
+    uid, sep, gid = text.partition(":")
+    try:
+        values = (int(uid), int(gid) if sep else int(uid))
+    except ValueError:
+        raise ValueError(f"{text!r} is not UID:GID (numbers, e.g. 0:0)") from None
+    if min(values) < 0 or max(values) >= 1 << 32:
+        raise ValueError(f"{text!r}: ids must be between 0 and 4294967295")
+    return values
 
 
-def sink(tree, path, opts, ctx):
-    raise UnsupportedError("not written yet")
+def _parse_globs(text: str) -> tuple[str, ...]:
+    return tuple(g.strip().strip("/").removeprefix("./") for g in text.split(",") if g.strip())
+
+
+OPTIONS: list[Option] = [
+    Option("owner", None, "UID:GID to own every entry (build root images without root)",
+           parse=_parse_owner),
+    Option("exclude", (), "comma-separated globs matched against the path inside the "
+           "directory; excluding a directory excludes everything below it",
+           parse=_parse_globs),
+]
+
+
+# --------------------------------------------------------------------------
+# Source
+
+
+def _read_xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in sorted(names):
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:  # unreadable namespace (trusted.* without root) or just removed
+            continue
+    return out
+
+
+class _Scanner:
+    def __init__(self, root: str, owner: tuple[int, int] | None,
+                 excludes: Iterable[str]) -> None:
+        self.root = root
+        self.owner = owner
+        self.excludes = tuple(excludes)
+        self.inodes: dict[tuple[int, int], Entry] = {}
+
+    def entry(self, full: str, rel: str, st: os.stat_result) -> Entry:
+        kind = Kind.from_mode(st.st_mode)
+        if kind is not Kind.DIR and st.st_nlink > 1:
+            first = self.inodes.get((st.st_dev, st.st_ino))
+            if first is not None:
+                return Entry(rel, first.kind, mode=first.mode, uid=first.uid, gid=first.gid,
+                             mtime_ns=first.mtime_ns, atime_ns=first.atime_ns,
+                             ctime_ns=first.ctime_ns, size=first.size, target=first.target,
+                             rdev=first.rdev, link=first.path, xattrs=first.xattrs,
+                             data=first.data)
+        uid, gid = self.owner if self.owner is not None else (st.st_uid, st.st_gid)
+        entry = Entry(rel, kind, mode=stat.S_IMODE(st.st_mode), uid=uid, gid=gid,
+                      mtime_ns=st.st_mtime_ns, atime_ns=st.st_atime_ns,
+                      ctime_ns=st.st_ctime_ns, xattrs=_read_xattrs(full))
+        if kind is Kind.FILE:
+            entry.size = st.st_size
+            entry.data = FileRangeData(full, 0, st.st_size, holes=True)
+        elif kind is Kind.SYMLINK:
+            entry.target = os.readlink(full)
+        elif kind in (Kind.CHAR, Kind.BLOCK):
+            entry.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        if kind is not Kind.DIR and st.st_nlink > 1:
+            self.inodes[(st.st_dev, st.st_ino)] = entry
+        return entry
+
+    def excluded(self, rel: str) -> bool:
+        return any(fnmatch.fnmatchcase(rel, pat) for pat in self.excludes)
+
+    def listing(self, full: str) -> list[os.DirEntry]:
+        try:
+            with os.scandir(full) as it:
+                return sorted(it, key=lambda d: os.fsencode(d.name))
+        except OSError as e:
+            raise ConvError(f"{full}: cannot list directory: {e.strerror}") from None
+
+    def scan(self) -> Tree:
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.root}: no such directory") from None
+        except OSError as e:
+            raise ConvError(f"{self.root}: {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotFoundError(f"{self.root}: not a directory")
+        tree = Tree(self.entry(self.root, "", st))
+        # Depth first with children in byte order: the same order Tree
+        # iterates, so the first name of a hardlinked inode comes first.
+        stack = [("", iter(self.listing(self.root)))]
+        while stack:
+            parent, it = stack[-1]
+            child = next(it, None)
+            if child is None:
+                stack.pop()
+                continue
+            rel = f"{parent}/{child.name}" if parent else child.name
+            if self.excluded(rel):
+                continue
+            try:
+                st = child.stat(follow_symlinks=False)
+                entry = self.entry(child.path, rel, st)
+            except FileNotFoundError:
+                continue  # removed while we walked
+            except OSError as e:
+                raise ConvError(f"{child.path}: {e.strerror}") from None
+            tree.add(entry)
+            if entry.is_dir():
+                stack.append((rel, iter(self.listing(child.path))))
+        return tree
+
+
+def source(path: str, opts: dict, ctx: Context) -> Tree:
+    """The directory at ``path`` as a Tree."""
+    return _Scanner(os.fspath(path), opts.get("owner"), opts.get("exclude") or ()).scan()
+
+
+# --------------------------------------------------------------------------
+# Sink
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(path: str, what: str) -> tuple[str, ...]:
+    """The components of a tree path, refusing anything that could climb
+    out of the destination."""
+    parts = tuple(path.split("/"))
+    if any(p in ("", ".", "..") or "\0" in p for p in parts):
+        raise CorruptError(f"{what} {path!r} escapes the destination directory; refused")
+    return parts
+
+
+class _DirCursor:
+    """Open directory fds along one path below the destination root, reused
+    while entries stay in the same directory. Each component is opened with
+    O_NOFOLLOW relative to its parent."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.parts: list[str] = []
+        self.fds: list[int] = [root_fd]
+
+    def get(self, parts: tuple[str, ...], path: str) -> int:
+        keep = 0
+        for a, b in zip(self.parts, parts, strict=False):
+            if a != b:
+                break
+            keep += 1
+        while len(self.parts) > keep:
+            self.parts.pop()
+            os.close(self.fds.pop())
+        for part in parts[keep:]:
+            self.fds.append(_open_child_dir(self.fds[-1], part, path))
+            self.parts.append(part)
+        return self.fds[-1]
+
+    def close(self) -> None:
+        self.get((), "")
+
+
+def _open_child_dir(parent_fd: int, name: str, path: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise CorruptError(f"{path!r}: parent {name!r} is not a directory (a symlink?); "
+                               "refused") from None
+        if e.errno == errno.ENOENT:
+            raise CorruptError(f"{path!r}: parent directory {name!r} is missing") from None
+        raise
+
+
+def _open_dir_path(root_fd: int, parts: tuple[str, ...], path: str) -> int:
+    fd = os.dup(root_fd)
+    for part in parts:
+        try:
+            child = _open_child_dir(fd, part, path)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+class _Extractor:
+    def __init__(self, dest: str, ctx: Context) -> None:
+        self.dest = dest
+        self.ctx = ctx
+        self.root = os.geteuid() == 0
+        self.buf = bytearray(COPY_CHUNK)
+        self.devices_skipped = 0
+        self.owners_skipped = 0
+        self.xattrs_failed = 0
+        self.my_ids = (os.geteuid(), os.getegid())
+
+    def run(self, tree: Tree) -> None:
+        try:
+            os.mkdir(self.dest, 0o700)
+        except FileExistsError:
+            raise ConvError(f"{self.dest}: already exists") from None
+        root_fd = os.open(self.dest, _DIR_FLAGS)
+        cursor = _DirCursor(root_fd)
+        dirs: list[Entry] = []
+        try:
+            for entry in tree:
+                if entry.path == "":
+                    dirs.append(entry)
+                    continue
+                parts = _parts(entry.path, "entry")
+                parent_fd = cursor.get(parts[:-1], entry.path)
+                self.create(tree, entry, parts, parent_fd, root_fd)
+                if entry.is_dir():
+                    dirs.append(entry)
+            cursor.close()
+            # Directory metadata last, deepest first: creating children
+            # changes a directory's mtime and may need its write permission.
+            for entry in reversed(dirs):
+                parts = _parts(entry.path, "entry") if entry.path else ()
+                fd = _open_dir_path(root_fd, parts, entry.path)
+                try:
+                    self.set_fd_metadata(fd, entry)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"{self.dest}: no space left on the device") from None
+            raise
+        finally:
+            cursor.close()
+            os.close(root_fd)
+        self.report()
+
+    def create(self, tree: Tree, entry: Entry, parts: tuple[str, ...], parent_fd: int,
+               root_fd: int) -> None:
+        name = parts[-1]
+        try:
+            if entry.link is not None:
+                self.hardlink(entry, name, parent_fd, root_fd)
+            elif entry.kind is Kind.DIR:
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+            elif entry.kind is Kind.FILE:
+                self.regular(entry, name, parent_fd)
+            elif entry.kind is Kind.SYMLINK:
+                os.symlink(entry.target, name, dir_fd=parent_fd)
+                self.set_path_metadata(parent_fd, name, entry, symlink=True)
+            elif entry.kind in (Kind.CHAR, Kind.BLOCK):
+                if not self.root:
+                    self.devices_skipped += 1
+                    return
+                os.mknod(name, entry.kind.value | 0o600, os.makedev(*entry.rdev),
+                         dir_fd=parent_fd)
+                self.set_path_metadata(parent_fd, name, entry)
+            elif entry.kind is Kind.FIFO:
+                os.mkfifo(name, 0o600, dir_fd=parent_fd)
+                self.set_path_metadata(parent_fd, name, entry)
+            elif entry.kind is Kind.SOCKET:
+                os.mknod(name, stat.S_IFSOCK | 0o600, dir_fd=parent_fd)
+                self.set_path_metadata(parent_fd, name, entry)
+        except FileExistsError:
+            raise CorruptError(f"{entry.path!r}: appears twice in the tree") from None
+
+    def hardlink(self, entry: Entry, name: str, parent_fd: int, root_fd: int) -> None:
+        target = _parts(entry.link, "hardlink target")
+        target_fd = _open_dir_path(root_fd, target[:-1], entry.link)
+        try:
+            os.link(target[-1], name, src_dir_fd=target_fd, dst_dir_fd=parent_fd,
+                    follow_symlinks=False)
+        except FileNotFoundError:
+            raise CorruptError(f"{entry.path!r}: hardlink to missing {entry.link!r}") from None
+        except PermissionError:
+            raise CorruptError(f"{entry.path!r}: cannot hardlink to {entry.link!r} "
+                               "(a directory?)") from None
+        finally:
+            os.close(target_fd)
+
+    def regular(self, entry: Entry, name: str, parent_fd: int) -> None:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=parent_fd)
+        try:
+            data = entry.data
+            if data is not None and data.size:
+                # Sized first so the holes Data.copy_to skips stay holes.
+                os.ftruncate(fd, data.size)
+                data.copy_to(fd, 0, self.buf)
+            self.set_fd_metadata(fd, entry)
+        finally:
+            os.close(fd)
+
+    # -- metadata
+    def _owner_ok(self, entry: Entry) -> bool:
+        if self.root:
+            return True
+        if (entry.uid, entry.gid) != self.my_ids:
+            self.owners_skipped += 1
+        return False
+
+    def _times(self, entry: Entry) -> tuple[int, int]:
+        return (entry.atime_ns or entry.mtime_ns, entry.mtime_ns)
+
+    def set_fd_metadata(self, fd: int, entry: Entry) -> None:
+        if self._owner_ok(entry):
+            os.fchown(fd, entry.uid, entry.gid)
+        # after chown, which clears setuid/setgid
+        os.fchmod(fd, entry.mode & 0o7777)
+        for key, value in entry.xattrs.items():
+            try:
+                os.setxattr(fd, key, value)
+            except OSError:
+                self.xattrs_failed += 1
+        os.utime(fd, ns=self._times(entry))
+
+    def set_path_metadata(self, parent_fd: int, name: str, entry: Entry,
+                          symlink: bool = False) -> None:
+        """Metadata of a node we cannot open (symlink, device, FIFO, socket)."""
+        if self._owner_ok(entry):
+            os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
+        if not symlink:
+            # the node was just created by us, so following is safe
+            os.chmod(name, entry.mode & 0o7777, dir_fd=parent_fd)
+        if entry.xattrs:
+            # the parent is pinned by its fd; the last component is not followed
+            proc = f"/proc/self/fd/{parent_fd}/{name}"
+            for key, value in entry.xattrs.items():
+                try:
+                    os.setxattr(proc, key, value, follow_symlinks=False)
+                except OSError:
+                    self.xattrs_failed += 1
+        os.utime(name, ns=self._times(entry), dir_fd=parent_fd, follow_symlinks=False)
+
+    def report(self) -> None:
+        problems = []
+        if self.devices_skipped:
+            problems.append(f"{self.devices_skipped} device nodes skipped")
+        if self.owners_skipped:
+            problems.append(f"ownership not restored ({self.owners_skipped} entries)")
+        if self.xattrs_failed:
+            problems.append(f"{self.xattrs_failed} xattrs not restored")
+        if problems and not self.ctx.quiet:
+            who = "not root: " if not self.root and (self.devices_skipped or
+                                                     self.owners_skipped) else ""
+            print(f"conv: warning: {who}{', '.join(problems)}", file=sys.stderr)
+
+
+def sink(tree: Tree, path: str, opts: dict, ctx: Context) -> None:
+    """Extract ``tree`` into the new directory ``path``."""
+    _Extractor(os.fspath(path), ctx).run(tree)
