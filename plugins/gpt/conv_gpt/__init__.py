@@ -27,29 +27,10 @@ def _size(text: str) -> int:
     return parse_size(text)
 
 
-def _default_type(content, table: str) -> str:
-    """A partition type that fits what the content is."""
-    from conv_gpt.types import host_root_type
-    fs_type = getattr(content, "fs_type", None)
-    if fs_type is None and hasattr(content, "pread") and content.size:
-        # A readable volume (raw:fs.img -> gpt): look at its magic.
-        from convcore.plugins import registry
-        found = registry().detect(content.pread(64 << 10, 0))
-        if found is not None and found.layer == "filesystem":
-            fs_type = found.name
-    if fs_type in ("vfat", "fat", "fat32", "fat16", "fat12"):
-        return "esp" if table == "gpt" else "fat32"
-    if fs_type == "swap":
-        return "swap"
-    if fs_type:
-        return host_root_type() if table == "gpt" else "linux"
-    return "linux"
-
-
 def _request(plan, opts: dict, table: str) -> PartitionRequest:
     return PartitionRequest(
         content=plan, name=opts.get("name") or "",
-        type=opts.get("type") or _default_type(plan, table),
+        type=opts.get("type") or None,
         attributes=opts.get("attrs") or (), bootable=bool(opts.get("bootable")))
 
 

@@ -266,6 +266,25 @@ def host_root_type() -> str:
     return f"root-{arch}" if arch else "linux"
 
 
+def default_type(content, table: str) -> str:
+    """A partition type that fits the content (its ``fs_type``, or for a
+    readable volume the filesystem its magic shows): a root partition for this
+    machine when it holds a filesystem."""
+    fs_type = getattr(content, "fs_type", None)
+    if fs_type is None and content is not None and hasattr(content, "pread") and content.size:
+        from convcore.plugins import registry
+        found = registry().detect(content.pread(64 << 10, 0))
+        if found is not None and found.layer == "filesystem":
+            fs_type = found.name
+    if fs_type in ("vfat", "fat", "fat32", "fat16", "fat12"):
+        return "esp" if table == "gpt" else "fat32"
+    if fs_type == "swap":
+        return "swap"
+    if fs_type:
+        return host_root_type() if table == "gpt" else "linux"
+    return "linux"
+
+
 def _known(names) -> str:
     return ", ".join(sorted(names))
 

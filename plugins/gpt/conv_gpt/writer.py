@@ -92,7 +92,7 @@ def layout_gpt(requests: Sequence[PartitionRequest], opts: dict, ctx: Context) -
     array = bytearray(array_sectors * sector)
     for i, part in enumerate(placed):
         req = part.request
-        type_guid = types.gpt_type(req.type or "linux")
+        type_guid = types.gpt_type(req.type or types.default_type(req.content, "gpt"))
         entry = layout.GPT_ENTRY.pack(
             type_guid.bytes_le, _partition_uuid(part, ctx).bytes_le,
             part.start // sector, part.end // sector - 1,
@@ -174,7 +174,7 @@ def layout_mbr(requests: Sequence[PartitionRequest], opts: dict, ctx: Context) -
 
     def entry(part: Placed, base_lba: int) -> bytes:
         req = part.request
-        type_byte = types.mbr_type(req.type or "linux")
+        type_byte = types.mbr_type(req.type or types.default_type(req.content, "mbr"))
         if type_byte in types.MBR_EXTENDED or type_byte == layout.MBR_TYPE_PROTECTIVE:
             raise UsageError(f"mbr: {part.label}: type {type_byte:02x} is not for a data "
                              "partition")
