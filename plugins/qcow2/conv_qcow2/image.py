@@ -1,0 +1,239 @@
+"""Building a qcow2 file: host cluster allocation, L1/L2 tables, refcounts, header.
+
+The builder only appends: clusters are handed out in the order they are first
+needed, so the same sequence of writes always gives the same bytes. Metadata
+(L2 tables, refcount blocks and table) is appended by ``finish`` once every
+data cluster is known, which lets the refcounts be computed exactly in one go.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from array import array
+
+from conv_qcow2 import layout
+from convcore.errors import NoSpaceError, UsageError
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _to_be(table: array) -> bytes:
+    if _BIG_ENDIAN:
+        return table.tobytes()
+    swapped = array(table.typecode, table)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while len(view):
+        try:
+            n = os.pwrite(fd, view, offset)
+        except OSError as e:
+            import errno
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise NoSpaceError(f"cannot write the qcow2 output: {e.strerror}") from None
+            raise
+        view = view[n:]
+        offset += n
+
+
+class ImageBuilder:
+    """One qcow2 file being written through ``fd``."""
+
+    def __init__(self, fd: int, virtual_size: int, cluster_size: int = 65536, version: int = 3,
+                 compression_type: int = layout.COMPRESSION_ZLIB,
+                 backing_file: str | None = None, backing_format: str | None = None) -> None:
+        cluster_bits = cluster_size.bit_length() - 1
+        if (cluster_size != 1 << cluster_bits
+                or not layout.MIN_CLUSTER_BITS <= cluster_bits <= layout.MAX_CLUSTER_BITS):
+            raise UsageError(f"qcow2[cluster_size={cluster_size}]: must be a power of two "
+                             "from 512 to 2M")
+        if version == 2 and compression_type != layout.COMPRESSION_ZLIB:
+            raise UsageError("qcow2[compress=zstd]: needs compat=1.1 (version 3)")
+        self.fd = fd
+        self.size = virtual_size
+        self.cluster_size = cluster_size
+        self.cluster_bits = cluster_bits
+        self.version = version
+        self.compression_type = compression_type
+        self.backing_file = backing_file
+        self.backing_format = backing_format
+        self.l2_entries = cluster_size // 8
+        self.l2_bits = cluster_bits - 3
+        l2_span = cluster_size * self.l2_entries
+        self.l1_size = -(-virtual_size // l2_span)
+        if self.l1_size * 8 > layout.MAX_L1_BYTES:
+            raise UsageError(
+                f"qcow2: a {virtual_size}-byte disk needs a {self.l1_size * 8}-byte L1 table "
+                f"with cluster_size={cluster_size} (qemu's limit is 32 MiB); "
+                "use a larger cluster_size")
+        self.l1_clusters = max(1, -(-self.l1_size * 8 // cluster_size))
+        self.l1_offset = cluster_size
+        #: L2 tables by L1 index, in host byte order until ``finish``.
+        self.l2: dict[int, array] = {}
+        self.next_host = (1 + self.l1_clusters) * cluster_size
+        #: refcounts of host clusters holding compressed data (others are 1).
+        self.compressed_refs: dict[int, int] = {}
+        #: where the next compressed cluster goes (None: start a new host cluster).
+        self._compressed_pos: int | None = None
+        self.csize_shift, self.csize_mask = layout.compressed_layout(cluster_bits)
+        self._check_header_fits()
+
+    # -- guest -> host mapping
+
+    def lookup(self, guest_cluster: int) -> int:
+        """The L2 entry of a guest cluster (0 when unallocated)."""
+        table = self.l2.get(guest_cluster >> self.l2_bits)
+        return 0 if table is None else table[guest_cluster & (self.l2_entries - 1)]
+
+    def _set(self, guest_cluster: int, entry: int) -> None:
+        index = guest_cluster >> self.l2_bits
+        table = self.l2.get(index)
+        if table is None:
+            table = self.l2[index] = array("Q", bytes(self.cluster_size))
+        table[guest_cluster & (self.l2_entries - 1)] = entry
+
+    def _alloc_host(self, count: int = 1) -> int:
+        offset = self.next_host
+        self.next_host += count * self.cluster_size
+        return offset
+
+    def allocate(self, guest_cluster: int) -> int:
+        """Map a guest cluster to a fresh host cluster; returns its host offset."""
+        host = self._alloc_host()
+        self._set(guest_cluster, host | layout.OFLAG_COPIED)
+        return host
+
+    def host_offset(self, guest_cluster: int) -> int | None:
+        entry = self.lookup(guest_cluster)
+        if entry & layout.OFLAG_COMPRESSED or not entry & layout.L2_OFFSET_MASK:
+            return None
+        return entry & layout.L2_OFFSET_MASK
+
+    def set_zero(self, guest_cluster: int) -> None:
+        """Mark a guest cluster as reading zeros (v3 zero flag), hiding the backing file."""
+        if self.version >= 3:
+            self._set(guest_cluster, layout.OFLAG_ZERO)
+        else:  # version 2 has no zero flag: store a cluster of zeros
+            self.allocate(guest_cluster)
+
+    def put_compressed(self, guest_cluster: int, payload: bytes) -> None:
+        """Pack ``payload`` right after the previous compressed cluster, sharing
+        host clusters; refcounts count every descriptor touching a cluster, over
+        the 512-byte sectors the descriptor names (as qemu-img check does)."""
+        n = len(payload)
+        cs = self.cluster_size
+        pos = self._compressed_pos
+        if pos is not None:
+            cluster_end = -(-pos // cs) * cs
+            if pos + n > cluster_end and cluster_end != self.next_host:
+                pos = None  # would spill into a cluster already used for plain data
+        if pos is None:
+            pos = self._alloc_host()
+            self.compressed_refs[pos // cs] = 0
+        end = pos + n
+        while end > self.next_host:  # spill into the next, contiguous, host cluster
+            self.compressed_refs[self._alloc_host() // cs] = 0
+        _pwrite_all(self.fd, payload, pos)
+        extra_sectors = ((end - 1) >> 9) - (pos >> 9)
+        self._set(guest_cluster, layout.OFLAG_COMPRESSED
+                  | (extra_sectors << self.csize_shift) | pos)
+        first = (pos & ~511) // self.cluster_size
+        last = ((pos & ~511) + (extra_sectors + 1) * layout.SECTOR - 1) // self.cluster_size
+        for c in range(first, last + 1):
+            self.compressed_refs[c] += 1
+        self._compressed_pos = end if end % cs else None
+
+    # -- finishing
+
+    def _extensions(self, with_feature_names: bool) -> bytes:
+        out = bytearray()
+
+        def add(kind: int, data: bytes) -> None:
+            out.extend(layout.EXTENSION.pack(kind, len(data)))
+            out.extend(data)
+            out.extend(bytes(-len(data) % 8))
+
+        if self.backing_file and self.backing_format:
+            add(layout.EXT_BACKING_FORMAT, self.backing_format.encode())
+        if self.version >= 3 and with_feature_names:
+            add(layout.EXT_FEATURE_NAMES, b"".join(
+                layout.FEATURE_NAME.pack(t, b, name) for t, b, name in layout.FEATURE_NAMES_V3))
+        out.extend(layout.EXTENSION.pack(layout.EXT_END, 0))
+        return bytes(out)
+
+    def _header_length(self) -> int:
+        return layout.HEADER_V3_LENGTH_COMPRESSION if self.version >= 3 else layout.HEADER_V2_LENGTH
+
+    def _check_header_fits(self) -> None:
+        name = (self.backing_file or "").encode()
+        if len(name) > layout.MAX_BACKING_NAME:
+            raise UsageError(
+                f"qcow2[backing=...]: name longer than {layout.MAX_BACKING_NAME} bytes")
+        need = self._header_length() + len(self._extensions(False)) + len(name)
+        if need > self.cluster_size:
+            raise UsageError(f"qcow2: header and backing name ({need} bytes) do not fit in "
+                             f"a {self.cluster_size}-byte cluster; use a larger cluster_size")
+
+    def finish(self) -> None:
+        """Append L2 tables and refcounts, then write the L1 table and header."""
+        cs = self.cluster_size
+        l1 = array("Q", bytes(self.l1_size * 8))
+        for index in sorted(self.l2):
+            host = self._alloc_host()
+            l1[index] = host | layout.OFLAG_COPIED
+            _pwrite_all(self.fd, _to_be(self.l2[index]), host)
+        _pwrite_all(self.fd, _to_be(l1), self.l1_offset)
+
+        # Refcount blocks and table cover every cluster including themselves.
+        refcount_bits = 16
+        per_block = cs * 8 // refcount_bits
+        used = self.next_host // cs
+        blocks = table_clusters = 0
+        while True:
+            total = used + blocks + table_clusters
+            new_blocks = -(-total // per_block)
+            new_table = -(-new_blocks * 8 // cs)
+            if (new_blocks, new_table) == (blocks, table_clusters):
+                break
+            blocks, table_clusters = new_blocks, new_table
+        blocks_offset = self._alloc_host(blocks)
+        table_offset = self._alloc_host(table_clusters)
+        total = self.next_host // cs
+        refs = array("H", [1]) * total
+        for cluster, count in self.compressed_refs.items():
+            if count > 0xFFFF:
+                raise NoSpaceError(f"qcow2: host cluster {cluster} shared by {count} clusters")
+            refs[cluster] = count
+        refs.frombytes(bytes((blocks * per_block - total) * 2))
+        _pwrite_all(self.fd, _to_be(refs), blocks_offset)
+        table = array("Q", (blocks_offset + i * cs for i in range(blocks)))
+        table.frombytes(bytes(table_clusters * cs - blocks * 8))
+        _pwrite_all(self.fd, _to_be(table), table_offset)
+
+        _pwrite_all(self.fd, self._header(table_offset, table_clusters), 0)
+        os.ftruncate(self.fd, self.next_host)
+
+    def _header(self, refcount_table_offset: int, refcount_table_clusters: int) -> bytes:
+        header_length = self._header_length()
+        incompatible = 0
+        if self.compression_type != layout.COMPRESSION_ZLIB:
+            incompatible |= layout.INCOMPAT_COMPRESSION
+        ext = self._extensions(True)
+        name = (self.backing_file or "").encode()
+        if header_length + len(ext) + len(name) > self.cluster_size:
+            ext = self._extensions(False)  # the feature name table is optional
+        backing_offset = header_length + len(ext) if name else 0
+        out = bytearray(layout.HEADER_V2.pack(
+            layout.MAGIC, self.version, backing_offset, len(name), self.cluster_bits, self.size,
+            0, self.l1_size, self.l1_offset, refcount_table_offset, refcount_table_clusters,
+            0, 0))
+        if self.version >= 3:
+            out += layout.HEADER_V3_EXT.pack(incompatible, 0, 0, 4, header_length)
+            out += layout.HEADER_COMPRESSION.pack(self.compression_type)
+        out += ext
+        out += name
+        return bytes(out)

@@ -1,0 +1,492 @@
+"""qcow2 reader: a qcow2 file as a lazy, random-access Volume.
+
+Every offset, size and count comes from a possibly hostile file, so each is
+checked against the file before use; memory stays bounded (L1 capped as qemu
+caps it, an LRU of L2 tables, decompression limited to one cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from conv_qcow2 import layout
+from convcore.blockdev import FileVolume, Volume
+from convcore.errors import CorruptError, NotFoundError, UnsupportedError
+from convcore.format import Context
+from convcore.tree import COPY_CHUNK, copy_range
+
+_BIG_ENDIAN = sys.byteorder == "big"
+_ZEROS = memoryview(bytes(1 << 21))
+#: a compressed L2 entry without its flag bits: host offset and sector count.
+_DESCRIPTOR_MASK = (1 << 62) - 1
+
+#: how deep a backing chain may go before we call it a loop.
+MAX_CHAIN = 32
+#: bytes of L2 tables kept in memory per image.
+L2_CACHE_BYTES = 32 << 20
+
+# what a guest range is backed by
+UNALLOCATED, ZERO, DATA, COMPRESSED = range(4)
+
+
+def source(path: str, opts: dict, ctx: Context) -> Volume:
+    return Qcow2Volume(path)
+
+
+def _from_be(data: bytes) -> array:
+    table = array("Q", data)
+    if not _BIG_ENDIAN:
+        table.byteswap()
+    return table
+
+
+class Qcow2Volume(Volume):
+    """The guest disk of a qcow2 image (and of its backing chain)."""
+
+    def __init__(self, path: str | os.PathLike, _chain: tuple[str, ...] = ()) -> None:
+        self.path = os.fspath(path)
+        self.description = "qcow2"
+        self.backing: Volume | None = None
+        self._file = None
+        self.fd = -1
+        try:
+            self._file = FileVolume(self.path, "file")
+            self.fd = self._file.fd
+            self.file_size = self._file.size
+            self._open(_chain)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- header
+
+    def _open(self, chain: tuple[str, ...]) -> None:
+        name = self.path
+        head = self._file.read_exact(layout.HEADER_V2.size, 0, f"{name}: qcow2 header")
+        h = layout.Header(*layout.HEADER_V2.unpack(head))
+        if h.magic != layout.MAGIC:
+            raise CorruptError(f"{name}: not a qcow2 image (bad magic)")
+        if h.version not in (2, 3):
+            raise UnsupportedError(f"{name}: qcow2 version {h.version} is not supported")
+        if not layout.MIN_CLUSTER_BITS <= h.cluster_bits <= layout.MAX_CLUSTER_BITS:
+            raise CorruptError(f"{name}: cluster_bits {h.cluster_bits} outside 9..21")
+        cs = 1 << h.cluster_bits
+        header_cluster = self._file.pread(cs, 0)
+        if h.version == 3:
+            if len(header_cluster) < layout.HEADER_V3_LENGTH:
+                raise CorruptError(f"{name}: version 3 header is truncated")
+            incompat, compat, autoclear, refcount_order, header_length = \
+                layout.HEADER_V3_EXT.unpack_from(header_cluster, layout.HEADER_V2.size)
+            if header_length < layout.HEADER_V3_LENGTH or header_length > len(header_cluster):
+                raise CorruptError(f"{name}: header_length {header_length} is out of range")
+            compression = header_cluster[104] if header_length > 104 else 0
+            h = h._replace(incompatible_features=incompat, compatible_features=compat,
+                           autoclear_features=autoclear, refcount_order=refcount_order,
+                           header_length=header_length, compression_type=compression)
+        self.header = h
+        if h.crypt_method:
+            raise UnsupportedError(f"{name}: encrypted qcow2 images are not supported")
+        if h.incompatible_features & layout.INCOMPAT_DATA_FILE:
+            raise UnsupportedError(f"{name}: qcow2 with an external data file is not supported")
+        unknown = h.incompatible_features & ~layout.INCOMPAT_KNOWN
+        if unknown:
+            raise UnsupportedError(f"{name}: unknown qcow2 incompatible features {unknown:#x}")
+        if h.refcount_order > 6:
+            raise CorruptError(f"{name}: refcount_order {h.refcount_order} is above 6")
+        if h.compression_type not in layout.COMPRESSION_NAMES:
+            raise UnsupportedError(f"{name}: unknown compression type {h.compression_type}")
+        if h.compression_type and not h.incompatible_features & layout.INCOMPAT_COMPRESSION:
+            raise CorruptError(f"{name}: compression type set without its incompatible bit")
+
+        self.cluster_bits = h.cluster_bits
+        self.cluster_size = cs
+        self.size = h.size
+        self.extended_l2 = bool(h.incompatible_features & layout.INCOMPAT_EXTL2)
+        if self.extended_l2 and h.cluster_bits < 14:
+            raise CorruptError(f"{name}: extended L2 entries need clusters of 16 KiB or more")
+        self.entry_words = 2 if self.extended_l2 else 1
+        self.l2_entries = cs // (8 * self.entry_words)
+        self.subcluster_size = cs // layout.SUBCLUSTERS if self.extended_l2 else cs
+        self.csize_shift, self.csize_mask = layout.compressed_layout(h.cluster_bits)
+        self.compressed_offset_mask = (1 << self.csize_shift) - 1
+
+        backing_format = self._extensions(header_cluster, h)
+        self._check_refcount_table(h)
+        self._load_l1(h)
+        self._l2_cache: OrderedDict[int, array] = OrderedDict()
+        self._l2_cache_max = max(4, L2_CACHE_BYTES // cs)
+        self._cluster_cache: tuple[int, bytes] | None = None
+
+        backing_name = None
+        if h.backing_file_offset:
+            if h.backing_file_size > layout.MAX_BACKING_NAME or \
+                    h.backing_file_offset + h.backing_file_size > len(header_cluster):
+                raise CorruptError(f"{name}: backing file name lies outside the header cluster")
+            raw_name = header_cluster[h.backing_file_offset:
+                                      h.backing_file_offset + h.backing_file_size]
+            backing_name = raw_name.decode("utf-8", "surrogateescape")
+        self.backing_file = backing_name
+        self.backing_format = backing_format
+        if backing_name:
+            self.backing = self._open_backing(backing_name, backing_format, chain)
+
+        chain_info = []
+        if self.backing is not None:
+            chain_info.append({"file": backing_name,
+                               "format": backing_format or self.backing.description})
+        if isinstance(self.backing, Qcow2Volume):
+            chain_info += self.backing.info.get("backing_chain", [])
+        st = os.fstat(self.fd)
+        self.info = {
+            "format": "qcow2",
+            "virtual_size": self.size,
+            "cluster_size": cs,
+            "version": h.version,
+            "compat": "1.1" if h.version == 3 else "0.10",
+            "compression_type": layout.COMPRESSION_NAMES[h.compression_type],
+            "extended_l2": self.extended_l2,
+            "backing_file": backing_name,
+            "backing_format": backing_format,
+            "backing_chain": chain_info,
+            "file_size": self.file_size,
+            "allocated_bytes": st.st_blocks * 512,
+        }
+
+    def _extensions(self, cluster: bytes, h: layout.Header) -> str | None:
+        """Walk the header extensions; returns the backing format name."""
+        backing_format = None
+        pos = h.header_length if h.version == 3 else layout.HEADER_V2.size
+        end = len(cluster)
+        if h.backing_file_offset and h.backing_file_offset < end:
+            end = h.backing_file_offset
+        while pos + layout.EXTENSION.size <= end:
+            kind, length = layout.EXTENSION.unpack_from(cluster, pos)
+            pos += layout.EXTENSION.size
+            if kind == layout.EXT_END:
+                break
+            if pos + length > end:
+                raise CorruptError(f"{self.path}: header extension {kind:#x} overruns the header")
+            data = cluster[pos:pos + length]
+            if kind == layout.EXT_BACKING_FORMAT:
+                backing_format = data.decode("ascii", "replace")
+            elif kind == layout.EXT_DATA_FILE:
+                raise UnsupportedError(
+                    f"{self.path}: qcow2 with an external data file is not supported")
+            elif kind == layout.EXT_ENCRYPTION:
+                raise UnsupportedError(f"{self.path}: encrypted qcow2 images are not supported")
+            pos += length + (-length % 8)
+        return backing_format
+
+    def _check_refcount_table(self, h: layout.Header) -> None:
+        cs = self.cluster_size
+        if h.refcount_table_offset % cs:
+            raise CorruptError(f"{self.path}: refcount table offset {h.refcount_table_offset} "
+                               "is not cluster aligned")
+        if h.refcount_table_offset + h.refcount_table_clusters * cs > self.file_size:
+            raise CorruptError(f"{self.path}: refcount table at offset {h.refcount_table_offset} "
+                               f"({h.refcount_table_clusters} clusters) lies past the end of "
+                               "the file")
+
+    def _load_l1(self, h: layout.Header) -> None:
+        cs = self.cluster_size
+        l2_span = self.l2_entries * cs
+        needed = -(-h.size // l2_span)
+        if h.l1_size * 8 > layout.MAX_L1_BYTES:
+            raise CorruptError(f"{self.path}: L1 table of {h.l1_size} entries is above "
+                               "qemu's 32 MiB limit")
+        if h.l1_size < needed:
+            raise CorruptError(f"{self.path}: L1 table of {h.l1_size} entries is too small for "
+                               f"a {h.size}-byte disk")
+        if h.l1_size and h.l1_table_offset % cs:
+            raise CorruptError(f"{self.path}: L1 table offset {h.l1_table_offset} is not "
+                               "cluster aligned")
+        self.l1 = _from_be(self._file.read_exact(h.l1_size * 8, h.l1_table_offset,
+                                                 f"{self.path}: L1 table"))
+
+    def _open_backing(self, name: str, fmt: str | None, chain: tuple[str, ...]) -> Volume:
+        path = name if os.path.isabs(name) else os.path.join(os.path.dirname(self.path), name)
+        me = os.path.realpath(self.path)
+        chain = (*chain, me)
+        if len(chain) > MAX_CHAIN:
+            raise CorruptError(f"{self.path}: backing chain deeper than {MAX_CHAIN} images")
+        if os.path.realpath(path) in chain:
+            raise CorruptError(f"{self.path}: backing file {name} loops back into its own chain")
+        if not os.path.exists(path):
+            raise NotFoundError(f"{self.path}: backing file {name} not found")
+        if fmt is None:
+            with open(path, "rb") as f:
+                fmt = "qcow2" if f.read(4) == layout.MAGIC else "raw"
+        if fmt == "qcow2":
+            return Qcow2Volume(path, chain)
+        if fmt == "raw":
+            return FileVolume(path, "raw")
+        raise UnsupportedError(f"{self.path}: backing format {fmt!r} is not supported")
+
+    # -- mapping
+
+    def _l2(self, index: int) -> array | None:
+        table = self._l2_cache.get(index)
+        if table is not None:
+            self._l2_cache.move_to_end(index)
+            return table
+        entry = self.l1[index]
+        offset = entry & layout.L1_OFFSET_MASK
+        if not offset:
+            return None
+        if offset % self.cluster_size:
+            raise CorruptError(f"{self.path}: L2 table offset {offset} (L1 entry {index}) "
+                               "is not cluster aligned")
+        table = _from_be(self._file.read_exact(self.cluster_size, offset,
+                                               f"{self.path}: L2 table (L1 entry {index})"))
+        self._l2_cache[index] = table
+        if len(self._l2_cache) > self._l2_cache_max:
+            self._l2_cache.popitem(last=False)
+        return table
+
+    def _segment(self, guest: int, limit: int) -> tuple[int, int, int]:
+        """What backs ``guest``: (kind, host offset or compressed descriptor,
+        length of the uniform run, at most ``limit`` and within one cluster)."""
+        bits, cs = self.cluster_bits, self.cluster_size
+        c = guest >> bits
+        within = guest & (cs - 1)
+        length = min(cs - within, limit)
+        table = self._l2(c // self.l2_entries)
+        if table is None:
+            return UNALLOCATED, 0, length
+        i = (c % self.l2_entries) * self.entry_words
+        entry = table[i]
+        if entry & layout.OFLAG_COMPRESSED:
+            return COMPRESSED, entry & _DESCRIPTOR_MASK, length
+        host = entry & layout.L2_OFFSET_MASK
+        if host % cs:
+            raise CorruptError(f"{self.path}: data cluster offset {host} for guest offset "
+                               f"{c * cs} is not cluster aligned")
+        if not self.extended_l2:
+            if entry & layout.OFLAG_ZERO and self.header.version >= 3:
+                return ZERO, 0, length
+            return (DATA, host + within, length) if host else (UNALLOCATED, 0, length)
+        bitmap = table[i + 1]
+        sc = self.subcluster_size
+        sub = within // sc
+        kind = self._sub_kind(bitmap, sub, host, c)
+        end = within + length
+        nxt = (sub + 1) * sc
+        while nxt < end and self._sub_kind(bitmap, nxt // sc, host, c) == kind:
+            nxt += sc
+        length = min(end, nxt) - within
+        return kind, (host + within if kind == DATA else 0), length
+
+    def _sub_kind(self, bitmap: int, sub: int, host: int, c: int) -> int:
+        allocated = bitmap >> sub & 1
+        zero = bitmap >> (32 + sub) & 1
+        if allocated and zero:
+            raise CorruptError(f"{self.path}: subcluster {sub} of guest cluster {c} is both "
+                               "allocated and zero")
+        if allocated:
+            if not host:
+                raise CorruptError(f"{self.path}: guest cluster {c} has allocated subclusters "
+                                   "but no host cluster")
+            return DATA
+        return ZERO if zero else UNALLOCATED
+
+    def _decompress(self, descriptor: int, c: int) -> bytes:
+        if self._cluster_cache is not None and self._cluster_cache[0] == c:
+            return self._cluster_cache[1]
+        cs = self.cluster_size
+        offset = descriptor & self.compressed_offset_mask
+        sectors = ((descriptor >> self.csize_shift) & self.csize_mask) + 1
+        length = sectors * layout.SECTOR - (offset & (layout.SECTOR - 1))
+        if offset >= self.file_size:
+            raise CorruptError(f"{self.path}: compressed cluster for guest offset {c * cs} at "
+                               f"offset {offset} lies past the end of the file")
+        packed = self._file.pread(min(length, self.file_size - offset), offset)
+        what = f"{self.path}: compressed cluster for guest offset {c * cs}"
+        if self.header.compression_type == layout.COMPRESSION_ZSTD:
+            out = _unzstd(packed, cs, what)
+        else:
+            d = zlib.decompressobj(-12)
+            try:
+                out = d.decompress(packed, cs)
+                if len(out) == cs and not d.eof and d.decompress(d.unconsumed_tail, 1):
+                    raise CorruptError(f"{what} inflates beyond the {cs}-byte cluster size")
+            except zlib.error as e:
+                raise CorruptError(f"{what} does not inflate: {e}") from None
+        if len(out) != cs:
+            raise CorruptError(f"{what} inflates to {len(out)} bytes, not {cs}")
+        self._cluster_cache = (c, out)
+        return out
+
+    # -- Volume API
+
+    def readinto(self, buf: memoryview | bytearray, offset: int) -> int:
+        view = memoryview(buf).cast("B")
+        want = max(0, min(len(view), self.size - offset))
+        pos = 0
+        while pos < want:
+            guest = offset + pos
+            kind, where, n = self._segment(guest, want - pos)
+            piece = view[pos:pos + n]
+            if kind == DATA:
+                got = self._file.readinto(piece, where) if where < self.file_size else 0
+                if got < n:  # a cluster cut short by the end of the file reads as zeros
+                    piece[got:] = _ZEROS[:n - got]
+            elif kind == COMPRESSED:
+                c = guest >> self.cluster_bits
+                within = guest & (self.cluster_size - 1)
+                piece[:] = memoryview(self._decompress(where, c))[within:within + n]
+            elif kind == UNALLOCATED and self.backing is not None and guest < self.backing.size:
+                got = self.backing.readinto(piece[:min(n, self.backing.size - guest)], guest)
+                piece[got:] = _ZEROS[:n - got]
+            else:
+                piece[:] = _ZEROS[:n]
+            pos += n
+        return want
+
+    def copy_to_fd(self, offset: int, length: int, fd: int, dst_offset: int,
+                   buf: bytearray | None = None) -> None:
+        if offset < 0 or offset + length > self.size:
+            raise CorruptError(f"range at offset {offset} (+{length}) lies outside the image")
+        if buf is None:
+            buf = bytearray(min(COPY_CHUNK, max(length, 1)))
+        view = memoryview(buf)
+        pos, end = offset, offset + length
+        while pos < end:
+            kind, where, n = self._segment(pos, end - pos)
+            if kind == DATA and where + n <= self.file_size:
+                # extend over host-contiguous clusters: one copy_file_range
+                while pos + n < end:
+                    k2, w2, n2 = self._segment(pos + n, end - pos - n)
+                    if k2 != DATA or w2 != where + n or w2 + n2 > self.file_size:
+                        break
+                    n += n2
+                copy_range(self.fd, where, fd, dst_offset + pos - offset, n, buf)
+            else:
+                done = 0
+                while done < n:
+                    chunk = view[:min(len(view), n - done)]
+                    got = self.readinto(chunk, pos + done)
+                    os.pwrite(fd, chunk[:got], dst_offset + pos + done - offset)
+                    done += got
+            pos += n
+
+    def write_to(self, target) -> None:
+        # copy_from_volume lands in copy_to_fd: data clusters move in the kernel
+        for start, length in self.data_ranges():
+            target.copy_from_volume(self, start, length, start)
+
+    def data_ranges(self) -> Iterator[tuple[int, int]]:
+        own = list(self._own_ranges())
+        data = [(s, e) for s, e, is_data in own if is_data]
+        if self.backing is not None:
+            visible = min(self.backing.size, self.size)
+            backing = ((s, min(s + n, visible)) for s, n in self.backing.data_ranges()
+                       if s < visible)
+            data = _union(data, _subtract(backing, [(s, e) for s, e, _ in own]))
+        return ((s, e - s) for s, e in _merge(data))
+
+    def _own_ranges(self) -> Iterator[tuple[int, int, bool]]:
+        """(start, end, holds data) for every guest range this image decides
+        itself (data, compressed or zero), ascending."""
+        cs = self.cluster_size
+        sc = self.subcluster_size
+        step = self.entry_words
+        for index in range(len(self.l1)):
+            if not self.l1[index] & layout.L1_OFFSET_MASK:
+                continue
+            table = self._l2(index)
+            base = index * self.l2_entries
+            for j in range(0, len(table), step):
+                entry = table[j]
+                if not entry and (step == 1 or not table[j + 1]):
+                    continue
+                start = (base + j // step) * cs
+                if start >= self.size:
+                    return
+                end = min(start + cs, self.size)
+                if step == 1 or entry & layout.OFLAG_COMPRESSED:
+                    if entry & layout.OFLAG_COMPRESSED:
+                        yield start, end, True
+                    elif entry & layout.OFLAG_ZERO and self.header.version >= 3:
+                        yield start, end, False
+                    elif entry & layout.L2_OFFSET_MASK:
+                        yield start, end, True
+                    continue
+                bitmap = table[j + 1]
+                for sub in range(layout.SUBCLUSTERS):
+                    s = start + sub * sc
+                    if s >= end:
+                        break
+                    if bitmap >> sub & 1:
+                        yield s, min(s + sc, end), True
+                    elif bitmap >> (32 + sub) & 1:
+                        yield s, min(s + sc, end), False
+
+    def close(self) -> None:
+        if self.backing is not None:
+            self.backing.close()
+            self.backing = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self.fd = -1
+
+
+def _unzstd(packed: bytes, cs: int, what: str) -> bytes:
+    import io
+
+    import zstandard
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(packed),
+                                                            read_across_frames=False)
+        out = bytearray()
+        while len(out) <= cs:
+            want = cs + 1 - len(out)
+            chunk = reader.read(want)
+            out += chunk
+            if len(chunk) < want:  # end of the frame: what follows is the next cluster
+                break
+    except zstandard.ZstdError as e:
+        raise CorruptError(f"{what} does not decompress: {e}") from None
+    if len(out) > cs:
+        raise CorruptError(f"{what} inflates beyond the {cs}-byte cluster size")
+    return bytes(out)
+
+
+def _merge(ranges) -> Iterator[tuple[int, int]]:
+    cur = None
+    for s, e in ranges:
+        if cur is not None and s <= cur[1]:
+            cur = (cur[0], max(cur[1], e))
+            continue
+        if cur is not None:
+            yield cur
+        cur = (s, e)
+    if cur is not None:
+        yield cur
+
+
+def _subtract(ranges, holes: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Parts of ascending ``ranges`` outside ascending, disjoint ``holes``."""
+    i = 0
+    for s, e in ranges:
+        while i < len(holes) and holes[i][1] <= s:
+            i += 1
+        j = i
+        while s < e and j < len(holes) and holes[j][0] < e:
+            hs, he = holes[j]
+            if hs > s:
+                yield s, hs
+            s = max(s, he)
+            j += 1
+        if s < e:
+            yield s, e
+
+
+def _union(a, b) -> list[tuple[int, int]]:
+    import heapq
+    return list(_merge(heapq.merge(a, b)))

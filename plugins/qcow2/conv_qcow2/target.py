@@ -1,0 +1,177 @@
+"""Qcow2Target: the chain writes straight into a qcow2 file.
+
+Guest offsets map to host clusters allocated on first write, in append order.
+Runs of guest bytes that land in contiguous host clusters move with one
+``copy_file_range`` (file data) or one ``pwrite`` (metadata from writers).
+Clusters that are never written, or only written with zeros, stay unallocated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from conv_qcow2.image import ImageBuilder, _pwrite_all
+from convcore.blockdev import Target, Volume
+from convcore.errors import NoSpaceError
+from convcore.tree import COPY_CHUNK, FileRangeData, SegmentData, copy_range
+
+#: a zero check without copying: ``ZEROS.startswith(view)`` is one memcmp.
+ZEROS = bytes(1 << 21)
+
+#: (guest offset, length, host offset or None when unallocated)
+Run = tuple[int, int, "int | None"]
+
+
+class Qcow2Target(Target):
+    def __init__(self, image: ImageBuilder) -> None:
+        self.image = image
+        self.fd = image.fd
+        self.size = image.size
+        self.cluster_size = image.cluster_size
+        self.cluster_bits = image.cluster_bits
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise NoSpaceError(f"write of {length} bytes at offset {offset} overruns the "
+                               f"{self.size}-byte qcow2 disk")
+
+    def _allocate_range(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        image = self.image
+        bits = self.cluster_bits
+        for c in range(offset >> bits, ((offset + length - 1) >> bits) + 1):
+            if image.host_offset(c) is None:
+                image.allocate(c)
+
+    def _runs(self, offset: int, length: int) -> Iterator[Run]:
+        """Split a guest range into pieces whose host offsets are contiguous."""
+        image, bits, mask = self.image, self.cluster_bits, self.cluster_size - 1
+        pos, end = offset, offset + length
+        run_start, run_host = pos, None
+        first = True
+        while pos < end:
+            c = pos >> bits
+            nxt = min(end, (c + 1) << bits)
+            host = image.host_offset(c)
+            h = None if host is None else host + (pos & mask)
+            if first:
+                run_start, run_host, first = pos, h, False
+            elif not ((h is None and run_host is None) or (
+                    h is not None and run_host is not None and h == run_host + pos - run_start)):
+                yield (run_start, pos - run_start, run_host)
+                run_start, run_host = pos, h
+            pos = nxt
+        if not first:
+            yield (run_start, end - run_start, run_host)
+
+    # -- Target API
+
+    def pwrite(self, data, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self._check(offset, n)
+        image, bits, cs = self.image, self.cluster_bits, self.cluster_size
+        pending_host = pending_src = pending_len = 0
+        pos = 0
+        while pos < n:
+            guest = offset + pos
+            c = guest >> bits
+            within = guest & (cs - 1)
+            take = min(cs - within, n - pos)
+            host = image.host_offset(c)
+            if host is None:
+                if ZEROS.startswith(view[pos:pos + take]):
+                    pos += take
+                    continue
+                host = image.allocate(c)
+            host += within
+            if pending_len and pending_host + pending_len == host \
+                    and pending_src + pending_len == pos:
+                pending_len += take
+            else:
+                if pending_len:
+                    _pwrite_all(self.fd, view[pending_src:pending_src + pending_len], pending_host)
+                pending_host, pending_src, pending_len = host, pos, take
+            pos += take
+        if pending_len:
+            _pwrite_all(self.fd, view[pending_src:pending_src + pending_len], pending_host)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        length = max(0, min(length, self.size - offset))
+        out = bytearray(length)
+        for start, n, host in self._runs(offset, length):
+            if host is not None:
+                out[start - offset:start - offset + n] = os.pread(self.fd, n, host)
+        return bytes(out)
+
+    def copy_from_fd(self, fd: int, src_offset: int, length: int, offset: int) -> None:
+        self._check(offset, length)
+        self._allocate_range(offset, length)
+        for start, n, host in self._runs(offset, length):
+            copy_range(fd, src_offset + start - offset, self.fd, host, n)
+
+    def copy_from_volume(self, volume: Volume, src_offset: int, length: int,
+                         offset: int) -> None:
+        self._check(offset, length)
+        self._allocate_range(offset, length)
+        buf = bytearray(min(COPY_CHUNK, max(length, 1)))
+        for start, n, host in self._runs(offset, length):
+            volume.copy_to_fd(src_offset + start - offset, n, self.fd, host, buf)
+
+    def copy_from_data(self, data, offset: int, buf: bytearray | None = None) -> None:
+        self._check(offset, data.size)
+        extents = list(data.extents())
+        for start, n in extents:
+            self._allocate_range(offset + start, n)
+        runs = [r for r in self._runs(offset, data.size) if r[2] is not None]
+        if not runs:
+            return
+        if len(runs) == 1:
+            # The whole file lands in one host run: the Data moves itself
+            # (copy_file_range for host files), holes skipped.
+            start, _n, host = runs[0]
+            data.copy_to(self.fd, host - (start - offset), buf)
+            return
+        if isinstance(data, FileRangeData):
+            with open(data.path, "rb", buffering=0) as f:
+                for file_off, n, host in _pieces(extents, runs, offset):
+                    copy_range(f.fileno(), data.offset + file_off, self.fd, host, n, buf)
+            return
+        if isinstance(data, SegmentData):
+            for f, length, v in data.segments:
+                for file_off, n, host in _pieces([(f, length)], runs, offset):
+                    data.volume.copy_to_fd(v + file_off - f, n, self.fd, host, buf)
+            return
+        if buf is None:
+            buf = bytearray(COPY_CHUNK)
+        view = memoryview(buf)
+        for file_off, n, host in _pieces(extents, runs, offset):
+            while n > 0:
+                got = data.readinto(file_off, view[:min(len(view), n)])
+                if got <= 0:
+                    from convcore.errors import CorruptError
+                    raise CorruptError(f"file data ended early at offset {file_off}")
+                _pwrite_all(self.fd, view[:got], host)
+                file_off += got
+                host += got
+                n -= got
+
+
+def _pieces(extents: Iterable[tuple[int, int]], runs: list[Run],
+            base: int) -> Iterator[tuple[int, int, int]]:
+    """Intersect file extents (relative to ``base`` in the guest) with host
+    runs: (file offset, length, host offset)."""
+    i = 0
+    for start, n in extents:
+        lo, hi = base + start, base + start + n
+        while i < len(runs) and runs[i][0] + runs[i][1] <= lo:
+            i += 1
+        j = i
+        while j < len(runs) and runs[j][0] < hi:
+            r_start, r_len, r_host = runs[j]
+            s, e = max(lo, r_start), min(hi, r_start + r_len)
+            if s < e:
+                yield (s - base, e - s, r_host + (s - r_start))
+            j += 1
