@@ -232,6 +232,8 @@ class _Extractor:
             os.mkdir(self.dest, 0o700)
         except FileExistsError:
             raise ConvError(f"{self.dest}: already exists") from None
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.dest}: parent directory does not exist") from None
         root_fd = os.open(self.dest, _DIR_FLAGS)
         cursor = _DirCursor(root_fd)
         dirs: list[Entry] = []

@@ -1,0 +1,217 @@
+"""The dir format: host directory -> tree (source) and tree -> new directory
+(sink), judged against what os.lstat / listxattr report."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from convcore.builtin import dirfmt
+from convcore.errors import CorruptError, NotFoundError, UsageError
+from convcore.format import Context
+from convcore.testing import (
+    SAMPLE_MTIME_NS,
+    is_root,
+    make_sample_dir,
+    normalize_hardlinks,
+    scan_dir,
+    scan_tree,
+)
+from convcore.tree import BytesData, Entry, FileRangeData, Kind, Tree
+
+ALL_XATTRS = ("user.", "security.", "trusted.")
+
+
+def dir_source(path, **opts) -> Tree:
+    fmt_opts = {"owner": None, "exclude": ()}
+    fmt_opts.update(opts)
+    return dirfmt.source(str(path), fmt_opts, Context())
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> str:
+    return make_sample_dir(str(tmp_path_factory.mktemp("sample") / "src"))
+
+
+def test_source_equals_host_tree(sample):
+    tree = dir_source(sample)
+    # atimes before anything reads file contents (reading a file, listing a
+    # directory or reading a symlink moves them)
+    for entry in tree:
+        if entry.kind not in (Kind.DIR, Kind.SYMLINK):
+            st = os.lstat(os.path.join(sample, entry.path))
+            assert entry.atime_ns == st.st_atime_ns, entry.path
+    assert normalize_hardlinks(scan_tree(tree, xattr_prefixes=ALL_XATTRS)) == \
+        normalize_hardlinks(scan_dir(sample, xattr_prefixes=ALL_XATTRS))
+    # the details scan_dir reports through its own lens
+    tool = tree.get("usr/bin/tool")
+    assert tool.mode == 0o4755 and tool.mtime_ns == SAMPLE_MTIME_NS
+    assert tree.get("empty").mode == 0o1777
+    assert tree.get("empty").xattrs == {"user.dir": b"on a directory"}
+    link = tree.get("usr/bin/tool-hardlink")
+    assert link.link == "usr/bin/tool" and link.data is tool.data
+    assert tree.get("var/hostname-link").link == "etc/hostname"
+    assert tree.get("etc/long-link").target == "/" + "long/" * 30 + "target"
+    assert tree.get("var/fifo").kind is Kind.FIFO
+    st = os.lstat(os.path.join(sample, "etc", "hostname"))
+    assert tree.get("etc/hostname").ctime_ns == st.st_ctime_ns
+    if is_root():
+        assert tree.get("var/null").rdev == (1, 3)
+        assert tree.get("var/sda").kind is Kind.BLOCK and tree.get("var/sda").gid == 6
+        assert tree.get("var/bigdev").rdev == (300, 70000)
+        assert tree.get("etc/short-link").uid == 100000
+        assert "security.capability" in tool.xattrs
+
+
+def test_source_references_data_and_reports_holes(sample):
+    tree = dir_source(sample)
+    data = tree.get("var/sparse.img").data
+    assert isinstance(data, FileRangeData) and data.holes
+    assert data.size == 3 << 20
+    extents = data.extents()
+    # data at 0..5000 and at 1 MiB + 5000 (+4096); everything else is a hole
+    assert extents[0][0] == 0 and extents[0][1] >= 5000
+    assert any(s <= 5000 + (1 << 20) < s + n for s, n in extents)
+    assert sum(n for _, n in extents) <= 64 << 10
+    assert data.read(4990, 20) == b"A" * 10 + bytes(10)
+
+
+def test_source_children_in_byte_order(tmp_path):
+    names = ["b", "B", "a", "é", "e", "_", "Z1", "z"]
+    for name in names:
+        (tmp_path / name).write_text(name)
+    tree = dir_source(tmp_path)
+    assert [e.name for e in tree.children("")] == sorted(names, key=os.fsencode)
+
+
+def test_source_owner_option(sample):
+    tree = dir_source(sample, owner=dirfmt._parse_owner("1234:5678"))
+    assert {(e.uid, e.gid) for e in tree} == {(1234, 5678)}
+
+
+def test_source_exclude_option(sample):
+    tree = dir_source(sample, exclude=dirfmt._parse_globs("many,*.txt,/var/lib/deep"))
+    paths = {e.path for e in tree}
+    assert not any(p == "many" or p.startswith("many/") for p in paths)
+    assert not any(p.endswith(".txt") for p in paths)
+    assert "var/lib" in paths and "var/lib/deep" not in paths
+    assert "etc/hostname" in paths
+
+
+def test_option_parsing():
+    fmt_options = {o.name: o for o in dirfmt.OPTIONS}
+    assert fmt_options["owner"].convert("0:0") == (0, 0)
+    assert fmt_options["owner"].convert("1000") == (1000, 1000)
+    with pytest.raises(ValueError):
+        fmt_options["owner"].convert("root:root")
+    assert fmt_options["exclude"].convert("./proc/, sys") == ("proc", "sys")
+
+
+def test_source_missing_or_not_a_directory(tmp_path):
+    with pytest.raises(NotFoundError, match="no such directory"):
+        dir_source(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotFoundError, match="not a directory"):
+        dir_source(tmp_path / "file")
+
+
+def test_sink_round_trip(sample, tmp_path):
+    out = tmp_path / "out"
+    tree = dir_source(sample)
+    dirfmt.sink(tree, str(out), {}, Context())
+    for entry in tree:
+        st = os.lstat(out / entry.path)
+        assert (st.st_atime_ns, st.st_mtime_ns) == (entry.atime_ns, entry.mtime_ns), entry.path
+    assert normalize_hardlinks(scan_dir(str(out), xattr_prefixes=ALL_XATTRS)) == \
+        normalize_hardlinks(scan_dir(sample, xattr_prefixes=ALL_XATTRS))
+    st = os.stat(out / "var" / "sparse.img")
+    assert st.st_size == 3 << 20 and st.st_blocks * 512 <= 64 << 10  # holes stay holes
+    assert os.stat(out / "usr/bin/tool").st_ino == os.stat(out / "usr/bin/tool-hardlink").st_ino
+
+
+def test_sink_read_only_directory_gets_children(tmp_path):
+    tree = Tree()
+    tree.add(Entry("ro", Kind.DIR, mode=0o555, mtime_ns=5_000_000_123))
+    tree.add(Entry("ro/file", Kind.FILE, mode=0o444, data=BytesData(b"inside"),
+                   size=6, mtime_ns=7_000_000_000))
+    out = tmp_path / "out"
+    dirfmt.sink(tree, str(out), {}, Context())
+    assert (out / "ro" / "file").read_bytes() == b"inside"
+    st = os.stat(out / "ro")
+    assert stat.S_IMODE(st.st_mode) == 0o555 and st.st_mtime_ns == 5_000_000_123
+
+
+class ListTree:
+    """Entries in a fixed order, as a hostile tree source could hand them
+    (Tree itself refuses some of these shapes)."""
+
+    def __init__(self, *entries: Entry) -> None:
+        self.entries = [Entry("", Kind.DIR, mode=0o755), *entries]
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def resolve(self, entry: Entry) -> Entry:
+        return entry
+
+
+@pytest.mark.parametrize("entries", [
+    [Entry("../evil", Kind.FILE, data=BytesData(b"x"), size=1)],
+    [Entry("a/../../evil", Kind.FILE, data=BytesData(b"x"), size=1)],
+    [Entry("/evil", Kind.FILE, data=BytesData(b"x"), size=1)],
+    [Entry("evil", Kind.FILE, link="../evil-target")],
+    [Entry("escape", Kind.SYMLINK, target="{outside}"),
+     Entry("escape/evil", Kind.FILE, data=BytesData(b"x"), size=1)],
+    [Entry("escape", Kind.SYMLINK, target="{outside}"),
+     Entry("escape/evil", Kind.DIR)],
+    [Entry("escape", Kind.SYMLINK, target="{outside}"),
+     Entry("evil", Kind.FILE, link="escape/evil-target")],
+], ids=["dotdot", "inner-dotdot", "absolute", "hardlink-dotdot", "symlink-parent-file",
+        "symlink-parent-dir", "hardlink-through-symlink"])
+def test_sink_refuses_escapes(tmp_path, entries):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "dest").mkdir()
+    (outside / "evil-target").write_text("secret")
+    for e in entries:
+        e.target = e.target.replace("{outside}", str(outside))
+    with pytest.raises(CorruptError) as info:
+        dirfmt.sink(ListTree(*entries), str(tmp_path / "dest" / "out"), {}, Context())
+    assert "\n" not in str(info.value)
+    assert sorted(os.listdir(outside)) == ["evil-target"]
+    assert not (tmp_path / "dest" / "evil").exists() and not (tmp_path / "evil").exists()
+
+
+def test_sink_not_root_warns_once(tmp_path, monkeypatch, capsys, sample):
+    tree = dir_source(sample)
+    tree.get("etc/hostname").uid = os.geteuid() + 1
+    tree.add(Entry("dev-null", Kind.CHAR, mode=0o666, rdev=(1, 3)))
+    tree.add(Entry("dev-sda", Kind.BLOCK, mode=0o660, rdev=(8, 0)))
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)
+    dirfmt.sink(tree, str(tmp_path / "out"), {}, Context())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("conv: warning: not root:") and "device nodes skipped" in err[0]
+    assert "ownership not restored" in err[0]
+    assert not (tmp_path / "out" / "dev-null").exists()
+    assert (tmp_path / "out" / "etc" / "hostname").read_text() == "conv-test\n"
+
+
+def test_sink_refuses_existing_destination(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(Exception, match="already exists"):
+        dirfmt.sink(Tree(), str(tmp_path / "out"), {}, Context())
+
+
+def test_owner_option_through_format(sample):
+    from convcore.plugins import registry
+
+    fmt = registry().get("dir")
+    opts = fmt.parse_options({"owner": "0:0", "exclude": "many,var"})
+    tree = fmt.source(sample, opts, Context())
+    assert {(e.uid, e.gid) for e in tree} == {(0, 0)}
+    assert "many" not in tree and "var" not in tree
+    with pytest.raises(UsageError, match="owner"):
+        fmt.parse_options({"owner": "nobody"})
