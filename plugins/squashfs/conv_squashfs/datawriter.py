@@ -1,0 +1,338 @@
+"""Writing squashfs file data: blocks and fragments, compressed on a thread pool.
+
+The main thread reads each file block by block into a reusable buffer and
+submits it to the pool; results are retired strictly in submission order and
+written sequentially to the image file, so the bytes do not depend on the
+number of threads. At most ``inflight`` blocks (and their buffers) are alive
+at any time: memory is bounded by ``block_size * (inflight + 2)`` plus the
+compressed results waiting to be written.
+
+Files smaller than a block are packed into fragment blocks (mksquashfs's
+default: tails of larger files keep their own last block). Identical files
+are stored once: a candidate is found by size and CRC32s, and confirmed by
+comparing bytes (the stored blocks, which a deterministic codec makes equal
+exactly when the contents are, or the source data for fragments).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from array import array
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from conv_squashfs import layout
+from conv_squashfs.compressors import Codec
+from convcore.errors import CorruptError
+from convcore.tree import Data, FileRangeData
+
+_UNCOMPRESSED = layout.DATA_UNCOMPRESSED
+_SIZE_MASK = layout.DATA_SIZE_MASK
+_BLOCK, _FRAGMENT = 0, 1
+
+
+class FileData:
+    """Where one regular file's contents went."""
+
+    __slots__ = ("size", "blocks_start", "block_sizes", "fragment", "fragment_offset",
+                 "sparse", "_key", "_blocks_total", "_blocks_done")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.blocks_start = 0
+        self.block_sizes = array("I")
+        self.fragment = layout.INVALID_FRAGMENT
+        self.fragment_offset = 0
+        #: bytes of blocks that are holes in the source (reported by stat).
+        self.sparse = 0
+        self._key = 0
+        self._blocks_total = 0
+        self._blocks_done = 0
+
+
+class _Done:
+    """A Future-alike for work done inline (threads=1, holes)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value) -> None:
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+class DataWriter:
+    """Appends file data to ``fd`` from offset ``start``; see the module doc."""
+
+    def __init__(self, fd: int, start: int, codec: Codec, block_size: int, threads: int,
+                 fragments: bool = True, dedup: bool = True) -> None:
+        self.fd = fd
+        self.pos = start
+        self.codec = codec
+        self.block_size = block_size
+        self.fragments_enabled = fragments
+        self.dedup = dedup
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="squashfs") \
+            if threads > 1 else None
+        self.inflight = max(2, 3 * threads)
+        self._free = [bytearray(block_size) for _ in range(self.inflight + 2)]
+        self._queue: deque = deque()
+        self._zeros = memoryview(bytes(block_size))
+        self._zero_crcs: dict[int, int] = {}
+        #: (start, size word) of each fragment block, by fragment index.
+        self.fragment_table: list[tuple[int, int]] = []
+        self._frag_count = 0
+        self._frag_buf: bytearray | None = None
+        self._frag_fill = 0
+        self._dups_blocks: dict[tuple[int, int], list[FileData]] = {}
+        self._dups_small: dict[tuple[int, int], list[tuple[FileData, Data]]] = {}
+        self._copy_buf = bytearray(1 << 20)
+        self._copy_buf2 = bytearray(1 << 20)
+
+    # -- work done on the pool
+
+    def _zero_crc(self, n: int) -> int:
+        crc = self._zero_crcs.get(n)
+        if crc is None:
+            crc = self._zero_crcs[n] = zlib.crc32(self._zeros[:n])
+        return crc
+
+    def _pack_block(self, view: memoryview) -> tuple[bytes | None, int, int]:
+        """(compressed bytes or None, size word, crc) for one data block; an
+        all-zero block is sparse (size word 0)."""
+        n = len(view)
+        crc = zlib.crc32(view)
+        if crc == self._zero_crc(n) and view == self._zeros[:n]:
+            return None, 0, crc
+        packed = self.codec.compress(view)
+        if len(packed) < n:
+            return packed, len(packed), crc
+        return None, n | _UNCOMPRESSED, crc
+
+    def _pack_fragment(self, view: memoryview) -> tuple[bytes | None, int, int]:
+        n = len(view)
+        packed = self.codec.compress(view)
+        if len(packed) < n:
+            return packed, len(packed), 0
+        return None, n | _UNCOMPRESSED, 0
+
+    def _submit(self, fn: Callable, view: memoryview) -> Future | _Done:
+        if self.pool is None:
+            return _Done(fn(view))
+        return self.pool.submit(fn, view)
+
+    # -- buffers and the in-order retirement of results
+
+    def _take_buffer(self) -> bytearray:
+        while not self._free:
+            self._retire()
+        return self._free.pop()
+
+    def _retire(self) -> None:
+        kind, rec, future, buf, n = self._queue.popleft()
+        packed, word, crc = future.result()
+        if kind == _BLOCK:
+            if rec._blocks_done == 0:
+                rec.blocks_start = self.pos
+            self._write_result(packed, word, buf, n)
+            rec.block_sizes.append(word)
+            rec._key = hash((rec._key, crc))
+            rec._blocks_done += 1
+            if rec._blocks_done == rec._blocks_total and self.dedup:
+                self._dedup_blocks(rec)
+        else:
+            self.fragment_table.append((self.pos, word))
+            self._write_result(packed, word, buf, n)
+        if buf is not None:
+            self._free.append(buf)
+
+    def _write_result(self, packed: bytes | None, word: int, buf: bytearray | None,
+                      n: int) -> None:
+        if word == 0:
+            return
+        data = packed if packed is not None else memoryview(buf)[:n]  # type: ignore[arg-type]
+        self._pwrite(data, self.pos)
+        self.pos += len(data)
+
+    def _pwrite(self, data, offset: int) -> None:
+        view = memoryview(data)
+        while len(view):
+            written = os.pwrite(self.fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def _enqueue(self, kind: int, rec, future, buf, n: int) -> None:
+        self._queue.append((kind, rec, future, buf, n))
+        if len(self._queue) >= self.inflight:
+            self._retire()
+
+    # -- files
+
+    def add_file(self, data: Data | None, size: int, path: str) -> FileData:
+        """Queue one file's contents; the returned record is complete after
+        ``finish``."""
+        rec = FileData(size)
+        if size == 0 or data is None:
+            return rec
+        if self.fragments_enabled and size < self.block_size:
+            self._add_small(rec, data, path)
+        else:
+            self._add_blocks(rec, data, path)
+        return rec
+
+    def _reader(self, data: Data, path: str) -> tuple[Callable[[int, memoryview], int], int]:
+        """A readinto(offset, view) for ``data`` and a descriptor to close (-1)."""
+        if type(data) is FileRangeData:
+            # One descriptor per file instead of one open per block.
+            try:
+                fd = os.open(data.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") from None
+            base = data.offset
+
+            def read(offset: int, view: memoryview) -> int:
+                done = 0
+                while done < len(view):
+                    got = os.preadv(fd, [view[done:]], base + offset + done)
+                    if got <= 0:
+                        break
+                    done += got
+                return done
+            return read, fd
+
+        def read_generic(offset: int, view: memoryview) -> int:
+            done = 0
+            while done < len(view):
+                got = data.readinto(offset + done, view[done:])
+                if got <= 0:
+                    break
+                done += got
+            return done
+        return read_generic, -1
+
+    def _add_blocks(self, rec: FileData, data: Data, path: str) -> None:
+        bs = self.block_size
+        size = rec.size
+        count = (size + bs - 1) // bs
+        rec._blocks_total = count
+        extents = list(data.extents())
+        whole = len(extents) == 1 and extents[0] == (0, size)
+        read, fd = self._reader(data, path)
+        try:
+            ext_i = 0
+            for i in range(count):
+                start = i * bs
+                n = min(bs, size - start)
+                if not whole:
+                    # Skip extents that end before this block; a block no extent
+                    # touches is a hole: sparse without reading it.
+                    while ext_i < len(extents) and sum(extents[ext_i]) <= start:
+                        ext_i += 1
+                    if ext_i == len(extents) or extents[ext_i][0] >= start + n:
+                        rec.sparse += n
+                        self._enqueue(_BLOCK, rec, _Done((None, 0, self._zero_crc(n))),
+                                      None, n)
+                        continue
+                buf = self._take_buffer()
+                view = memoryview(buf)[:n]
+                if read(start, view) != n:
+                    self._free.append(buf)
+                    raise CorruptError(f"{path}: file data ended before its size of {size} "
+                                       f"bytes (at offset {start})")
+                self._enqueue(_BLOCK, rec, self._submit(self._pack_block, view), buf, n)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if rec.sparse >= size:
+            rec.sparse = size - 1  # as mksquashfs: a wholly sparse file still has a byte
+
+    def _dedup_blocks(self, rec: FileData) -> None:
+        key = (rec.size, rec._key)
+        candidates = self._dups_blocks.setdefault(key, [])
+        stored = sum(w & _SIZE_MASK for w in rec.block_sizes)
+        for other in candidates:
+            if other.block_sizes == rec.block_sizes and self._same_stored(
+                    other.blocks_start, rec.blocks_start, stored):
+                self.pos = rec.blocks_start  # forget the copy just written
+                rec.blocks_start = other.blocks_start
+                return
+        candidates.append(rec)
+
+    def _same_stored(self, a: int, b: int, length: int) -> bool:
+        va, vb = memoryview(self._copy_buf), memoryview(self._copy_buf2)
+        done = 0
+        while done < length:
+            n = min(len(va), length - done)
+            if os.preadv(self.fd, [va[:n]], a + done) != n or \
+                    os.preadv(self.fd, [vb[:n]], b + done) != n:
+                return False
+            if va[:n] != vb[:n]:
+                return False
+            done += n
+        return True
+
+    def _add_small(self, rec: FileData, data: Data, path: str) -> None:
+        size = rec.size
+        if self._frag_buf is None:
+            self._frag_buf = self._take_buffer()
+            self._frag_fill = 0
+        elif self._frag_fill + size > self.block_size:
+            self._flush_fragment()
+            self._frag_buf = self._take_buffer()
+            self._frag_fill = 0
+        fill = self._frag_fill
+        view = memoryview(self._frag_buf)[fill:fill + size]
+        read, fd = self._reader(data, path)
+        try:
+            got = read(0, view)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if got != size:
+            raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
+        if self.dedup:
+            key = (size, zlib.crc32(view))
+            candidates = self._dups_small.setdefault(key, [])
+            for other, other_data in candidates:
+                if other.fragment == self._frag_count:
+                    off = other.fragment_offset
+                    same = view == memoryview(self._frag_buf)[off:off + size]
+                else:
+                    same = view == other_data.read(0, size)
+                if same:
+                    rec.fragment = other.fragment
+                    rec.fragment_offset = other.fragment_offset
+                    return
+            candidates.append((rec, data))
+        rec.fragment = self._frag_count
+        rec.fragment_offset = fill
+        self._frag_fill = fill + size
+
+    def _flush_fragment(self) -> None:
+        buf, n = self._frag_buf, self._frag_fill
+        self._frag_buf = None
+        self._frag_count += 1
+        view = memoryview(buf)[:n]  # type: ignore[arg-type]
+        self._enqueue(_FRAGMENT, None, self._submit(self._pack_fragment, view), buf, n)
+
+    def finish(self) -> int:
+        """Flush the last fragment and every block in flight; returns the end
+        offset of the data."""
+        if self._frag_buf is not None:
+            if self._frag_fill:
+                self._flush_fragment()
+            else:
+                self._free.append(self._frag_buf)
+                self._frag_buf = None
+        while self._queue:
+            self._retire()
+        self.close()
+        return self.pos
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None

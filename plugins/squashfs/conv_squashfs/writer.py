@@ -1,0 +1,444 @@
+"""SquashFS 4.0 writer: a Tree becomes a Plan holding the finished image.
+
+A squashfs image's size is known only after compression, so ``encode`` does
+the work while planning: file data is compressed on a thread pool and
+streamed into an anonymous temporary file, the metadata tables follow, and
+the returned plan copies that file into its target (copy_file_range).
+
+Image layout, in the order mksquashfs writes it (unsquashfs checks it):
+superblock, compressor options, data blocks and fragments, inode table,
+directory table, fragment table, export table, id table, xattr table; the
+file is zero-padded to 4 KiB, ``bytes_used`` stays exact.
+
+Inodes are written children before parents, each directory's entries in
+byte order of name (the kernel's lookup relies on it); inode numbers follow
+the same order, the root's is the highest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from conv_squashfs import layout
+from conv_squashfs.compressors import Codec, make_codec
+from conv_squashfs.datawriter import DataWriter, FileData
+from conv_squashfs.metadata_writer import MetadataWriter, build_table
+from conv_squashfs.xattr_writer import XattrWriter
+from convcore.blockdev import Plan, Target
+from convcore.errors import UnsupportedError, UsageError
+from convcore.format import Context
+from convcore.tree import Entry, Kind, Tree
+
+_BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
+               Kind.SYMLINK: layout.INODE_SYMLINK, Kind.BLOCK: layout.INODE_BLKDEV,
+               Kind.CHAR: layout.INODE_CHRDEV, Kind.FIFO: layout.INODE_FIFO,
+               Kind.SOCKET: layout.INODE_SOCKET}
+_U32 = 0xFFFFFFFF
+_MAX_IDS = 65536
+
+
+class SquashfsPlan(Plan):
+    """A finished image in an anonymous temporary file."""
+
+    fs_type = "squashfs"
+
+    def __init__(self, file, bytes_used: int, size: int) -> None:
+        self._file = file
+        self.bytes_used = bytes_used
+        self.size = size
+
+    def write_to(self, target: Target) -> None:
+        # The padding after bytes_used is zeros, which the target already is.
+        target.copy_from_fd(self._file.fileno(), 0, self.bytes_used, 0)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Settings:
+    codec: Codec
+    block_size: int
+    uid: int | None
+    gid: int | None
+    mtime: int | None
+    excludes: list[str]
+    fragments: bool
+    dedup: bool
+    xattrs: bool
+    threads: int
+
+    @classmethod
+    def from_options(cls, opts: dict) -> Settings:
+        block_size = opts.get("block_size") or 128 * 1024
+        if not (layout.MIN_BLOCK_SIZE <= block_size <= layout.MAX_BLOCK_SIZE
+                and block_size & (block_size - 1) == 0):
+            raise UsageError(f"squashfs[block_size={block_size}]: must be a power of two "
+                             f"from 4K to 1M")
+        uid, gid = opts.get("uid"), opts.get("gid")
+        if opts.get("all_root"):
+            uid = 0 if uid is None else uid
+            gid = 0 if gid is None else gid
+        for name, value in (("uid", uid), ("gid", gid)):
+            if value is not None and not 0 <= value <= _U32:
+                raise UsageError(f"squashfs[{name}={value}]: must be 0 to {_U32}")
+        mtime = opts.get("mtime")
+        if mtime is not None and not 0 <= mtime <= _U32:
+            raise UsageError(f"squashfs[mtime={mtime}]: must be 0 to {_U32} seconds")
+        threads = opts.get("threads") or os.cpu_count() or 1
+        if threads < 1:
+            raise UsageError(f"squashfs[threads={threads}]: must be at least 1")
+        excludes = [p.strip().strip("/") for p in (opts.get("exclude") or "").split(",")
+                    if p.strip().strip("/")]
+        codec = make_codec(opts.get("comp") or "gzip", block_size, opts.get("level"),
+                           opts.get("bcj") or "")
+        return cls(codec=codec, block_size=block_size, uid=uid, gid=gid, mtime=mtime,
+                   excludes=excludes, fragments=opts.get("fragments", True) is not False,
+                   dedup=opts.get("dedup", True) is not False,
+                   xattrs=opts.get("xattrs", True) is not False, threads=threads)
+
+
+def encode(tree: Tree, opts: dict, ctx: Context) -> SquashfsPlan:
+    settings = Settings.from_options(opts)
+    image = tempfile.TemporaryFile(prefix="conv-squashfs-")
+    try:
+        bytes_used = ImageWriter(tree, settings, ctx, image.fileno()).write()
+    except BaseException:
+        image.close()
+        raise
+    padded = -(-bytes_used // layout.PAD_SIZE) * layout.PAD_SIZE
+    return SquashfsPlan(image, bytes_used, padded)
+
+
+class ImageWriter:
+    def __init__(self, tree: Tree, settings: Settings, ctx: Context, fd: int) -> None:
+        self.tree = tree.sorted()
+        self.s = settings
+        self.ctx = ctx
+        self.fd = fd
+        self.codec = settings.codec
+        self.ids: dict[int, int] = {}
+        self.xattrs = XattrWriter(self.codec)
+        self.inodes = MetadataWriter(self.codec)
+        self.dirs = MetadataWriter(self.codec)
+        self.numbers: dict[str, int] = {}  # inode key -> inode number
+        self.refs: dict[str, int] = {}  # inode key -> inode reference
+        self.files: dict[str, FileData] = {}
+
+    # -- the walk
+
+    def _excluded(self, entry: Entry) -> bool:
+        path = entry.path
+        for pattern in self.s.excludes:
+            if fnmatch.fnmatchcase(path, pattern):
+                return True
+            if "/" not in pattern and fnmatch.fnmatchcase(entry.name, pattern):
+                return True
+        return False
+
+    def _children(self, path: str) -> list[Entry]:
+        kids = self.tree.children(path)
+        if self.s.excludes:
+            kids = [k for k in kids if not self._excluded(k)]
+        return kids
+
+    def _post_order(self) -> list[tuple[Entry, list[Entry] | None]]:
+        """(entry, children or None for non-directories), children first."""
+        order: list[tuple[Entry, list[Entry] | None]] = []
+        root = self.tree.root
+        stack = [(root, self._children(""), 0)]
+        while stack:
+            entry, kids, i = stack[-1]
+            while i < len(kids):
+                child = kids[i]
+                i += 1
+                if child.is_dir():
+                    stack[-1] = (entry, kids, i)
+                    stack.append((child, self._children(child.path), 0))
+                    break
+                order.append((child, None))
+            else:
+                stack.pop()
+                order.append((entry, kids))
+                continue
+        return order
+
+    @staticmethod
+    def _key(entry: Entry) -> str:
+        return entry.link if entry.link is not None else entry.path
+
+    # -- the image
+
+    def write(self) -> int:
+        order = self._post_order()
+        nlinks: dict[str, int] = {}
+        for entry, kids in order:
+            if kids is not None:
+                nlinks[entry.path] = 2 + sum(1 for k in kids if k.is_dir())
+            else:
+                key = self._key(entry)
+                nlinks[key] = nlinks.get(key, 0) + 1
+                self.numbers.setdefault(key, len(self.numbers) + 1)
+                if self.tree.resolve(entry).kind is Kind.DIR:
+                    raise UnsupportedError(f"/{entry.path}: hardlink to a directory")
+            if kids is not None:
+                self.numbers[entry.path] = len(self.numbers) + 1
+        inode_count = len(self.numbers)
+        if inode_count > _U32 - 1:
+            raise UnsupportedError(f"squashfs holds at most {_U32 - 1} inodes")
+
+        options = self.codec.options()
+        pos = layout.SUPERBLOCK_SIZE
+        if options is not None:
+            block = layout.METADATA_HEADER.pack(len(options) | layout.METADATA_UNCOMPRESSED) \
+                + options
+            os.pwrite(self.fd, block, pos)
+            pos += len(block)
+
+        pos = self._write_data(order, pos)
+        root_ref = self._write_inodes(order, nlinks, inode_count)
+        return self._write_tables(pos, root_ref, inode_count, options is not None)
+
+    def _write_data(self, order, pos: int) -> int:
+        holders: dict[str, Entry] = {}
+        for entry, kids in order:
+            if kids is None:
+                inode = self.tree.resolve(entry)
+                if inode.kind is Kind.FILE:
+                    holders.setdefault(self._key(entry), inode)
+        files = sorted(holders.items(),
+                       key=lambda kv: kv[1].data.order_key if kv[1].data is not None else ())
+        writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
+                            self.s.fragments, self.s.dedup)
+        try:
+            for key, inode in files:
+                data = inode.data
+                self.files[key] = writer.add_file(data, data.size if data else 0, key)
+            end = writer.finish()
+        finally:
+            writer.close()
+        self.fragment_table = writer.fragment_table
+        return end
+
+    # -- inodes and directories
+
+    def _id(self, value: int) -> int:
+        index = self.ids.get(value)
+        if index is None:
+            if len(self.ids) >= _MAX_IDS:
+                raise UnsupportedError(f"squashfs holds at most {_MAX_IDS} distinct uids/gids")
+            index = self.ids[value] = len(self.ids)
+        return index
+
+    def _header(self, inode_type: int, inode: Entry, number: int) -> bytes:
+        s = self.s
+        uid = inode.uid if s.uid is None else s.uid
+        gid = inode.gid if s.gid is None else s.gid
+        if s.mtime is not None:
+            mtime = s.mtime
+        else:
+            mtime = min(max(inode.mtime_ns // 1_000_000_000, 0), _U32)
+        return layout.INODE_HEADER.pack(inode_type, inode.mode & 0o7777, self._id(uid),
+                                        self._id(gid), mtime, number)
+
+    def _xattr(self, inode: Entry) -> int:
+        if not self.s.xattrs or not inode.xattrs:
+            return layout.INVALID_XATTR
+        return self.xattrs.add(inode.xattrs, inode.path)
+
+    def _write_inodes(self, order, nlinks: dict[str, int], inode_count: int) -> int:
+        for entry, kids in order:
+            if kids is None:
+                key = self._key(entry)
+                if key not in self.refs:
+                    self.refs[key] = self._write_leaf(self.tree.resolve(entry), key,
+                                                      nlinks[key])
+            else:
+                self.refs[entry.path] = self._write_dir(entry, kids, nlinks[entry.path],
+                                                        inode_count)
+        return self.refs[""]
+
+    def _write_leaf(self, inode: Entry, key: str, nlink: int) -> int:
+        ref = self.inodes.ref
+        number = self.numbers[key]
+        xattr = self._xattr(inode)
+        kind = inode.kind
+        basic = _BASIC_TYPE[kind]
+        extended = xattr != layout.INVALID_XATTR
+        if kind is Kind.FILE:
+            extended, body = self._file_body(self.files[key], nlink, xattr)
+        elif kind is Kind.SYMLINK:
+            target = inode.target.encode("utf-8", "surrogateescape")
+            body = layout.SYMLINK_INODE.pack(nlink, len(target)) + target
+            if extended:
+                body += layout.XATTR_IDX.pack(xattr)
+        elif kind in (Kind.CHAR, Kind.BLOCK):
+            major, minor = inode.rdev
+            if not (0 <= major <= 0xFFF and 0 <= minor <= 0xFFFFF):
+                raise UnsupportedError(f"/{inode.path}: device {major}:{minor} does not fit "
+                                       f"squashfs (major <= 4095, minor <= 1048575)")
+            rdev = layout.encode_dev(major, minor)
+            body = (layout.LDEV_INODE.pack(nlink, rdev, xattr) if extended
+                    else layout.DEV_INODE.pack(nlink, rdev))
+        else:  # FIFO, SOCKET
+            body = (layout.LIPC_INODE.pack(nlink, xattr) if extended
+                    else layout.IPC_INODE.pack(nlink))
+        inode_type = basic + layout.EXTENDED_OFFSET if extended else basic
+        self.inodes.write(self._header(inode_type, inode, number) + body)
+        return ref
+
+    @staticmethod
+    def _file_body(rec: FileData, nlink: int, xattr: int) -> tuple[bool, bytes]:
+        """(extended?, the file inode's body with its block size list)."""
+        words = rec.block_sizes
+        if sys.byteorder != "little":
+            words = words[:]
+            words.byteswap()
+        sizes = words.tobytes()
+        if (nlink > 1 or xattr != layout.INVALID_XATTR or rec.size > _U32
+                or rec.blocks_start > _U32 or rec.sparse):
+            return True, layout.LFILE_INODE.pack(
+                rec.blocks_start, rec.size, rec.sparse, nlink, rec.fragment,
+                rec.fragment_offset, xattr) + sizes
+        return False, layout.FILE_INODE.pack(
+            rec.blocks_start, rec.fragment, rec.fragment_offset, rec.size) + sizes
+
+    def _write_dir(self, entry: Entry, kids: list[Entry], nlink: int, inode_count: int) -> int:
+        listing, index, start_pos = self._write_listing(kids)
+        start_block = self.dirs.block_start(start_pos)
+        offset = start_pos % layout.METADATA_SIZE
+        number = self.numbers[entry.path]
+        parent = self.numbers[entry.parent] if entry.path else inode_count + 1
+        xattr = self._xattr(entry)
+        file_size = listing + 3  # the kernel counts "." and ".." as 3 bytes
+        ref = self.inodes.ref
+        if index or xattr != layout.INVALID_XATTR or file_size > 0xFFFF:
+            body = layout.LDIR_INODE.pack(nlink, file_size, start_block, parent, len(index),
+                                          offset, xattr)
+            parts = [self._header(layout.INODE_LDIR, entry, number), body]
+            for listing_offset, block, name in index:
+                parts.append(layout.DIR_INDEX.pack(listing_offset, block, len(name) - 1))
+                parts.append(name)
+            self.inodes.write(b"".join(parts))
+        else:
+            body = layout.DIR_INODE.pack(start_block, nlink, file_size, offset, parent)
+            self.inodes.write(self._header(layout.INODE_DIR, entry, number) + body)
+        return ref
+
+    def _write_listing(self, kids: list[Entry]) -> tuple[int, list, int]:
+        """Write one directory's entries into the directory table; returns
+        (listing size, index entries (offset, block, first name), stream start)."""
+        start_pos = self.dirs.position
+        buf = bytearray()
+        index_pos: list[tuple[int, bytes]] = []  # (listing offset, first name)
+        header_at = -1
+        count = 0
+        base_block = base_number = 0
+        index_block = start_pos // layout.METADATA_SIZE
+        for kid in kids:
+            key = self._key(kid)
+            name = kid.name.encode("utf-8", "surrogateescape")
+            if not 0 < len(name) <= layout.NAME_MAX:
+                raise UnsupportedError(f"/{kid.path}: name longer than {layout.NAME_MAX} bytes")
+            ref = self.refs[key]
+            block, offset = ref >> 16, ref & 0xFFFF
+            number = self.numbers[key]
+            if (header_at < 0 or count == layout.DIR_ENTRIES_MAX or block != base_block
+                    or not layout.DIR_INODE_DELTA_MIN <= number - base_number
+                    <= layout.DIR_INODE_DELTA_MAX):
+                if header_at >= 0:
+                    layout.DIR_HEADER.pack_into(buf, header_at, count - 1, base_block,
+                                                base_number)
+                    here = (start_pos + len(buf)) // layout.METADATA_SIZE
+                    if here != index_block:
+                        index_pos.append((len(buf), name))
+                        index_block = here
+                header_at = len(buf)
+                buf += bytes(layout.DIR_HEADER.size)
+                count = 0
+                base_block, base_number = block, number
+            inode_type = _BASIC_TYPE[self.tree.resolve(kid).kind]
+            buf += layout.DIR_ENTRY.pack(offset, number - base_number, inode_type,
+                                         len(name) - 1)
+            buf += name
+            count += 1
+        if header_at >= 0:
+            layout.DIR_HEADER.pack_into(buf, header_at, count - 1, base_block, base_number)
+        self.dirs.write(buf)
+        index = [(off, self.dirs.block_start(start_pos + off), name) for off, name in index_pos]
+        return len(buf), index, start_pos
+
+    # -- tables and superblock
+
+    def _write_tables(self, pos: int, root_ref: int, inode_count: int,
+                      has_options: bool) -> int:
+        fd = self.fd
+        codec = self.codec
+        parts: list[bytes] = []
+
+        def put(data: bytes) -> None:
+            nonlocal pos
+            parts.append(data)
+            pos += len(data)
+
+        inode_table_start = pos
+        put(bytes(self.inodes.finish()))
+        directory_table_start = pos
+        put(bytes(self.dirs.finish()))
+
+        frag_entries = b"".join(layout.FRAGMENT_ENTRY.pack(start, word, 0)
+                                for start, word in self.fragment_table)
+        blocks, index = build_table(codec, frag_entries, pos)
+        put(blocks)
+        fragment_table_start = pos
+        put(index)
+
+        export = bytearray(8 * inode_count)
+        for key, number in self.numbers.items():
+            layout.EXPORT_ENTRY.pack_into(export, 8 * (number - 1), self.refs[key])
+        blocks, index = build_table(codec, export, pos)
+        put(blocks)
+        export_table_start = pos
+        put(index)
+
+        if not self.ids:
+            self._id(0)
+        ids = b"".join(layout.ID_ENTRY.pack(v) for v in self.ids)
+        blocks, index = build_table(codec, ids, pos)
+        put(blocks)
+        id_table_start = pos
+        put(index)
+
+        xattr_id_table_start = layout.INVALID_TABLE
+        if len(self.xattrs):
+            table, xattr_id_table_start = self.xattrs.build(pos)
+            put(table)
+
+        os.pwrite(fd, b"".join(parts), inode_table_start)
+        bytes_used = pos
+
+        flags = layout.FLAG_EXPORTABLE
+        if self.s.dedup:
+            flags |= layout.FLAG_DUPLICATES
+        if not self.s.fragments:
+            flags |= layout.FLAG_NO_FRAGMENTS
+        if not self.s.xattrs:
+            flags |= layout.FLAG_NO_XATTRS
+        if has_options:
+            flags |= layout.FLAG_COMPRESSOR_OPTIONS
+        mkfs_time = self.s.mtime if self.s.mtime is not None else self.ctx.timestamp
+        superblock = layout.SUPERBLOCK.pack(
+            layout.MAGIC, inode_count, min(max(mkfs_time, 0), _U32), self.s.block_size,
+            len(self.fragment_table), codec.comp_id, self.s.block_size.bit_length() - 1,
+            flags, len(self.ids), layout.VERSION_MAJOR, layout.VERSION_MINOR, root_ref,
+            bytes_used, id_table_start, xattr_id_table_start, inode_table_start,
+            directory_table_start, fragment_table_start, export_table_start)
+        os.pwrite(fd, superblock, 0)
+        # Drop bytes a deduplicated file left past the end, then pad with zeros.
+        os.ftruncate(fd, bytes_used)
+        os.ftruncate(fd, -(-bytes_used // layout.PAD_SIZE) * layout.PAD_SIZE)
+        return bytes_used
