@@ -239,7 +239,7 @@ class SquashFS:
             "block_size": sb.block_size,
             "inodes": sb.inode_count,
             "bytes_used": sb.bytes_used,
-            "flags": [name for bit, name in _FLAG_NAMES.items() if sb.flags & bit],
+            "flags": " ".join(name for bit, name in _FLAG_NAMES.items() if sb.flags & bit),
             "mkfs_time": sb.mkfs_time,
             "fragments": sb.fragment_count,
             "ids": sb.id_count,

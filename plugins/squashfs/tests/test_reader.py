@@ -136,7 +136,7 @@ def test_mksquashfs_variants(src, tmp_path, variant):
 def test_no_xattrs_image(src, tmp_path):
     img = mksquashfs(src, str(tmp_path / "img.sqfs"), "-no-xattrs")
     tree = decode(img)
-    assert "no-xattrs" in tree.info["flags"]
+    assert "no-xattrs" in tree.info["flags"].split()
     assert all(not e.xattrs for e in tree)
     assert tree.get("usr/bin/tool").data.read() == open(os.path.join(src, "usr/bin/tool"),
                                                         "rb").read()
@@ -149,7 +149,7 @@ def test_info_and_hardlinks(src, tmp_path):
     assert info["mkfs_time"] == 12345
     assert info["bytes_used"] <= os.path.getsize(img)
     assert info["inodes"] == len({(st.st_ino) for st in _lstat_all(src)})
-    assert "duplicates" in info["flags"]
+    assert "duplicates" in info["flags"].split()
     # Later names of an inode are links to the first one the tree yields.
     link = tree.get("usr/bin/tool-hardlink")
     assert link.link == "usr/bin/tool"
@@ -503,10 +503,66 @@ def test_flipped_bytes_never_crash(small, tmp_path):
     sb = SUPERBLOCK.read(raw)
     rng = random.Random(7)
     positions = list(range(0, 96)) + rng.sample(range(sb.inode_table_start, sb.bytes_used), 150)
+    errors = 0
     for pos in positions:
         bad = bytearray(raw)
         bad[pos] ^= 1 << rng.randrange(8)
         try:
             _read_all(decode(_write(tmp_path, bytes(bad))))
         except ConvError:
-            pass
+            errors += 1
+    assert errors > len(positions) // 4  # most damage is noticed
+
+
+def test_large_directory_has_index(src, tmp_path):
+    """bigdir's listing spans metadata blocks, so mksquashfs gives it an
+    extended inode with a directory index; every name still comes back."""
+    from conv_squashfs.layout import INODE_HEADER, INODE_LDIR, LDIR_INODE
+
+    img = mksquashfs(src, str(tmp_path / "img.sqfs"))
+    fs = reader.SquashFS(FileVolume(img))
+    ref = next(r for n, r, _, _ in fs.listing(fs.get("").inode, "") if n == "bigdir")
+    pos = fs.inodes.locate_ref(ref, "bigdir")
+    assert INODE_HEADER.read(fs.inodes.buf, pos).inode_type == INODE_LDIR
+    assert LDIR_INODE.read(fs.inodes.buf, pos + INODE_HEADER.size).index_count > 0
+    names = fs.get("bigdir").listdir()
+    assert names == sorted(os.listdir(os.path.join(src, "bigdir")))
+
+
+# --------------------------------------------------------------------------
+# Through the conv command
+
+
+def conv(*args: str, check: bool = True):
+    return run("conv", "-q", *args, check=check)
+
+
+def test_cli_squashfs_to_tar(src, tmp_path):
+    """conv turns a mksquashfs image into a tar that GNU tar extracts into
+    the source tree."""
+    require_tool("tar")
+    img = mksquashfs(src, str(tmp_path / "img.sqfs"), "-comp", "zstd", "-b", "64K")
+    out = tmp_path / "out.tar"
+    conv("convert", f"raw:{img} -> squashfs -> tar:{out}")
+    dest = tmp_path / "x"
+    dest.mkdir()
+    run("tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(out),
+        "-C", str(dest))
+    assert normalize_hardlinks(scan_dir(str(dest))) == expected(src)
+
+
+def test_cli_image_to_dir(src, tmp_path):
+    img = mksquashfs(src, str(tmp_path / "img.sqfs"), "-comp", "xz", "-b", "4K")
+    dest = tmp_path / "out"
+    conv("convert", f"image:{img} -> dir:{dest}")
+    assert normalize_hardlinks(scan_dir(str(dest))) == expected(src)
+
+
+def test_cli_corrupt_image_is_one_line(small, tmp_path):
+    _, raw = small
+    bad = _write(tmp_path, _patch_sb(raw, directory_table_start=100))
+    p = conv("convert", f"raw:{bad} -> squashfs -> tar:{tmp_path / 'o.tar'}", check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().count("\n") == 0
+    assert p.stderr.startswith("conv: superblock: inode table")
+    assert not (tmp_path / "o.tar").exists()
