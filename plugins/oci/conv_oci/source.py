@@ -99,12 +99,13 @@ def read_layout(root: str, opts: dict) -> Tree:
         merger.apply(layer_entries(blob), short(desc.digest))
     tree = merger.finish()
     tree.info = image_info(config, len(manifest.layers), ref=chosen.ref,
-                           digest=chosen.desc.digest)
+                           manifest=chosen.desc.digest)
     return tree
 
 
-def image_info(config: ImageConfig, layers: int, ref: str | None, digest: str) -> dict:
-    """What ``conv info`` shows for an image."""
-    info = {"format": "oci", "ref": ref or "", "manifest": digest, "layers": layers}
+def image_info(config: ImageConfig, layers: int, ref: str | None, **ids: str) -> dict:
+    """What ``conv info`` shows for an image (``ids``: the manifest's or
+    config's digest)."""
+    info = {"format": "oci", "ref": ref or "", **ids, "layers": layers}
     info.update(config.info())
     return info

@@ -85,6 +85,7 @@ class LayoutBuilder:
     hardlink = staticmethod(hardlink)
     whiteout = staticmethod(whiteout)
     member = staticmethod(member)
+    make_tar = staticmethod(make_tar)
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -219,3 +220,56 @@ def judge():
     """The umoci helpers, for tests (conftest is not importable by name)."""
     import types
     return types.SimpleNamespace(umoci=umoci, unpack=umoci_unpack, view=umoci_view)
+
+
+# --------------------------------------------------------------------------
+# docker save tarballs
+
+
+def docker_save(path: str, images: list[tuple[list[str], list, dict]], *,
+                arch: str = "amd64", corrupt_layer: bool = False,
+                gzip_outer: bool = False) -> None:
+    """A classic ``docker save`` archive. ``images``: (RepoTags, layers as
+    member lists, run config). A layer two images share is stored once; the
+    second image's ``layer.tar`` is a symlink to the first, as docker does."""
+    files: dict[str, bytes] = {}
+    links: dict[str, str] = {}
+    stored: dict[str, str] = {}  # diff_id -> member name
+    manifest = []
+    for tags, layers, run in images:
+        names, diff_ids = [], []
+        for members in layers:
+            raw = make_tar(members)
+            diff_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+            layer_id = hashlib.sha256((diff_id + str(len(manifest))).encode()).hexdigest()
+            name = f"{layer_id}/layer.tar"
+            if diff_id in stored:
+                links[name] = f"../{stored[diff_id]}"
+            else:
+                stored[diff_id] = name
+                files[name] = raw[:-1024] + b"x" * 1024 if corrupt_layer else raw
+            files[f"{layer_id}/VERSION"] = b"1.0"
+            names.append(name)
+            diff_ids.append(diff_id)
+        config = json.dumps({"architecture": arch, "os": "linux", "config": run,
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+        config_name = hashlib.sha256(config).hexdigest() + ".json"
+        files[config_name] = config
+        manifest.append({"Config": config_name, "RepoTags": tags, "Layers": names})
+    files["manifest.json"] = json.dumps(manifest).encode()
+    with tarfile.open(path, "w:gz" if gzip_outer else "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = MTIME
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+
+
+@pytest.fixture(name="docker_save")
+def docker_save_fixture():
+    return docker_save

@@ -1,0 +1,184 @@
+"""``docker save`` tarballs: manifest.json, configs and layer tars inside one
+outer tar (the classic ``<id>/layer.tar`` form and the OCI-style
+``blobs/sha256/<hex>`` form of docker 25+ are both plain manifest.json
+archives).
+
+The outer tar is read with the core tar reader. Its layer members are
+copied into anonymous temporary files (``copy_file_range``: in the kernel,
+a reflink where the filesystem can) because the tar reader takes a path,
+not a member; the merged tree references them lazily like any layer blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+
+from conv_oci.blobs import HASH_CHUNK
+from conv_oci.model import (
+    MAX_JSON_BYTES,
+    DockerImage,
+    Platform,
+    parse_config,
+    parse_docker_manifest,
+    short,
+)
+from conv_oci.source import image_info, layer_entries
+from conv_oci.whiteouts import LayerMerger
+from convcore.errors import CorruptError, NotFoundError, UsageError
+from convcore.tree import Entry, Kind, Tree, normpath
+
+#: how many symlinks deep a member name may resolve (shared layers are
+#: symlinks to another image's layer.tar).
+MAX_SYMLINKS = 8
+_HEX_RE = re.compile(r"(?:^|/)([a-f0-9]{64})(?:\.json)?$")
+
+#: anonymous layer copies, open for as long as the process may read them
+#: (their Data objects reopen them through /proc/self/fd).
+_LIVE_COPIES: list = []
+
+
+class OuterArchive:
+    """The members of the docker save tarball, by path."""
+
+    def __init__(self, path: str) -> None:
+        from convcore.builtin.tarfmt import iter_entries
+        self.path = path
+        self.members: dict[str, Entry] = {}
+        for entry in iter_entries(path):
+            self.members[entry.path] = entry
+
+    def find(self, name: str, what: str) -> Entry:
+        """The file member ``name`` (symlinks and hardlinks inside the
+        archive followed)."""
+        try:
+            path = normpath(name)
+        except UsageError:
+            raise CorruptError(f"{self.path}: {what} {name!r} escapes the archive") from None
+        for _ in range(MAX_SYMLINKS):
+            entry = self.members.get(path)
+            if entry is None:
+                raise NotFoundError(f"{self.path}: {what} {name!r} is not in the archive")
+            if entry.link is not None:
+                path = entry.link
+                continue
+            if entry.kind is Kind.SYMLINK:
+                path = _resolve(entry.parent, entry.target)
+                if path is None:
+                    raise CorruptError(f"{self.path}: {what} {name!r} links out of the "
+                                       "archive")
+                continue
+            if entry.kind is not Kind.FILE or entry.data is None:
+                raise CorruptError(f"{self.path}: {what} {name!r} is not a file")
+            return entry
+        raise CorruptError(f"{self.path}: {what} {name!r}: too many symlinks")
+
+    def read_small(self, name: str, what: str) -> bytes:
+        entry = self.find(name, what)
+        if entry.data.size > MAX_JSON_BYTES:
+            raise CorruptError(f"{self.path}: {what} {name!r} is too large "
+                               f"({entry.data.size} bytes)")
+        return entry.data.read()
+
+
+def _resolve(base: str, target: str) -> str | None:
+    """``target`` (a symlink's) seen from directory ``base``, or None when it
+    climbs above the archive root."""
+    parts = [] if target.startswith("/") or not base else base.split("/")
+    for part in target.split("/"):
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts)
+
+
+def _member_copy(entry: Entry) -> str:
+    """A host path holding the member's bytes: an unlinked temporary file,
+    reachable through /proc/self/fd for as long as the process runs."""
+    f = tempfile.TemporaryFile(prefix="conv-oci-layer-")
+    entry.data.copy_to(f.fileno(), 0)
+    os.ftruncate(f.fileno(), entry.data.size)
+    _LIVE_COPIES.append(f)
+    return f"/proc/self/fd/{f.fileno()}"
+
+
+def _tar_digest(path: str) -> str:
+    """sha256 of the tar bytes (decompressed when the layer is compressed):
+    what the config's diff_id records."""
+    from convcore.builtin.tar_codec import detect_compression, open_decompressed
+
+    h = hashlib.sha256()
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with open_decompressed(path, detect_compression(path)) as stream:
+        while n := stream.readinto(buf):
+            h.update(view[:n])
+    return "sha256:" + h.hexdigest()
+
+
+def _choose(images: list[DockerImage], ref: str | None, platform: Platform | None,
+            where: str, config_of) -> DockerImage:
+    if not images:
+        raise CorruptError(f"{where}: manifest.json lists no images")
+    pool = images
+    if ref is not None:
+        wanted = {ref, ref if ":" in ref.rpartition("/")[2] else f"{ref}:latest"}
+        pool = [i for i in images if wanted & set(i.repo_tags)]
+        if not pool:
+            tags = sorted({t for i in images for t in i.repo_tags})
+            raise UsageError(f"{where}: no image tagged {ref!r}; tags there: "
+                             f"{', '.join(tags) or 'none'}")
+    if platform is not None:
+        matching = [i for i in pool if platform.matches(config_of(i).platform)]
+        if not matching:
+            there = "; ".join(str(config_of(i).platform) for i in pool)
+            raise UsageError(f"{where}: no image for platform={platform}; there: {there}")
+        pool = matching
+    if len(pool) > 1:
+        described = "; ".join(",".join(i.repo_tags) or i.config for i in pool)
+        raise UsageError(f"{where}: several images, choose one with ref=: {described}")
+    return pool[0]
+
+
+def read_docker_archive(path: str, opts: dict) -> Tree:
+    outer = OuterArchive(path)
+    if "manifest.json" not in outer.members:
+        raise NotFoundError(f"{path}: not an OCI layout or docker save archive "
+                            "(no manifest.json)")
+    images = parse_docker_manifest(outer.read_small("manifest.json", "manifest"),
+                                   f"{path}: manifest.json")
+    configs: dict[str, object] = {}
+
+    def config_of(image: DockerImage):
+        if image.config not in configs:
+            raw = outer.read_small(image.config, "config")
+            m = _HEX_RE.search(image.config)
+            if m and hashlib.sha256(raw).hexdigest() != m.group(1):
+                raise CorruptError(f"{path}: config {image.config} does not match its digest")
+            configs[image.config] = parse_config(raw, f"{path}: config {image.config}")
+        return configs[image.config]
+
+    platform = Platform.parse(opts["platform"]) if opts.get("platform") else None
+    image = _choose(images, opts.get("ref"), platform, path, config_of)
+    config = config_of(image)
+    if len(config.diff_ids) != len(image.layers):
+        raise CorruptError(f"{path}: {len(image.layers)} layers but the config lists "
+                           f"{len(config.diff_ids)} diff_ids")
+
+    merger = LayerMerger(opts.get("whiteouts") or "apply")
+    for name, diff_id in zip(image.layers, config.diff_ids, strict=True):
+        copy = _member_copy(outer.find(name, "layer"))
+        if _tar_digest(copy) != diff_id:
+            raise CorruptError(f"{path}: layer {name} does not match its diff_id "
+                               f"{short(diff_id)}")
+        merger.apply(layer_entries(copy), name)
+    tree = merger.finish()
+    config_digest = hashlib.sha256(outer.read_small(image.config, "config")).hexdigest()
+    tree.info = image_info(config, len(image.layers), ref=",".join(image.repo_tags),
+                           archive="docker save", config_digest=f"sha256:{config_digest}")
+    return tree
