@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 from conv_qcow2.image import ImageBuilder, _pwrite_all
-from convcore.blockdev import Target, Volume
+from convcore.blockdev import Target
 from convcore.errors import NoSpaceError
 from convcore.tree import COPY_CHUNK, FileRangeData, SegmentData, copy_range
 
@@ -106,19 +106,11 @@ class Qcow2Target(Target):
                 out[start - offset:start - offset + n] = os.pread(self.fd, n, host)
         return bytes(out)
 
-    def copy_from_fd(self, fd: int, src_offset: int, length: int, offset: int) -> None:
-        self._check(offset, length)
-        self._allocate_range(offset, length)
-        for start, n, host in self._runs(offset, length):
-            copy_range(fd, src_offset + start - offset, self.fd, host, n)
-
-    def copy_from_volume(self, volume: Volume, src_offset: int, length: int,
-                         offset: int) -> None:
-        self._check(offset, length)
-        self._allocate_range(offset, length)
-        buf = bytearray(min(COPY_CHUNK, max(length, 1)))
-        for start, n, host in self._runs(offset, length):
-            volume.copy_to_fd(src_offset + start - offset, n, self.fd, host, buf)
+    # copy_from_fd / copy_from_volume: the base class reads into one buffer and
+    # calls pwrite, which leaves all-zero clusters unallocated (as qemu-img
+    # does); a raw disk's data ranges often hold whole zero clusters, and
+    # finding them means reading the bytes anyway, so the kernel copy would
+    # not save the read. File contents (copy_from_data) do use the kernel copy.
 
     def copy_from_data(self, data, offset: int, buf: bytearray | None = None) -> None:
         self._check(offset, data.size)
