@@ -20,7 +20,7 @@ import os
 from array import array
 from dataclasses import dataclass, field, replace
 
-from conv_squashfs.decompress import Decompressor, decompressor_for
+from conv_squashfs.decompress import Decompressor, decompressor_for, options_block_stored
 from conv_squashfs.filedata import FragmentCache, SquashFileData
 from conv_squashfs.layout import (
     COMPRESSOR_NAMES,
@@ -132,8 +132,9 @@ class SquashFS:
         self._check_superblock()
         self.block_size: int = sb.block_size
         self.bytes_used: int = sb.bytes_used
-        self.decompress: Decompressor = decompressor_for(sb.compression_id)
-        self.compression: str = COMPRESSOR_NAMES[sb.compression_id]
+        self.compression: str = COMPRESSOR_NAMES.get(sb.compression_id, "unknown")
+        self.decompress: Decompressor = decompressor_for(
+            sb.compression_id, self._compressor_options(), sb.block_size)
         self.ids = self._read_ids()
         self.fragments = self._read_fragments()
         self._xattr_ids, self._xattr_table = self._read_xattr_tables()
@@ -244,13 +245,16 @@ class SquashFS:
             "fragments": sb.fragment_count,
             "ids": sb.id_count,
         }
-        if sb.flags & FLAG_COMPRESSOR_OPTIONS:
-            info["compressor_options"] = self._compressor_options().hex()
+        options = self._compressor_options()
+        if options is not None:
+            info["compressor_options"] = options.hex()
         return info
 
-    def _compressor_options(self) -> bytes:
-        payload, _ = read_metadata_block(self.volume, self.decompress, SUPERBLOCK_SIZE,
-                                         self.sb.bytes_used, "compressor options")
+    def _compressor_options(self) -> bytes | None:
+        if not self.sb.flags & FLAG_COMPRESSOR_OPTIONS:
+            return None
+        payload, _ = read_metadata_block(self.volume, options_block_stored, SUPERBLOCK_SIZE,
+                                         self.sb.bytes_used, "compressor options block")
         return payload
 
     # -- ids and xattrs
