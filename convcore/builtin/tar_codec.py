@@ -84,6 +84,51 @@ def open_decompressed(path: str, compression: str) -> IO[bytes]:
     raise UnsupportedError(f"{path}: unknown compression {compression!r}")
 
 
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = 0x184D2A50  # .. 0x184D2A5F
+
+
+def zstd_check_complete(path: str) -> None:
+    """Walk the frame and block headers of a .zst file (no decompression)
+    and raise EOFError when the last frame is cut off."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            f.seek(pos)
+            head = f.read(14)
+            if len(head) < 8:
+                raise EOFError("truncated zstd frame header")
+            magic, = struct.unpack_from("<I", head)
+            if magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
+                pos += 8 + struct.unpack_from("<I", head, 4)[0]
+                continue
+            if magic != _ZSTD_MAGIC:
+                raise OSError(f"not a zstd frame at byte {pos}")
+            fhd = head[4]
+            single = fhd >> 5 & 1
+            fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+            pos += 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+            checksum = fhd >> 2 & 1
+            while True:
+                f.seek(pos)
+                block = f.read(3)
+                if len(block) < 3:
+                    raise EOFError("truncated zstd block header")
+                value = int.from_bytes(block, "little")
+                kind, length = value >> 1 & 3, value >> 3
+                if kind == 3:
+                    raise OSError(f"reserved zstd block type at byte {pos}")
+                pos += 3 + (1 if kind == 1 else length)
+                if value & 1:
+                    break
+            pos += 4 * checksum
+        if pos > size:
+            raise EOFError("truncated zstd frame")
+
+
 def _decode_errors() -> tuple[type[BaseException], ...]:
     import lzma
     import zlib
@@ -108,6 +153,7 @@ class StreamCursor:
         self._errors = _decode_errors()
         self._file = open_decompressed(path, compression)
         self._scratch: bytearray | None = None
+        self._checked_end = False
 
     def close(self) -> None:
         self._file.close()
@@ -120,6 +166,10 @@ class StreamCursor:
             while done < total:
                 n = self._file.readinto(view[done:])
                 if not n:
+                    if self.compression == "zst" and not self._checked_end:
+                        # zstandard's reader ends quietly on a cut-off frame
+                        self._checked_end = True
+                        zstd_check_complete(self.path)
                     break
                 done += n
         except self._errors as e:
