@@ -1,0 +1,209 @@
+"""Directory blocks: linear for small directories, an htree (dx_root and
+dx_node index blocks over hash-ordered leaves) for anything larger than one
+block, so lookups in a 100k-entry directory stay cheap for the kernel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conv_ext4.csum import crc32c_raw
+from conv_ext4.dirhash import DirHasher
+from conv_ext4.layout import (
+    DIR_TAIL,
+    DIRENT,
+    DX_COUNTLIMIT,
+    DX_ENTRY,
+    DX_NODE_COUNT_OFFSET,
+    DX_ROOT_COUNT_OFFSET,
+    DX_ROOT_INFO,
+    DX_TAIL,
+    FT_DIR,
+    FT_DIR_CSUM,
+)
+from convcore.errors import UnsupportedError
+
+_DIRENT = DIRENT.struct
+_DX_ENTRY = DX_ENTRY.struct
+_DX_COUNTLIMIT = DX_COUNTLIMIT.struct
+_TAIL_SIZE = DIR_TAIL.size  # 12
+
+
+def rec_len(name_len: int) -> int:
+    return (DIRENT.size + name_len + 3) & ~3
+
+
+@dataclass
+class DirStyle:
+    """What every directory of one filesystem shares."""
+
+    block_size: int
+    csum: bool  # leaf tails and dx tails (metadata_csum)
+    htree: bool  # dir_index
+    filetype: bool
+    hasher: DirHasher | None
+    hash_version: int
+
+    @property
+    def leaf_space(self) -> int:
+        return self.block_size - (_TAIL_SIZE if self.csum else 0)
+
+
+def _seal_leaf(buf: bytearray, off: int, bs: int, seed: int) -> None:
+    """Write the dirent tail with the leaf's checksum."""
+    tail = off + bs - _TAIL_SIZE
+    DIR_TAIL.struct.pack_into(buf, tail, 0, _TAIL_SIZE, 0, FT_DIR_CSUM, 0)
+    csum = crc32c_raw(seed, memoryview(buf)[off:tail])
+    DIR_TAIL.struct.pack_into(buf, tail, 0, _TAIL_SIZE, 0, FT_DIR_CSUM, csum)
+
+
+class _LeafPacker:
+    """Packs dirents into consecutive blocks of one bytearray."""
+
+    def __init__(self, style: DirStyle, buf: bytearray, first_block: int) -> None:
+        self.style = style
+        self.buf = buf
+        self.block = first_block - 1
+        self.pos = 0
+        self.end = 0
+        self.last = -1  # offset of the previous dirent in the current block
+
+    def new_block(self) -> None:
+        self.close_block()
+        self.block += 1
+        bs = self.style.block_size
+        need = (self.block + 1) * bs
+        if len(self.buf) < need:
+            self.buf.extend(bytes(need - len(self.buf)))
+        self.pos = self.block * bs
+        self.end = self.pos + self.style.leaf_space
+        self.last = -1
+
+    def fits(self, name_len: int) -> bool:
+        return self.block >= 0 and self.pos + rec_len(name_len) <= self.end
+
+    def add(self, ino: int, name: bytes, ftype: int) -> None:
+        n = len(name)
+        rl = rec_len(n)
+        _DIRENT.pack_into(self.buf, self.pos, ino, rl, n, ftype)
+        self.buf[self.pos + 8:self.pos + 8 + n] = name
+        self.last = self.pos
+        self.pos += rl
+
+    def close_block(self) -> None:
+        """Stretch the last dirent to the end of the block (or add an empty one)."""
+        if self.block < 0:
+            return
+        if self.last < 0:
+            _DIRENT.pack_into(self.buf, self.pos, 0, self.end - self.pos, 0, 0)
+        else:
+            self.buf[self.last + 4:self.last + 6] = (self.end - self.last).to_bytes(2, "little")
+        self.last = -2  # closed
+
+
+def render_dir(style: DirStyle, ino: int, parent: int,
+               entries: list[tuple[bytes, int, int]], seed: int,
+               min_blocks: int = 1) -> tuple[bytes, bool]:
+    """(directory blocks, is_htree) for ``entries`` of (name, inode, file type).
+    ``seed`` is the inode's checksum seed (metadata_csum)."""
+    bs = style.block_size
+    ft = FT_DIR if style.filetype else 0
+    linear_bytes = 24 + sum(rec_len(len(n)) for n, _, _ in entries)
+    if not style.htree or linear_bytes <= style.leaf_space:
+        buf = _render_linear(style, ino, parent, entries, ft, min_blocks)
+        first_leaf = 0
+    else:
+        buf, first_leaf = _render_htree(style, ino, parent, entries, ft, seed)
+    if style.csum:
+        for off in range(first_leaf * bs, len(buf), bs):
+            _seal_leaf(buf, off, bs, seed)
+    return bytes(buf), first_leaf > 0
+
+
+def _render_linear(style, ino, parent, entries, ft, min_blocks) -> bytearray:
+    buf = bytearray()
+    pk = _LeafPacker(style, buf, 0)
+    pk.new_block()
+    pk.add(ino, b".", ft)
+    pk.add(parent, b"..", ft)
+    for name, child, ftype in entries:
+        if not pk.fits(len(name)):
+            pk.new_block()
+        pk.add(child, name, ftype)
+    while pk.block + 1 < min_blocks:
+        pk.new_block()
+    pk.close_block()
+    return buf
+
+
+def _render_htree(style: DirStyle, ino: int, parent: int,
+                  entries: list[tuple[bytes, int, int]], ft: int,
+                  seed: int) -> tuple[bytearray, int]:
+    bs = style.block_size
+    hasher = style.hasher
+    assert hasher is not None
+    hashed = sorted(((*hasher(name), name, child, ftype) for name, child, ftype in entries))
+    tail = DX_TAIL.size if style.csum else 0
+    root_limit = (bs - DX_ROOT_COUNT_OFFSET - tail) // DX_ENTRY.size
+    node_limit = (bs - DX_NODE_COUNT_OFFSET - tail) // DX_ENTRY.size
+
+    # Leaves first, into a scratch buffer; index blocks are put in front later.
+    leaves = bytearray()
+    pk = _LeafPacker(style, leaves, 0)
+    starts: list[int] = []  # hash each leaf starts at (bit 0: continues a collision)
+    prev_hash = -1
+    for major, _minor, name, child, ftype in hashed:
+        if not pk.fits(len(name)):
+            pk.new_block()
+            starts.append(major | 1 if major == prev_hash else major)
+        pk.add(child, name, ftype)
+        prev_hash = major
+    pk.close_block()
+    n_leaves = len(starts)
+
+    if n_leaves <= root_limit:
+        levels = 0
+        n_nodes = 0
+    else:
+        n_nodes = -(-n_leaves // node_limit)
+        if n_nodes > root_limit:
+            raise UnsupportedError(
+                f"directory inode {ino} has too many entries for a two-level htree")
+        levels = 1
+    first_leaf = 1 + n_nodes
+    out = bytearray(bs * first_leaf)
+    out += leaves
+
+    # dx_root: "." and ".." dirents that hide the index from old readers.
+    _DIRENT.pack_into(out, 0, ino, 12, 1, ft)
+    out[8:9] = b"."
+    _DIRENT.pack_into(out, 12, parent, bs - 12, 2, ft)
+    out[20:22] = b".."
+    DX_ROOT_INFO.struct.pack_into(out, 24, 0, style.hash_version, 8, levels, 0)
+    leaf_refs = [(h, first_leaf + i) for i, h in enumerate(starts)]
+    if levels == 0:
+        _fill_index(out, 0, DX_ROOT_COUNT_OFFSET, root_limit, leaf_refs, style, seed)
+    else:
+        node_refs = []
+        for k in range(n_nodes):
+            chunk = leaf_refs[k * node_limit:(k + 1) * node_limit]
+            off = (1 + k) * bs
+            _DIRENT.pack_into(out, off, 0, bs, 0, 0)
+            _fill_index(out, off, DX_NODE_COUNT_OFFSET, node_limit, chunk, style, seed)
+            node_refs.append((chunk[0][0], 1 + k))
+        _fill_index(out, 0, DX_ROOT_COUNT_OFFSET, root_limit, node_refs, style, seed)
+    return out, first_leaf
+
+
+def _fill_index(buf: bytearray, block_off: int, count_off: int, limit: int,
+                refs: list[tuple[int, int]], style: DirStyle, seed: int) -> None:
+    """dx entries (the first one's hash slot holds limit and count) + dx tail."""
+    pos = block_off + count_off
+    _DX_COUNTLIMIT.pack_into(buf, pos, limit, len(refs))
+    buf[pos + 4:pos + 8] = refs[0][1].to_bytes(4, "little")
+    for i, (h, blk) in enumerate(refs[1:], 1):
+        _DX_ENTRY.pack_into(buf, pos + 8 * i, h, blk)
+    if style.csum:
+        tail = pos + limit * DX_ENTRY.size
+        csum = crc32c_raw(seed, memoryview(buf)[block_off:pos + 8 * len(refs)])
+        csum = crc32c_raw(csum, bytes(DX_TAIL.size))
+        DX_TAIL.struct.pack_into(buf, tail, 0, csum)

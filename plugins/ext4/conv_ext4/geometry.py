@@ -1,0 +1,263 @@
+"""Filesystem geometry: features, block groups, where each group's metadata
+lives, and the block allocator that hands out everything else."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from conv_ext4.layout import FEATURES, GROUP_DESC_32, GROUP_DESC_64
+from convcore.errors import NoSpaceError, UnsupportedError, UsageError
+
+#: features the writer can produce, per flavour (mke2fs 1.47's defaults minus
+#: resize_inode, plus metadata_csum_seed).
+DEFAULT_FEATURES = {
+    "ext2": {"ext_attr", "dir_index", "filetype", "sparse_super", "large_file"},
+    "ext3": {"has_journal", "ext_attr", "dir_index", "filetype", "sparse_super", "large_file"},
+    "ext4": {"has_journal", "ext_attr", "dir_index", "filetype", "extent", "64bit", "flex_bg",
+             "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize",
+             "metadata_csum", "metadata_csum_seed"},
+}
+SUPPORTED_FEATURES = DEFAULT_FEATURES["ext4"]
+_ALIASES = {"extents": "extent"}
+
+INODE_SIZE = 256
+INODE_RATIO = 16384
+FLEX_BG_SIZE = 16
+
+
+def parse_features(fs: str, text: str, journal: bool | None) -> set[str]:
+    """mke2fs-style ``-O`` list (``a,^b``) applied to the flavour's defaults."""
+    feats = set(DEFAULT_FEATURES[fs])
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        drop = item.startswith("^")
+        name = _ALIASES.get(item.lstrip("^"), item.lstrip("^"))
+        if name not in FEATURES:
+            raise UsageError(f"ext4[features=...]: unknown feature {name!r}")
+        if name not in SUPPORTED_FEATURES:
+            raise UnsupportedError(f"ext4: feature {name!r} is not supported by the writer")
+        if drop:
+            feats.discard(name)
+        else:
+            feats.add(name)
+    if journal is not None:
+        if journal:
+            feats.add("has_journal")
+        else:
+            feats.discard("has_journal")
+    if "metadata_csum_seed" in feats and "metadata_csum" not in feats:
+        feats.discard("metadata_csum_seed")
+    if "64bit" in feats and "extent" not in feats:
+        raise UsageError("ext4[features=...]: 64bit needs extent")
+    return feats
+
+
+def feature_words(feats: set[str]) -> dict[str, int]:
+    words = {"compat": 0, "incompat": 0, "ro_compat": 0}
+    for name in feats:
+        word, bit = FEATURES[name]
+        words[word] |= bit
+    return words
+
+
+def is_backup_group(group: int, sparse: bool) -> bool:
+    """Groups that carry a superblock and GDT copy (sparse_super: 0, 1 and
+    powers of 3, 5 and 7)."""
+    if not sparse or group <= 1:
+        return True
+    for base in (3, 5, 7):
+        n = base
+        while n < group:
+            n *= base
+        if n == group:
+            return True
+    return False
+
+
+@dataclass
+class Group:
+    start: int
+    size: int
+    backup: bool
+    block_bitmap: int = 0
+    inode_bitmap: int = 0
+    inode_table: int = 0
+
+
+@dataclass
+class Geometry:
+    """Block-level layout for one filesystem size."""
+
+    block_size: int
+    blocks_count: int
+    inodes_count: int
+    feats: set[str]
+    first_data_block: int = 0
+    blocks_per_group: int = 0
+    inodes_per_group: int = 0
+    desc_size: int = 32
+    gdt_blocks: int = 0
+    inode_table_blocks: int = 0
+    groups: list[Group] = field(default_factory=list)
+    #: sorted, disjoint (start, length) ranges of fixed metadata.
+    fixed: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, block_size: int, blocks_count: int, inodes_wanted: int,
+             feats: set[str]) -> Geometry:
+        g = cls(block_size, blocks_count, 0, feats)
+        g.first_data_block = 1 if block_size == 1024 else 0
+        g.blocks_per_group = 8 * block_size
+        g.desc_size = GROUP_DESC_64.size if "64bit" in feats else GROUP_DESC_32.size
+        if not g.is_64bit and blocks_count >= 1 << 32:
+            raise UsageError(f"{blocks_count} blocks need the 64bit feature")
+        g._make_groups(inodes_wanted)
+        return g
+
+    @property
+    def is_64bit(self) -> bool:
+        return "64bit" in self.feats
+
+    @property
+    def flex(self) -> bool:
+        return "flex_bg" in self.feats
+
+    def _group_count(self) -> int:
+        return -(-(self.blocks_count - self.first_data_block) // self.blocks_per_group)
+
+    def _make_groups(self, inodes_wanted: int) -> None:
+        bs = self.block_size
+        bpg = self.blocks_per_group
+        sparse = "sparse_super" in self.feats
+        if self.blocks_count - self.first_data_block < 64:
+            raise NoSpaceError(f"an ext4 filesystem needs more than {self.blocks_count} blocks")
+        while True:
+            count = self._group_count()
+            ipg = self._inodes_per_group(inodes_wanted, count)
+            itb = ipg * INODE_SIZE // bs
+            gdt = -(-count * self.desc_size // bs)
+            last_size = self.blocks_count - self.first_data_block - (count - 1) * bpg
+            last_over = (1 + gdt if is_backup_group(count - 1, sparse) else 0) + (
+                0 if self.flex else 2 + itb)
+            # mke2fs drops a last group too small to be useful
+            if count > 1 and last_size < last_over + 50:
+                self.blocks_count -= last_size
+                continue
+            break
+        self.inodes_per_group = ipg
+        self.inodes_count = ipg * count
+        self.inode_table_blocks = itb
+        self.gdt_blocks = gdt
+        fixed: list[tuple[int, int]] = []
+        for n in range(count):
+            start = self.first_data_block + n * bpg
+            size = min(bpg, self.blocks_count - start)
+            grp = Group(start, size, is_backup_group(n, sparse))
+            self.groups.append(grp)
+            if grp.backup:
+                fixed.append((start, 1 + gdt))
+            if not self.flex:
+                meta = start + (1 + gdt if grp.backup else 0)
+                if meta + 2 + itb > start + size:
+                    raise NoSpaceError(f"block group {n} is too small for its inode table")
+                grp.block_bitmap, grp.inode_bitmap, grp.inode_table = meta, meta + 1, meta + 2
+                fixed.append((meta, 2 + itb))
+        if self.flex:
+            fixed = self._place_flex(fixed)
+        self.fixed = _merge(fixed)
+
+    def _inodes_per_group(self, wanted: int, count: int) -> int:
+        bs = self.block_size
+        per_block = bs // INODE_SIZE
+        unit = max(8, per_block)
+        ipg = -(-max(wanted, 16 * count) // count)
+        ipg = -(-ipg // unit) * unit
+        if ipg > 8 * bs:
+            raise NoSpaceError(
+                f"{wanted} inodes do not fit in {count} block groups of {bs}-byte blocks "
+                f"(at most {8 * bs * count}); use a larger size")
+        return ipg
+
+    def _place_flex(self, fixed: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Bitmaps and inode tables of each 16-group flex group, packed at the
+        start of its first group (as mke2fs does)."""
+        itb = self.inode_table_blocks
+        starts = [s for s, _ in fixed]
+        placed: list[tuple[int, int]] = []
+        cursor = self.first_data_block
+
+        def take(n: int) -> int:
+            nonlocal cursor
+            while True:
+                i = bisect.bisect_right(starts, cursor) - 1
+                if i >= 0 and fixed[i][0] + fixed[i][1] > cursor:
+                    cursor = fixed[i][0] + fixed[i][1]
+                    continue
+                nxt = starts[i + 1] if i + 1 < len(starts) else None
+                if nxt is not None and cursor + n > nxt:
+                    cursor = nxt
+                    continue
+                break
+            at = cursor
+            cursor += n
+            if cursor > self.blocks_count:
+                raise NoSpaceError("no room for the inode tables; use a larger size")
+            placed.append((at, n))
+            return at
+
+        groups = self.groups
+        for f in range(0, len(groups), FLEX_BG_SIZE):
+            members = groups[f:f + FLEX_BG_SIZE]
+            cursor = max(cursor, members[0].start)
+            for grp in members:
+                grp.block_bitmap = take(1)
+            for grp in members:
+                grp.inode_bitmap = take(1)
+            for grp in members:
+                grp.inode_table = take(itb)
+        return fixed + placed
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, n in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] >= s:
+            ps, pn = out[-1]
+            out[-1] = (ps, max(pn, s + n - ps))
+        else:
+            out.append((s, n))
+    return out
+
+
+class Allocator:
+    """Hands out blocks in ascending order, around the fixed metadata.
+
+    Everything below the cursor ends up used, so a group's block bitmap is
+    "all blocks below the cursor, plus the fixed ranges". Past the end of the
+    filesystem it keeps counting, so a failed plan knows how much it needed.
+    """
+
+    def __init__(self, fixed: list[tuple[int, int]], start: int = 0) -> None:
+        self.fixed = fixed
+        self.i = 0
+        self.cursor = start
+
+    def _skip(self) -> None:
+        fixed = self.fixed
+        while self.i < len(fixed) and fixed[self.i][0] + fixed[self.i][1] <= self.cursor:
+            self.i += 1
+        if self.i < len(fixed) and fixed[self.i][0] <= self.cursor:
+            self.cursor = fixed[self.i][0] + fixed[self.i][1]
+            self.i += 1
+            self._skip()
+
+    def alloc(self, n: int) -> list[tuple[int, int]]:
+        runs: list[tuple[int, int]] = []
+        while n > 0:
+            self._skip()
+            limit = self.fixed[self.i][0] if self.i < len(self.fixed) else None
+            take = n if limit is None else min(n, limit - self.cursor)
+            runs.append((self.cursor, take))
+            self.cursor += take
+            n -= take
+        return runs

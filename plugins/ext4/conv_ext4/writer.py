@@ -1,0 +1,856 @@
+"""ext2/ext3/ext4 writer: plan a filesystem from a tree, then write it in place.
+
+``encode`` numbers the inodes, renders directories, symlinks and xattrs, sizes
+the filesystem and allocates every block without writing anything. The plan's
+``write_to`` then writes metadata in large contiguous pieces and moves file
+data straight from its source into its blocks (copy_file_range when both ends
+are host files). Blocks are allocated in ascending order around the fixed
+group metadata: journal, then directory/symlink/xattr blocks, then file data,
+then extent-tree or indirect blocks.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid as uuidlib
+from collections.abc import Iterable
+
+from conv_ext4 import journal, mapping, xattrwriter
+from conv_ext4.csum import crc32c_raw
+from conv_ext4.dirhash import DirHasher
+from conv_ext4.dirwriter import DirStyle, render_dir
+from conv_ext4.geometry import (
+    INODE_RATIO,
+    INODE_SIZE,
+    Allocator,
+    Geometry,
+    feature_words,
+    parse_features,
+)
+from conv_ext4.layout import (
+    BG_INODE_ZEROED,
+    CHECKSUM_CRC32C,
+    DEFM_ACL,
+    DEFM_XATTR_USER,
+    DYNAMIC_REV,
+    ERRORS_CONTINUE,
+    EXTENT_HEADER,
+    EXTENT_MAGIC,
+    EXTENT_ROOT_MAX,
+    EXTENTS_FL,
+    FAST_SYMLINK_MAX,
+    FIRST_INO,
+    FLAGS_UNSIGNED_HASH,
+    FT_BLKDEV,
+    FT_CHRDEV,
+    FT_DIR,
+    FT_FIFO,
+    FT_REG_FILE,
+    FT_SOCK,
+    FT_SYMLINK,
+    GROUP_DESC_64,
+    HASH_HALF_MD4,
+    HUGE_FILE_FL,
+    INDEX_FL,
+    INODE,
+    INODE_BASE_SIZE,
+    INODE_CHECKSUM_HI_OFFSET,
+    INODE_CHECKSUM_LO_OFFSET,
+    INODE_EXTRA_ISIZE,
+    JNL_BACKUP_BLOCKS,
+    JOURNAL_INO,
+    ROOT_INO,
+    STATE_VALID,
+    SUPERBLOCK,
+    SUPERBLOCK_MAGIC,
+    SUPERBLOCK_OFFSET,
+)
+from convcore.blockdev import Plan, Target
+from convcore.errors import CorruptError, NoSpaceError, UnsupportedError, UsageError
+from convcore.format import Context
+from convcore.tree import COPY_CHUNK, Data, Entry, FileRangeData, Kind, Tree, copy_range
+
+_M32 = 0xFFFFFFFF
+_LE32 = struct.Struct("<I")
+_LE64 = struct.Struct("<Q")
+_INODE = INODE.struct
+_FTYPE = {Kind.FILE: FT_REG_FILE, Kind.DIR: FT_DIR, Kind.SYMLINK: FT_SYMLINK,
+          Kind.CHAR: FT_CHRDEV, Kind.BLOCK: FT_BLKDEV, Kind.FIFO: FT_FIFO,
+          Kind.SOCKET: FT_SOCK}
+_LINK_MAX = 65000
+_XATTR_SPACE = INODE_SIZE - INODE_BASE_SIZE - INODE_EXTRA_ISIZE
+#: lost+found is at least this big, so fsck can add names without allocating.
+_LPF_BYTES = 16384
+#: metadata is written in pieces up to this size.
+_FLUSH_BYTES = 8 << 20
+
+
+def _time(ns: int) -> tuple[int, int]:
+    """(seconds field, extra field) of an ext4 timestamp: 34-bit seconds with
+    the high bits and the nanoseconds in the extra field."""
+    sec, nsec = divmod(ns, 1_000_000_000)
+    sec = max(-(1 << 31), min(sec, (1 << 34) + (1 << 31) - 1))
+    lo = sec & _M32
+    signed_lo = lo - (1 << 32) if lo & 0x80000000 else lo
+    return lo, (nsec << 2) | (((sec - signed_lo) >> 32) & 3)
+
+
+def _device_i_block(major: int, minor: int) -> bytes:
+    if major < 256 and minor < 256:
+        return struct.pack("<II", (major << 8) | minor, 0).ljust(60, b"\0")
+    new = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+    return struct.pack("<III", 0, new & _M32, 0).ljust(60, b"\0")
+
+
+def _block_ranges(extents: Iterable[tuple[int, int]], size: int,
+                  bs: int) -> list[tuple[int, int]]:
+    """Byte extents -> merged (first block, count) ranges."""
+    out: list[tuple[int, int]] = []
+    for off, length in extents:
+        end = min(off + length, size)
+        if end <= off:
+            continue
+        a, b = off // bs, -(-end // bs)
+        if out and out[-1][0] + out[-1][1] >= a:
+            s, n = out[-1]
+            out[-1] = (s, max(n, b - s))
+        else:
+            out.append((a, b - a))
+    return out
+
+
+class Node:
+    """One inode to write: its metadata entry and where its blocks go."""
+
+    __slots__ = ("ino", "entry", "links", "size", "flags", "ranges", "content", "data",
+                 "runs", "map_runs", "i_block", "ibody", "xblock", "map_count")
+
+    def __init__(self, ino: int, entry: Entry) -> None:
+        self.ino = ino
+        self.entry = entry
+        self.links = 1
+        self.size = 0
+        self.flags = 0
+        #: logical (block, count) ranges holding data
+        self.ranges: list[tuple[int, int]] = []
+        #: rendered blocks (directories, slow symlinks); None for file data
+        self.content: bytes | None = None
+        self.data: Data | None = None
+        self.runs: list[tuple[int, int]] = []
+        self.map_runs: list[tuple[int, int]] = []
+        self.map_count = 0
+        #: i_block for inodes without mapped blocks (fast symlinks, devices)
+        self.i_block: bytes | None = None
+        self.ibody: bytes | None = None
+        self.xblock = -1
+
+    @property
+    def nblocks(self) -> int:
+        return sum(n for _, n in self.ranges)
+
+
+class _Options:
+    def __init__(self, opts: dict, ctx: Context) -> None:
+        self.fs = opts.get("fs") or "ext4"
+        self.block_size = int(opts.get("block_size") or 4096)
+        if self.block_size not in (1024, 2048, 4096):
+            raise UsageError(f"ext4[block_size=...]: {self.block_size} is not 1024, 2048 or 4096")
+        self.feats = parse_features(self.fs, opts.get("features") or "", opts.get("journal"))
+        self.size = opts.get("size")
+        self.inodes = opts.get("inodes")
+        label = (opts.get("label") or "").encode()
+        if len(label) > 16:
+            raise UsageError(f"ext4[label=...]: {opts.get('label')!r} is longer than 16 bytes")
+        self.label = label
+        try:
+            self.uuid = (uuidlib.UUID(opts["uuid"]) if opts.get("uuid")
+                         else ctx.uuid("ext4", "uuid")).bytes
+        except ValueError:
+            raise UsageError(f"ext4[uuid=...]: not a UUID: {opts.get('uuid')!r}") from None
+        self.hash_seed = ctx.uuid("ext4", "hash_seed").bytes
+        self.reserved = float(opts.get("reserved") if opts.get("reserved") is not None else 5.0)
+        if not 0 <= self.reserved <= 50:
+            raise UsageError(f"ext4[reserved=...]: {self.reserved} is not a percentage 0-50")
+        self.timestamp = ctx.timestamp
+        self.extents = "extent" in self.feats
+        self.csum = "metadata_csum" in self.feats
+        self.csum_seed = crc32c_raw(_M32, self.uuid) if self.csum else 0
+
+
+def encode(tree: Tree, opts: dict, ctx: Context) -> Ext4Plan:
+    """Plan an ext2/3/4 filesystem holding ``tree``."""
+    return _Planner(tree, _Options(opts, ctx)).plan()
+
+
+class _Planner:
+    def __init__(self, tree: Tree, o: _Options) -> None:
+        self.tree = tree.sorted()
+        self.o = o
+        self.nodes: list[Node] = []  # by inode number - FIRST_INO, then root
+        self.root: Node | None = None
+        self.xblocks: list[bytes] = []
+        self.xrefs: list[int] = []
+        self._xblock_index: dict[bytes, int] = {}
+        self.xblock_runs: list[tuple[int, int]] = []
+
+    # -- inodes and contents
+    def plan(self) -> Ext4Plan:
+        self._number()
+        self._render()
+        geo, alloc_end, jruns, jmap = self._solve()
+        return Ext4Plan(self, geo, jruns, jmap, alloc_end)
+
+    def _number(self) -> None:
+        tree = self.tree
+        self.ino_of: dict[str, int] = {"": ROOT_INO}
+        order: list[Entry] = []
+        lpf = tree._entries.get("lost+found") if "lost+found" in tree else None
+        self.make_lpf = lpf is None
+        nxt = FIRST_INO
+        if lpf is None or lpf.is_dir():
+            self.ino_of["lost+found"] = nxt
+            nxt += 1
+            order.append(lpf if lpf is not None else Entry(
+                "lost+found", Kind.DIR, mode=0o700,
+                mtime_ns=self.o.timestamp * 1_000_000_000,
+                atime_ns=self.o.timestamp * 1_000_000_000,
+                ctime_ns=self.o.timestamp * 1_000_000_000))
+        links: list[Entry] = []
+        for e in tree:
+            if e.path in self.ino_of:
+                continue
+            if e.link is not None:
+                links.append(e)
+                continue
+            self.ino_of[e.path] = nxt
+            nxt += 1
+            order.append(e)
+        for e in links:
+            self.ino_of[e.path] = self.ino_of[tree.resolve(e).path]
+        self.max_ino = nxt - 1
+        counts = tree.link_counts()
+        self.root = Node(ROOT_INO, tree.root)
+        self.root.links = counts.get("", 2) + (1 if self.make_lpf else 0)
+        self.nodes = []
+        for i, e in enumerate(order):
+            node = Node(FIRST_INO + i, e)
+            node.links = counts.get(e.path, 2 if e.kind is Kind.DIR else 1)
+            self.nodes.append(node)
+
+    def _inode_seed(self, ino: int) -> int:
+        if not self.o.csum:
+            return 0
+        return crc32c_raw(crc32c_raw(self.o.csum_seed, _LE32.pack(ino)), _LE32.pack(0))
+
+    def _render(self) -> None:
+        o = self.o
+        bs = o.block_size
+        self.style = DirStyle(
+            block_size=bs, csum=o.csum, htree="dir_index" in o.feats,
+            filetype="filetype" in o.feats,
+            hasher=DirHasher(o.hash_seed, HASH_HALF_MD4), hash_version=HASH_HALF_MD4)
+        for node in [self.root, *self.nodes]:
+            assert node is not None
+            e = node.entry
+            what = f"/{e.path}"
+            kind = e.kind
+            if kind is Kind.DIR:
+                self._render_dir(node)
+            elif kind is Kind.FILE:
+                data = e.data
+                node.size = data.size if data is not None else e.size
+                if data is not None and node.size:
+                    node.data = data
+                    node.ranges = _block_ranges(data.extents(), node.size, bs)
+            elif kind is Kind.SYMLINK:
+                target = e.target.encode("utf-8", "surrogateescape")
+                node.size = len(target)
+                if not target:
+                    raise CorruptError(f"{what}: symlink with an empty target")
+                if len(target) < FAST_SYMLINK_MAX:
+                    node.i_block = target.ljust(60, b"\0")
+                elif len(target) >= bs:
+                    raise UnsupportedError(
+                        f"{what}: symlink target of {len(target)} bytes does not fit a "
+                        f"{bs}-byte block")
+                else:
+                    node.content = target.ljust(bs, b"\0")
+                    node.ranges = [(0, 1)]
+            elif kind in (Kind.CHAR, Kind.BLOCK):
+                node.i_block = _device_i_block(*e.rdev)
+            else:
+                node.i_block = bytes(60)
+            if kind is not Kind.DIR and node.links > _LINK_MAX:
+                raise UnsupportedError(f"{what}: {node.links} hardlinks exceed ext4's {_LINK_MAX}")
+            if e.xattrs:
+                self._render_xattrs(node, what)
+            if node.ranges and node.i_block is None:
+                node.flags |= EXTENTS_FL if o.extents else 0
+            elif kind in (Kind.FILE, Kind.DIR) and o.extents:
+                node.flags |= EXTENTS_FL
+
+    def _render_dir(self, node: Node) -> None:
+        e = node.entry
+        path = e.path
+        ino = self.ino_of[path]
+        entries = []
+        for child in self.tree.children(path):
+            cino = self.ino_of[child.path]
+            kind = self.tree.resolve(child).kind
+            name = child.name.encode("utf-8", "surrogateescape")
+            if len(name) > 255:
+                raise UnsupportedError(f"/{child.path}: name longer than 255 bytes")
+            entries.append((name, cino, _FTYPE[kind] if self.style.filetype else 0))
+        if path == "" and self.make_lpf:
+            entries.append((b"lost+found", FIRST_INO, FT_DIR if self.style.filetype else 0))
+            entries.sort(key=lambda t: t[0])
+        parent = ROOT_INO if path in ("", "lost+found") else self.ino_of[e.parent]
+        min_blocks = 1
+        if path == "lost+found":
+            min_blocks = 12 if self.o.block_size == 1024 else _LPF_BYTES // self.o.block_size
+        content, indexed = render_dir(self.style, ino, parent, entries, self._inode_seed(ino),
+                                      min_blocks)
+        node.content = content
+        node.size = len(content)
+        node.ranges = [(0, len(content) // self.o.block_size)]
+        if indexed:
+            node.flags |= INDEX_FL
+        if node.links > _LINK_MAX:
+            if "dir_nlink" not in self.o.feats:
+                raise UnsupportedError(f"/{path}: too many subdirectories without dir_nlink")
+            node.links = 1
+
+    def _render_xattrs(self, node: Node, what: str) -> None:
+        if "ext_attr" not in self.o.feats:
+            raise UnsupportedError(f"{what}: has xattrs but the ext_attr feature is off")
+        items = xattrwriter.to_items(node.entry.xattrs, what)
+        inside, rest = xattrwriter.split(items, _XATTR_SPACE, self.o.block_size, what)
+        if inside:
+            node.ibody = xattrwriter.ibody(inside, _XATTR_SPACE)
+        if rest:
+            blk = xattrwriter.block(rest, self.o.block_size)
+            idx = self._xblock_index.get(blk)
+            if idx is None:
+                idx = self._xblock_index[blk] = len(self.xblocks)
+                self.xblocks.append(blk)
+                self.xrefs.append(0)
+            self.xrefs[idx] += 1
+            node.xblock = idx
+
+    # -- sizing and allocation
+    def _all_nodes(self) -> list[Node]:
+        assert self.root is not None
+        return [self.root, *self.nodes]
+
+    def _allocate(self, geo: Geometry):
+        """Allocate every block for ``geo``; returns (end of allocation,
+        journal runs, journal mapping runs)."""
+        o = self.o
+        alloc = Allocator(geo.fixed, geo.first_data_block)
+        jblocks = journal.default_journal_blocks(geo.blocks_count) if (
+            "has_journal" in o.feats) else 0
+        jruns = alloc.alloc(jblocks) if jblocks else []
+        nodes = self._all_nodes()
+        for node in nodes:
+            if node.content is not None:
+                node.runs = alloc.alloc(node.nblocks)
+        self.xblock_runs = alloc.alloc(len(self.xblocks)) if self.xblocks else []
+        for node in nodes:
+            if node.content is None and node.ranges:
+                node.runs = alloc.alloc(node.nblocks)
+        bs = o.block_size
+        for node in nodes:
+            if node.ranges:
+                node.map_count = self._map_count(node.ranges, node.runs, bs)
+                node.map_runs = alloc.alloc(node.map_count) if node.map_count else []
+        jmap: list[tuple[int, int]] = []
+        if jblocks:
+            n = self._map_count([(0, jblocks)], jruns, bs)
+            jmap = alloc.alloc(n) if n else []
+        return alloc.cursor, jruns, jmap
+
+    def _map_count(self, ranges, runs, bs) -> int:
+        if self.o.extents:
+            return mapping.extent_tree_blocks(mapping.count_extents(ranges, runs), bs)
+        return mapping.blockmap_blocks(ranges, bs)
+
+    def _geometry(self, blocks: int, inodes: int) -> Geometry:
+        return Geometry.make(self.o.block_size, blocks, inodes, self.o.feats)
+
+    def _inodes_for(self, blocks: int, room: bool) -> int:
+        if self.o.inodes:
+            if self.o.inodes < self.max_ino:
+                raise NoSpaceError(
+                    f"ext4[inodes={self.o.inodes}]: the tree needs {self.max_ino} inodes")
+            return self.o.inodes
+        if not room:
+            return self.max_ino
+        return max(blocks * self.o.block_size // INODE_RATIO,
+                   self.max_ino + self.max_ino // 5 + 64)
+
+    def _solve(self):
+        o = self.o
+        bs = o.block_size
+        data = sum(n.nblocks for n in self._all_nodes()) + len(self.xblocks)
+        if o.size not in (None, "min"):
+            blocks = o.size // bs
+            geo = self._geometry(blocks, self._inodes_for(blocks, True))
+            if geo.inodes_count < self.max_ino:
+                raise NoSpaceError(f"size={o.size}: the tree needs {self.max_ino} inodes")
+            end, jruns, jmap = self._allocate(geo)
+            if end > geo.blocks_count:
+                need = self._fit(data, room=False)[0].blocks_count * bs
+                raise NoSpaceError(
+                    f"ext4: the tree needs {need} bytes ({-(-need // (1 << 20))} MiB) "
+                    f"but size is {o.size}")
+            return geo, end, jruns, jmap
+        return self._fit(data, room=o.size is None)
+
+    def _fit(self, data: int, room: bool):
+        """The smallest geometry that holds everything (plus room to grow)."""
+        bs = self.o.block_size
+        slack = data // 5 + (2 << 20) // bs if room else 0
+        blocks = data + slack + self.max_ino * INODE_SIZE // bs + 64
+        if "has_journal" in self.o.feats:
+            blocks = max(blocks + journal.default_journal_blocks(blocks), 2048)
+        for _ in range(100):
+            geo = self._geometry(blocks, self._inodes_for(blocks, room))
+            end, jruns, jmap = self._allocate(geo)
+            short = end + slack - geo.blocks_count
+            if short <= 0 and geo.inodes_count >= self.max_ino:
+                return geo, end, jruns, jmap
+            blocks += max(short, 1) + (blocks - geo.blocks_count)
+        raise NoSpaceError("ext4: could not find a size that fits the tree")
+
+
+# --------------------------------------------------------------------------
+# Writing
+
+
+class _MetaWriter:
+    """Coalesces block writes that follow each other into large pwrites."""
+
+    def __init__(self, target: Target, bs: int) -> None:
+        self.target = target
+        self.bs = bs
+        self.start = -1
+        self.buf = bytearray()
+
+    def write(self, block: int, data: bytes | bytearray | memoryview) -> None:
+        if self.start >= 0 and block * self.bs == self.start + len(self.buf) and \
+                len(self.buf) < _FLUSH_BYTES:
+            self.buf += data
+            return
+        self.flush()
+        self.start = block * self.bs
+        self.buf = bytearray(data)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.target.pwrite(self.buf, self.start)
+        self.buf = bytearray()
+        self.start = -1
+
+
+def _set_bits(buf: bytearray, start: int, n: int) -> None:
+    """Set bits [start, start + n) of a little-endian bitmap."""
+    end = start + n
+    while start < end and start & 7:
+        buf[start >> 3] |= 1 << (start & 7)
+        start += 1
+    full = (end - start) >> 3
+    if full > 0:
+        buf[start >> 3:(start >> 3) + full] = b"\xff" * full
+        start += full << 3
+    while start < end:
+        buf[start >> 3] |= 1 << (start & 7)
+        start += 1
+
+
+class Ext4Plan(Plan):
+    """A planned filesystem; ``write_to`` writes it into a zeroed target."""
+
+    def __init__(self, planner: _Planner, geo: Geometry, jruns, jmap, alloc_end: int) -> None:
+        o = planner.o
+        self.p = planner
+        self.o = o
+        self.geo = geo
+        self.jruns = jruns
+        self.jmap = jmap
+        self.alloc_end = alloc_end
+        self.fs_type = o.fs
+        self.size = o.size if isinstance(o.size, int) else geo.blocks_count * o.block_size
+        self.blocks_count = geo.blocks_count
+        self.inodes_count = geo.inodes_count
+
+    # -- entry point
+    def write_to(self, target: Target) -> None:
+        if target.size < self.geo.blocks_count * self.o.block_size:
+            raise NoSpaceError(
+                f"ext4: the filesystem needs {self.geo.blocks_count * self.o.block_size} bytes, "
+                f"the output has {target.size}")
+        meta = _MetaWriter(target, self.o.block_size)
+        self._write_journal(meta)
+        self._write_contents(meta)
+        meta.flush()
+        self._write_data(target)
+        inode_groups = self._write_inode_tables(meta)
+        meta.flush()
+        gdt = self._write_bitmaps(meta, inode_groups)
+        meta.flush()
+        self._write_super(target, gdt)
+
+    # -- journal
+    def _journal_inode(self) -> tuple[bytes, int, int]:
+        """(i_block, flags, mapping blocks) of the journal inode."""
+        o = self.o
+        jblocks = sum(n for _, n in self.jruns)
+        ranges = [(0, jblocks)]
+        map_blocks = [b for s, n in self.jmap for b in range(s, s + n)]
+        if o.extents:
+            extents = mapping.make_extents(ranges, self.jruns)
+            seal = self._extent_sealer(JOURNAL_INO)
+            i_block, blocks = mapping.render_extent_tree(extents, map_blocks, o.block_size, seal)
+            self._jmap_blocks = list(zip(map_blocks, blocks, strict=True))
+            return i_block, EXTENTS_FL, len(map_blocks)
+        i_block, pieces = mapping.render_blockmap(ranges, self.jruns, map_blocks, o.block_size)
+        self._jmap_blocks = pieces
+        return i_block, 0, len(map_blocks)
+
+    def _write_journal(self, meta: _MetaWriter) -> None:
+        self._jinode = None
+        if not self.jruns:
+            return
+        o = self.o
+        jblocks = sum(n for _, n in self.jruns)
+        meta.write(self.jruns[0][0], journal.superblock(o.block_size, jblocks, o.uuid, o.csum)
+                   .ljust(o.block_size, b"\0"))
+        self._jinode = self._journal_inode()
+
+    # -- directory, symlink, xattr and mapping blocks
+    def _extent_sealer(self, ino: int):
+        if not self.o.csum:
+            return None
+        seed = self.p._inode_seed(ino)
+        per_block = (self.o.block_size - EXTENT_HEADER.size) // 12
+        tail = EXTENT_HEADER.size + 12 * per_block
+
+        def seal(buf: bytearray) -> None:
+            _LE32.pack_into(buf, tail, crc32c_raw(seed, memoryview(buf)[:tail]))
+        return seal
+
+    def _write_contents(self, meta: _MetaWriter) -> None:
+        bs = self.o.block_size
+        nodes = self.p._all_nodes()
+        for node in nodes:
+            if node.content is not None:
+                pos = 0
+                for start, n in node.runs:
+                    meta.write(start, memoryview(node.content)[pos:pos + n * bs])
+                    pos += n * bs
+        xblocks = [b for s, n in self.p.xblock_runs for b in range(s, s + n)]
+        self.xblock_numbers = xblocks
+        for blk, content, refs in zip(xblocks, self.p.xblocks, self.p.xrefs, strict=True):
+            buf = bytearray(content)
+            _LE32.pack_into(buf, 4, refs)
+            if self.o.csum:
+                c = crc32c_raw(self.o.csum_seed, _LE64.pack(blk))
+                _LE32.pack_into(buf, 16, crc32c_raw(c, buf))
+            meta.write(blk, buf)
+        # mapping blocks (after the data, in node order)
+        for node in nodes:
+            node_map = self._render_mapping(node)
+            for blk, content in node_map:
+                meta.write(blk, content)
+        for blk, content in getattr(self, "_jmap_blocks", []):
+            meta.write(blk, content)
+
+    def _render_mapping(self, node: Node) -> list[tuple[int, bytes]]:
+        """Fill node.i_block (when it maps blocks); return its mapping blocks."""
+        if node.i_block is not None and not node.ranges:
+            return []
+        bs = self.o.block_size
+        map_blocks = [b for s, n in node.map_runs for b in range(s, s + n)]
+        if self.o.extents and node.flags & EXTENTS_FL:
+            extents = mapping.make_extents(node.ranges, node.runs)
+            i_block, blocks = mapping.render_extent_tree(
+                extents, map_blocks, bs, self._extent_sealer(node.ino))
+            node.i_block = i_block
+            return list(zip(map_blocks, blocks, strict=True))
+        if not node.ranges:
+            node.i_block = bytes(60)
+            return []
+        i_block, pieces = mapping.render_blockmap(node.ranges, node.runs, map_blocks, bs)
+        node.i_block = i_block
+        return pieces
+
+    # -- file data
+    def _write_data(self, target: Target) -> None:
+        bs = self.o.block_size
+        buf = bytearray(COPY_CHUNK)
+        host = target.host_fd()
+        nodes = [n for n in self.p.nodes if n.data is not None and n.ranges]
+        nodes.sort(key=lambda n: n.data.order_key)  # type: ignore[union-attr]
+        for node in nodes:
+            data = node.data
+            assert data is not None
+            if len(node.runs) == 1 and node.ranges == [(0, node.runs[0][1])]:
+                target.copy_from_data(data, node.runs[0][0] * bs, buf)
+                continue
+            pieces = [(lb * bs, pb * bs, min(n * bs, node.size - lb * bs))
+                      for lb, pb, n in mapping._zip_runs(node.ranges, node.runs)]
+            if host is not None and isinstance(data, FileRangeData):
+                fd, base = host
+                with open(data.path, "rb", buffering=0) as f:
+                    for src, dst, length in pieces:
+                        copy_range(f.fileno(), data.offset + src, fd, base + dst, length, buf)
+                continue
+            view = memoryview(buf)
+            for src, dst, length in pieces:
+                pos = 0
+                while pos < length:
+                    n = data.readinto(src + pos, view[:min(len(view), length - pos)])
+                    if n <= 0:
+                        raise CorruptError(f"/{node.entry.path}: data ended early at offset "
+                                           f"{src + pos}")
+                    target.pwrite(view[:n], dst + pos)
+                    pos += n
+
+    # -- inodes
+    def _inode_bytes(self, buf: bytearray, off: int, node: Node) -> None:
+        o = self.o
+        e = node.entry
+        bs = o.block_size
+        blocks = node.nblocks + node.map_count
+        xattr_blk = 0
+        if node.xblock >= 0:
+            xattr_blk = self.xblock_numbers[node.xblock]
+            blocks += 1
+        sectors = blocks * (bs // 512)
+        flags = node.flags
+        if sectors >= 1 << 32:
+            if "huge_file" not in o.feats or sectors >= 1 << 48:
+                raise UnsupportedError(f"/{e.path}: file too large for this filesystem")
+        i_block = node.i_block
+        if i_block is None:
+            i_block = _empty_extent_root() if flags & EXTENTS_FL else bytes(60)
+        at, atx = _time(e.atime_ns)
+        ct, ctx_ = _time(e.ctime_ns)
+        mt, mtx = _time(e.mtime_ns)
+        cr, crx = _time(e.crtime_ns if e.crtime_ns is not None else e.ctime_ns)
+        uid, gid = e.uid, e.gid
+        if not (0 <= uid <= _M32 and 0 <= gid <= _M32):
+            raise UnsupportedError(f"/{e.path}: uid/gid {uid}/{gid} out of range")
+        _INODE.pack_into(
+            buf, off, e.st_mode & 0xFFFF, uid & 0xFFFF, node.size & _M32, at, ct, mt, 0,
+            gid & 0xFFFF, node.links, sectors & _M32, flags & ~HUGE_FILE_FL, 0, i_block, 0,
+            xattr_blk & _M32, node.size >> 32, 0, sectors >> 32, xattr_blk >> 32,
+            uid >> 16, gid >> 16, 0, 0, INODE_EXTRA_ISIZE, 0, ctx_, mtx, atx, cr, crx, 0, 0)
+        if node.ibody is not None:
+            buf[off + INODE.size:off + INODE_SIZE] = node.ibody
+        self._seal_inode(buf, off, node.ino)
+
+    def _seal_inode(self, buf: bytearray, off: int, ino: int) -> None:
+        if not self.o.csum:
+            return
+        c = crc32c_raw(self.p._inode_seed(ino), memoryview(buf)[off:off + INODE_SIZE])
+        struct.pack_into("<H", buf, off + INODE_CHECKSUM_LO_OFFSET, c & 0xFFFF)
+        struct.pack_into("<H", buf, off + INODE_CHECKSUM_HI_OFFSET, c >> 16)
+
+    def _special_inode(self, buf: bytearray, off: int, ino: int) -> None:
+        """Reserved inodes as mke2fs leaves them (and the journal)."""
+        o = self.o
+        t = o.timestamp & _M32
+        if ino == JOURNAL_INO and self._jinode is not None:
+            i_block, flags, nmap = self._jinode
+            jblocks = sum(n for _, n in self.jruns)
+            size = jblocks * o.block_size
+            sectors = (jblocks + nmap) * (o.block_size // 512)
+            _INODE.pack_into(buf, off, 0o100600, 0, size & _M32, t, t, t, 0, 0, 1,
+                             sectors & _M32, flags, 0, i_block, 0, 0, size >> 32, 0,
+                             sectors >> 32, 0, 0, 0, 0, 0, INODE_EXTRA_ISIZE, 0, 0, 0, 0, t,
+                             0, 0, 0)
+        else:
+            INODE.pack_into(buf, off, i_extra_isize=INODE_EXTRA_ISIZE,
+                            **({"i_atime": t, "i_ctime": t, "i_mtime": t} if ino == 1 else {}))
+        self._seal_inode(buf, off, ino)
+
+    def _write_inode_tables(self, meta: _MetaWriter) -> list[tuple[int, int]]:
+        """Write every used inode; returns per group (used inodes, directories)."""
+        geo = self.geo
+        ipg = geo.inodes_per_group
+        root = self.p.root
+        assert root is not None
+        stats = []
+        nodes = self.p.nodes
+        for g, grp in enumerate(geo.groups):
+            first = g * ipg + 1
+            last = min((g + 1) * ipg, self.p.max_ino)
+            if last < first:
+                stats.append((0, 0))
+                continue
+            count = last - first + 1
+            buf = bytearray(count * INODE_SIZE)
+            dirs = 0
+            for ino in range(first, last + 1):
+                off = (ino - first) * INODE_SIZE
+                if ino == ROOT_INO:
+                    node = root
+                elif ino >= FIRST_INO:
+                    node = nodes[ino - FIRST_INO]
+                else:
+                    self._special_inode(buf, off, ino)
+                    continue
+                if node.entry.kind is Kind.DIR:
+                    dirs += 1
+                self._inode_bytes(buf, off, node)
+            meta.write(grp.inode_table, buf)
+            stats.append((count, dirs))
+        return stats
+
+    # -- bitmaps, group descriptors, superblocks
+    def _write_bitmaps(self, meta: _MetaWriter, inode_stats) -> bytes:
+        o = self.o
+        geo = self.geo
+        bs = o.block_size
+        bits = 8 * bs
+        ipg = geo.inodes_per_group
+        fixed = geo.fixed
+        cursor = self.alloc_end
+        desc = GROUP_DESC_64 if geo.is_64bit else None
+        gdt = bytearray(geo.gdt_blocks * bs)
+        fi = 0
+        self.free_blocks = 0
+        self.free_inodes = 0
+        for g, grp in enumerate(geo.groups):
+            s, n = grp.start, grp.size
+            bmap = bytearray(bs)
+            if cursor > s:
+                _set_bits(bmap, 0, min(cursor - s, n))
+            while fi < len(fixed) and fixed[fi][0] + fixed[fi][1] <= s:
+                fi += 1
+            j = fi
+            while j < len(fixed) and fixed[j][0] < s + n:
+                a = max(fixed[j][0], s)
+                b = min(fixed[j][0] + fixed[j][1], s + n)
+                _set_bits(bmap, a - s, b - a)
+                j += 1
+            if n < bits:
+                _set_bits(bmap, n, bits - n)
+            used_blocks = int.from_bytes(bmap, "little").bit_count() - (bits - n)
+            free_b = n - used_blocks
+            used_i, dirs = inode_stats[g]
+            imap = bytearray(bs)
+            if used_i:
+                _set_bits(imap, 0, used_i)
+            _set_bits(imap, ipg, bits - ipg)
+            free_i = ipg - used_i
+            self.free_blocks += free_b
+            self.free_inodes += free_i
+            meta.write(grp.block_bitmap, bmap)
+            meta.write(grp.inode_bitmap, imap)
+            flags = BG_INODE_ZEROED if o.csum else 0
+            bcs = crc32c_raw(o.csum_seed, bmap) if o.csum else 0
+            ics = crc32c_raw(o.csum_seed, memoryview(imap)[:ipg // 8]) if o.csum else 0
+            unused = free_i if o.csum else 0
+            values = (
+                grp.block_bitmap & _M32, grp.inode_bitmap & _M32, grp.inode_table & _M32,
+                free_b & 0xFFFF, free_i & 0xFFFF, dirs & 0xFFFF, flags, 0,
+                bcs & 0xFFFF, ics & 0xFFFF, unused & 0xFFFF, 0)
+            off = g * geo.desc_size
+            if desc is not None:
+                desc.struct.pack_into(
+                    gdt, off, *values, grp.block_bitmap >> 32, grp.inode_bitmap >> 32,
+                    grp.inode_table >> 32, free_b >> 16, free_i >> 16, dirs >> 16,
+                    unused >> 16, 0, bcs >> 16, ics >> 16, 0)
+            else:
+                struct.pack_into("<IIIHHHHIHHHH", gdt, off, *values)
+            if o.csum:
+                c = crc32c_raw(o.csum_seed, _LE32.pack(g))
+                c = crc32c_raw(c, memoryview(gdt)[off:off + geo.desc_size])
+                struct.pack_into("<H", gdt, off + 0x1E, c & 0xFFFF)
+        return bytes(gdt)
+
+    def _superblock(self, group: int) -> bytes:
+        o = self.o
+        geo = self.geo
+        words = feature_words(o.feats)
+        t = o.timestamp & _M32
+        jnl = b""
+        if self._jinode is not None:
+            i_block, _, _ = self._jinode
+            jsize = sum(n for _, n in self.jruns) * o.block_size
+            jnl = i_block + _LE32.pack(jsize >> 32) + _LE32.pack(jsize & _M32)
+        reserved = int(geo.blocks_count * o.reserved / 100)
+        log_bs = o.block_size.bit_length() - 11
+        fields = dict(
+            s_inodes_count=geo.inodes_count,
+            s_blocks_count_lo=geo.blocks_count & _M32,
+            s_r_blocks_count_lo=reserved & _M32,
+            s_free_blocks_count_lo=self.free_blocks & _M32,
+            s_free_inodes_count=self.free_inodes,
+            s_first_data_block=geo.first_data_block,
+            s_log_block_size=log_bs,
+            s_log_cluster_size=log_bs,
+            s_blocks_per_group=geo.blocks_per_group,
+            s_clusters_per_group=geo.blocks_per_group,
+            s_inodes_per_group=geo.inodes_per_group,
+            s_wtime=t,
+            s_max_mnt_count=-1,
+            s_magic=SUPERBLOCK_MAGIC,
+            s_state=STATE_VALID,
+            s_errors=ERRORS_CONTINUE,
+            s_lastcheck=t,
+            s_rev_level=DYNAMIC_REV,
+            s_first_ino=FIRST_INO,
+            s_inode_size=INODE_SIZE,
+            s_block_group_nr=group,
+            s_feature_compat=words["compat"],
+            s_feature_incompat=words["incompat"],
+            s_feature_ro_compat=words["ro_compat"],
+            s_uuid=o.uuid,
+            s_volume_name=o.label,
+            s_journal_inum=JOURNAL_INO if self._jinode is not None else 0,
+            s_hash_seed=o.hash_seed,
+            s_def_hash_version=HASH_HALF_MD4,
+            s_jnl_backup_type=JNL_BACKUP_BLOCKS if jnl else 0,
+            s_desc_size=geo.desc_size if geo.is_64bit else 0,
+            s_default_mount_opts=DEFM_XATTR_USER | DEFM_ACL,
+            s_mkfs_time=t,
+            s_jnl_blocks=jnl,
+            s_blocks_count_hi=geo.blocks_count >> 32,
+            s_r_blocks_count_hi=reserved >> 32,
+            s_free_blocks_count_hi=self.free_blocks >> 32,
+            s_min_extra_isize=INODE_EXTRA_ISIZE if "extra_isize" in o.feats else 0,
+            s_want_extra_isize=INODE_EXTRA_ISIZE if "extra_isize" in o.feats else 0,
+            s_flags=FLAGS_UNSIGNED_HASH,
+            s_log_groups_per_flex=4 if geo.flex else 0,
+            s_checksum_type=CHECKSUM_CRC32C if o.csum else 0,
+            s_checksum_seed=o.csum_seed if "metadata_csum_seed" in o.feats else 0,
+            s_wtime_hi=(o.timestamp >> 32) & 0xFF,
+            s_mkfs_time_hi=(o.timestamp >> 32) & 0xFF,
+            s_lastcheck_hi=(o.timestamp >> 32) & 0xFF,
+        )
+        sb = bytearray(SUPERBLOCK.pack(**fields))
+        if o.csum:
+            _LE32.pack_into(sb, 1020, crc32c_raw(_M32, memoryview(sb)[:1020]))
+        return bytes(sb)
+
+    def _write_super(self, target: Target, gdt: bytes) -> None:
+        bs = self.o.block_size
+        for g, grp in enumerate(self.geo.groups):
+            if not grp.backup:
+                continue
+            sb = self._superblock(g)
+            if g == 0:
+                target.pwrite(sb, SUPERBLOCK_OFFSET)
+                gdt_at = (self.geo.first_data_block + 1) * bs
+            else:
+                target.pwrite(sb, grp.start * bs)
+                gdt_at = (grp.start + 1) * bs
+            target.pwrite(gdt, gdt_at)
+
+
+def _empty_extent_root() -> bytes:
+    return EXTENT_HEADER.struct.pack(EXTENT_MAGIC, 0, EXTENT_ROOT_MAX, 0, 0).ljust(60, b"\0")
+
