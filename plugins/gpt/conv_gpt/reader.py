@@ -123,8 +123,11 @@ def _read_gpt_header(volume: Volume, sector: int, lba: int) -> tuple[layout.GptH
     if not 0 < header.num_entries <= GPT_MAX_ENTRIES or array_bytes > GPT_MAX_ARRAY_BYTES:
         raise _BadHeader(f"absurd partition entry count {header.num_entries} "
                          f"of {header.entry_size} bytes")
-    if not (header.first_usable_lba <= header.last_usable_lba + 1
-            and header.last_usable_lba < total):
+    if max(header.alternate_lba, header.last_usable_lba) >= total:
+        raise _BadHeader(f"the header at LBA {lba} describes a disk of "
+                         f"{max(header.alternate_lba, header.last_usable_lba) + 1} sectors, "
+                         f"the image has {total} (truncated?)")
+    if header.first_usable_lba > header.last_usable_lba + 1:
         raise _BadHeader(f"usable area LBA {header.first_usable_lba}..{header.last_usable_lba} "
                          f"does not fit the {total}-sector disk")
     array_sectors = -(-array_bytes // sector)
