@@ -209,15 +209,15 @@ class ImageConfig:
         return Platform(self.os, self.architecture, self.variant)
 
     def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "architecture": self.architecture, "os": self.os, "created": self.created,
-            "Env": self.env, "Entrypoint": self.entrypoint, "Cmd": self.cmd,
-            "WorkingDir": self.working_dir, "User": self.user,
-        }
-        if self.variant:
-            out["variant"] = self.variant
-        if self.labels:
-            out["Labels"] = self.labels
+        """The run config for ``conv info``: what the image sets, nothing
+        it leaves empty."""
+        out: dict[str, Any] = {"architecture": self.architecture, "os": self.os}
+        for key, value in (("variant", self.variant), ("created", self.created),
+                           ("Env", self.env), ("Entrypoint", self.entrypoint),
+                           ("Cmd", self.cmd), ("WorkingDir", self.working_dir),
+                           ("User", self.user), ("Labels", self.labels)):
+            if value:
+                out[key] = value
         return out
 
 

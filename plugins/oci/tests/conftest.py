@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 
@@ -213,6 +214,85 @@ def umoci_unpack(layout: str, ref: str, bundle: str) -> dict:
     from convcore.testing import normalize_hardlinks, scan_dir
     umoci("unpack", "--rootless", "--image", f"{layout}:{ref}", bundle)
     return normalize_hardlinks(umoci_view(scan_dir(os.path.join(bundle, "rootfs"))))
+
+
+# --------------------------------------------------------------------------
+# an image built layer by layer with umoci
+
+UMOCI_MTIME_NS = 1_650_000_000_000_000_000
+
+
+def _settle(rootfs: str) -> None:
+    """Fixed times, so the layers (and the comparison) do not depend on the clock."""
+    for dirpath, dirnames, filenames in os.walk(rootfs, topdown=False):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), ns=(UMOCI_MTIME_NS, UMOCI_MTIME_NS),
+                     follow_symlinks=False)
+    os.utime(rootfs, ns=(UMOCI_MTIME_NS, UMOCI_MTIME_NS))
+
+
+def _write(path: str, data: bytes, mode: int = 0o644) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+@pytest.fixture(scope="session")
+def umoci_image(tmp_path_factory):
+    """A four-layer image: base, deletions, type changes, hardlinks."""
+    from convcore.testing import require_tool, run
+    require_tool("umoci")
+    base = tmp_path_factory.mktemp("umoci")
+    layout, bundle = str(base / "layout"), str(base / "bundle")
+    run("umoci", "init", "--layout", layout)
+    run("umoci", "new", "--image", f"{layout}:img")
+
+    def step(change) -> None:
+        shutil.rmtree(bundle, ignore_errors=True)
+        run("umoci", "unpack", "--rootless", "--image", f"{layout}:img", bundle)
+        rootfs = os.path.join(bundle, "rootfs")
+        change(rootfs)
+        _settle(rootfs)
+        run("umoci", "repack", "--image", f"{layout}:img", bundle)
+
+    def layer1(r: str) -> None:
+        _write(f"{r}/etc/hostname", b"box\n")
+        _write(f"{r}/etc/shadow", b"root:*:1::::::\n", 0o640)
+        _write(f"{r}/usr/bin/busybox", bytes(range(256)) * 4000, 0o755)
+        _write(f"{r}/usr/share/doc/a/README", b"a\n")
+        _write(f"{r}/usr/share/doc/b/README", b"b\n")
+        _write(f"{r}/opt/conf", b"file for now\n")
+        os.makedirs(f"{r}/var/dir-to-file/sub")
+        _write(f"{r}/var/dir-to-file/sub/x", b"x")
+        os.symlink("busybox", f"{r}/usr/bin/sh")
+        os.setxattr(f"{r}/etc/hostname", "user.note", b"from layer 1")
+        os.chmod(f"{r}/usr/share", 0o775)
+
+    def layer2(r: str) -> None:
+        os.unlink(f"{r}/etc/shadow")  # whiteout of a file
+        shutil.rmtree(f"{r}/usr/share/doc/a")  # whiteout of a directory
+        _write(f"{r}/etc/hostname", b"renamed-box\n")  # replaced file
+        os.link(f"{r}/usr/bin/busybox", f"{r}/usr/bin/ls")  # hardlink to lower file
+        os.chmod(f"{r}/usr/share", 0o755)
+
+    def layer3(r: str) -> None:
+        os.unlink(f"{r}/opt/conf")  # file -> dir
+        _write(f"{r}/opt/conf/main.cf", b"dir now\n")
+        shutil.rmtree(f"{r}/var/dir-to-file")  # dir -> file
+        _write(f"{r}/var/dir-to-file", b"file now\n")
+        os.unlink(f"{r}/usr/bin/sh")  # symlink -> file
+        _write(f"{r}/usr/bin/sh", b"#!real\n", 0o755)
+
+    def layer4(r: str) -> None:
+        os.unlink(f"{r}/usr/bin/busybox")  # the hardlink's first name goes
+        shutil.rmtree(f"{r}/usr/share/doc")  # a whole tree goes ...
+        _write(f"{r}/usr/share/doc/new", b"fresh\n")  # ... and comes back smaller
+
+    for change in (layer1, layer2, layer3, layer4):
+        step(change)
+    return layout
+
 
 
 @pytest.fixture
