@@ -135,12 +135,13 @@ class Qcow2Volume(Volume):
         if backing_name:
             self.backing = self._open_backing(backing_name, backing_format, chain)
 
-        chain_info = []
+        #: the backing images below this one, nearest first: {"file", "format"}.
+        self.backing_chain: list[dict] = []
         if self.backing is not None:
-            chain_info.append({"file": backing_name,
-                               "format": backing_format or self.backing.description})
+            self.backing_chain.append({"file": backing_name,
+                                       "format": backing_format or self.backing.description})
         if isinstance(self.backing, Qcow2Volume):
-            chain_info += self.backing.info.get("backing_chain", [])
+            self.backing_chain += self.backing.backing_chain
         st = os.fstat(self.fd)
         self.info = {
             "format": "qcow2",
@@ -150,12 +151,12 @@ class Qcow2Volume(Volume):
             "compat": "1.1" if h.version == 3 else "0.10",
             "compression_type": layout.COMPRESSION_NAMES[h.compression_type],
             "extended_l2": self.extended_l2,
-            "backing_file": backing_name,
-            "backing_format": backing_format,
-            "backing_chain": chain_info,
             "file_size": self.file_size,
             "allocated_bytes": st.st_blocks * 512,
         }
+        if self.backing_chain:
+            self.info["backing_chain"] = " -> ".join(
+                f"{b['file']} ({b['format']})" for b in self.backing_chain)
 
     def _extensions(self, cluster: bytes, h: layout.Header) -> str | None:
         """Walk the header extensions; returns the backing format name."""

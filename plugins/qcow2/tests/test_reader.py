@@ -78,7 +78,8 @@ def test_overlays_zero_clusters_and_backing_chain(qemu, sample_raw, tmp_path, mo
     qemu.io("ovl-raw.qcow2", "write -P 0x55 0 64k", "write -z 3M 64k",
             "write -P 0x66 6M 3584", "write -P 0x77 5000 100")
     vol = assert_reads_like(qemu, str(tmp_path / "ovl-raw.qcow2"), tmp_path)
-    assert vol.info["backing_chain"] == [{"file": "disk.raw", "format": "raw"}]
+    assert vol.backing_chain == [{"file": "disk.raw", "format": "raw"}]
+    assert vol.info["backing_chain"] == "disk.raw (raw)"
     vol.close()
 
     qemu.img("create", "-f", "qcow2", "-b", "mid-base.qcow2", "-F", "qcow2", "mid.qcow2")
@@ -86,7 +87,7 @@ def test_overlays_zero_clusters_and_backing_chain(qemu, sample_raw, tmp_path, mo
     qemu.img("create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2", "8M")
     qemu.io("top.qcow2", "write -P 0x22 1100k 4k", "write -P 0x33 7M 64k")
     vol = assert_reads_like(qemu, str(tmp_path / "top.qcow2"), tmp_path)
-    assert [b["file"] for b in vol.info["backing_chain"]] == ["mid.qcow2", "mid-base.qcow2"]
+    assert vol.info["backing_chain"] == "mid.qcow2 (qcow2) -> mid-base.qcow2 (qcow2)"
     vol.close()
 
 
