@@ -89,7 +89,9 @@ class Settings:
         mtime = opts.get("mtime")
         if mtime is not None and not 0 <= mtime <= _U32:
             raise UsageError(f"squashfs[mtime={mtime}]: must be 0 to {_U32} seconds")
-        threads = opts.get("threads") or os.cpu_count() or 1
+        threads = opts.get("threads")
+        if threads is None:
+            threads = os.cpu_count() or 1
         if threads < 1:
             raise UsageError(f"squashfs[threads={threads}]: must be at least 1")
         excludes = [p.strip().strip("/") for p in (opts.get("exclude") or "").split(",")
