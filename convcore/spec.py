@@ -427,6 +427,12 @@ def _load_content(spec: _Spec, c: Any, key: tuple, disk: DiskSpec) -> ContentSpe
     except ConvError as e:
         raise spec.error(str(e), *ckey, "source") from None
     if path is not None and not os.path.lexists(path):
+        prefix = re.match(r"^([A-Za-z0-9_.+-]+)(\[[^\]]*\])?:", content.source.strip())
+        if prefix and prefix.group(1) not in registry().formats:
+            try:  # 'nope:./tree' is more likely a typo of a format than a file name
+                registry().get(prefix.group(1))
+            except UsageError as e:
+                raise spec.error(str(e), *ckey, "source") from None
         raise spec.error(f"{path}: no such file or directory", *ckey, "source")
     return content
 
@@ -482,7 +488,15 @@ def _dry_layout(spec: _Spec, disk: DiskSpec) -> None:
         if m is None:
             raise spec.error(str(e), "disk") from None
         index = _partition_index(disk, int(m.group(1)))
-        raise spec.error(str(e), "partition", index) from None
+        text = str(e)
+        key = next((k for words, k in _ERROR_KEYS if any(w in text for w in words)), None)
+        raise spec.error(text, "partition", index, *([key] if key else [])) from None
+
+
+#: words in a table format's error -> the partition key it is about
+_ERROR_KEYS = ((("partition type", "type "), "type"), (("attribute",), "attributes"),
+               (("name is",), "name"), (("uuid",), "uuid"),
+               (("content needs", "size", "2 TiB"), "size"))
 
 
 def _partition_index(disk: DiskSpec, number: int) -> int:

@@ -193,6 +193,10 @@ GPT_ALIASES: dict[str, str] = {
     "linux-home": "home", "bios": "bios-boot", "msdata": "microsoft-basic-data",
 }
 
+#: the names an unknown-type error suggests
+_COMMON_GPT = ("esp", "xbootldr", "bios-boot", "linux", "swap", "home", "srv", "var", "tmp",
+               "linux-lvm", "linux-raid", "linux-luks")
+
 _GPT_BY_NAME = {name: uuid.UUID(guid) for name, guid, _ in GPT_TYPES}
 _GPT_BY_GUID = {uuid.UUID(guid): (name, desc) for name, guid, desc in GPT_TYPES}
 
@@ -298,10 +302,10 @@ def gpt_type(text: str) -> uuid.UUID:
     if _GUID_RE.match(key):
         guid = uuid.UUID(key)
         if guid.int == 0:
-            raise UsageError("gpt: partition type 00000000-... marks an unused entry")
+            raise UsageError("partition type 00000000-... marks an unused entry")
         return guid
-    raise UsageError(f"gpt: unknown partition type {text!r} (use a GUID or one of: "
-                     f"{_known(n for n in _GPT_BY_NAME if '-verity' not in n)}, ...)")
+    raise UsageError(f"unknown partition type {text!r} (use a GUID or a name: "
+                     f"{', '.join(_COMMON_GPT)}, root-ARCH, usr-ARCH such as root-x86-64)")
 
 
 def gpt_type_name(guid: uuid.UUID) -> str:
@@ -326,13 +330,13 @@ def mbr_type(text: str) -> int:
     if _MBR_HEX_RE.match(key):
         byte = int(key, 16)
         if byte == 0:
-            raise UsageError("mbr: partition type 00 marks an unused entry")
+            raise UsageError("partition type 00 marks an unused entry")
         return byte
     dps = GPT_ALIASES.get(key, key)
     if dps in _GPT_BY_NAME and (dps.startswith(("root-", "usr-"))
                                 or dps in ("home", "srv", "var", "tmp", "user-home")):
         return 0x83
-    raise UsageError(f"mbr: unknown partition type {text!r} (use a hex byte such as 83 "
+    raise UsageError(f"unknown partition type {text!r} (use a hex byte such as 83 "
                      f"or one of: {_known(_MBR_BY_NAME)})")
 
 
@@ -354,7 +358,7 @@ def gpt_attributes(names) -> int:
         else:
             digits = key.removeprefix("bit:").removeprefix("guid:")
             if not digits.isdigit() or not 0 <= int(digits) < 64:
-                raise UsageError(f"gpt: unknown partition attribute {raw!r} (use bit:N or one "
+                raise UsageError(f"unknown partition attribute {raw!r} (use bit:N or one "
                                  f"of: {_known(GPT_ATTRIBUTES)})")
             bit = int(digits)
         value |= 1 << bit

@@ -9,7 +9,8 @@ then the tables around them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from conv_gpt import layout, types
 from conv_gpt.placement import Placed, check_geometry, place
@@ -39,6 +40,15 @@ class DiskPlan(Plan):
                 content.write_to(target.window(part.start, int(content.size)))
         for offset, blob in self.tables:
             target.pwrite(blob, offset)
+
+
+@contextmanager
+def _naming(table: str, part: Placed) -> Iterator[None]:
+    """Prefix a type or attribute error with the table and the partition."""
+    try:
+        yield
+    except UsageError as e:
+        raise UsageError(f"{table}: {part.label}: {e}") from None
 
 
 # --------------------------------------------------------------------------
@@ -92,11 +102,12 @@ def layout_gpt(requests: Sequence[PartitionRequest], opts: dict, ctx: Context) -
     array = bytearray(array_sectors * sector)
     for i, part in enumerate(placed):
         req = part.request
-        type_guid = types.gpt_type(req.type or types.default_type(req.content, "gpt"))
+        with _naming("gpt", part):
+            type_guid = types.gpt_type(req.type or types.default_type(req.content, "gpt"))
+            attributes = types.gpt_attributes(req.attributes)
         entry = layout.GPT_ENTRY.pack(
             type_guid.bytes_le, _partition_uuid(part, ctx).bytes_le,
-            part.start // sector, part.end // sector - 1,
-            types.gpt_attributes(req.attributes), _gpt_name(part))
+            part.start // sector, part.end // sector - 1, attributes, _gpt_name(part))
         array[i * layout.GPT_ENTRY_SIZE:(i + 1) * layout.GPT_ENTRY_SIZE] = entry
     array_crc = layout.crc32(memoryview(array)[:array_bytes])
 
@@ -174,7 +185,8 @@ def layout_mbr(requests: Sequence[PartitionRequest], opts: dict, ctx: Context) -
 
     def entry(part: Placed, base_lba: int) -> bytes:
         req = part.request
-        type_byte = types.mbr_type(req.type or types.default_type(req.content, "mbr"))
+        with _naming("mbr", part):
+            type_byte = types.mbr_type(req.type or types.default_type(req.content, "mbr"))
         if type_byte in types.MBR_EXTENDED or type_byte == layout.MBR_TYPE_PROTECTIVE:
             raise UsageError(f"mbr: {part.label}: type {type_byte:02x} is not for a data "
                              "partition")
