@@ -81,13 +81,20 @@ GNU_SPARSE_EXT_ENTRIES = 21
 GNU_SPARSE_EXT_ISEXTENDED = 504
 
 
-def checksum(block: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """Unsigned and signed header sums with the checksum field as spaces
-    (old tars summed signed chars; both are accepted on reading)."""
-    raw = bytes(block[:CHKSUM_OFFSET]) + b" " * CHKSUM_SIZE + bytes(block[CHKSUM_OFFSET + 8:])
-    unsigned = sum(raw)
-    signed = unsigned - 256 * sum(1 for b in raw if b > 127)
-    return unsigned, signed
+_SPACES_SUM = 0x20 * CHKSUM_SIZE
+_HIGH_BYTES = bytes(range(128, 256))
+
+
+def checksum(block: bytes | bytearray) -> int:
+    """The header sum (unsigned bytes) with the checksum field as spaces."""
+    return sum(block) - sum(block[CHKSUM_OFFSET : CHKSUM_OFFSET + CHKSUM_SIZE]) + _SPACES_SUM
+
+
+def signed_checksum(block: bytes) -> int:
+    """The sum old tars computed over signed chars (accepted on reading)."""
+    raw = block[:CHKSUM_OFFSET] + block[CHKSUM_OFFSET + CHKSUM_SIZE :]
+    high = len(raw) - len(raw.translate(None, _HIGH_BYTES))
+    return checksum(block) - 256 * high
 
 
 def parse_number(field: bytes) -> int:
@@ -108,10 +115,12 @@ def parse_number(field: bytes) -> int:
 def format_octal(value: int, width: int) -> bytes | None:
     """``value`` as a NUL-terminated octal field of ``width`` bytes, or None
     when it does not fit (the caller then uses a PAX record)."""
-    if value < 0:
+    if value < 0 or value >= _OCTAL_LIMIT[width]:
         return None
-    text = b"%0*o" % (width - 1, value)
-    return text + b"\x00" if len(text) == width - 1 else None
+    return b"%0*o\x00" % (width - 1, value)
+
+
+_OCTAL_LIMIT = {w: 8 ** (w - 1) for w in (8, 12)}
 
 
 def cstring(field: bytes) -> bytes:

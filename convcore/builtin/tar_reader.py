@@ -249,12 +249,11 @@ def _scan(path: str, comp: str, cursor: StreamCursor,
             raise CorruptError(f"{where}: archive is truncated inside a header")
         if block == L.ZERO_BLOCK:
             return
-        unsigned, signed = L.checksum(block)
         try:
             stored_sum = L.parse_number(block[L.CHKSUM_OFFSET : L.CHKSUM_OFFSET + 8])
         except ValueError:
             stored_sum = -1
-        if stored_sum not in (unsigned, signed):
+        if stored_sum != L.checksum(block) and stored_sum != L.signed_checksum(block):
             raise CorruptError(f"{where}: bad header checksum (not a tar archive, or corrupt)")
         header = L.Header._make(L.HEADER.unpack(block))
         typeflag = header.typeflag

@@ -59,21 +59,26 @@ def _is_utf8(raw: bytes) -> bool:
         return False
 
 
+_MAX8 = 0o7777777
+_MAX12 = 0o77777777777
+
+
+def _num8(value: int) -> bytes:
+    if 0 <= value <= _MAX8:
+        return b"%07o\x00" % value
+    return b"\x80" + value.to_bytes(7, "big")  # GNU base-256 (large device numbers)
+
+
 def _header_block(name: bytes, prefix: bytes, mode: int, uid: int, gid: int, size: int,
                   mtime: int, typeflag: bytes, linkname: bytes, devmajor: int = 0,
                   devminor: int = 0) -> bytes:
-    def num(value: int, width: int) -> bytes:
-        field = L.format_octal(value, width)
-        if field is None:  # GNU base-256 (only reached for device numbers)
-            field = bytes([0x80]) + value.to_bytes(width - 1, "big")
-        return field
-
+    """One ustar header; the caller keeps mode/uid/gid/size/mtime in range."""
     block = bytearray(L.HEADER.pack(
-        name, num(mode, 8), num(uid, 8), num(gid, 8), num(size, 12), num(mtime, 12),
-        b" " * 8, typeflag, linkname, L.USTAR_MAGIC, L.USTAR_VERSION, b"", b"",
-        num(devmajor, 8), num(devminor, 8), prefix, b""))
-    unsigned, _ = L.checksum(block)
-    block[L.CHKSUM_OFFSET : L.CHKSUM_OFFSET + 8] = b"%06o\x00 " % unsigned
+        name, b"%07o\x00" % mode, b"%07o\x00" % uid, b"%07o\x00" % gid,
+        b"%011o\x00" % size, b"%011o\x00" % mtime, b"        ", typeflag, linkname,
+        L.USTAR_MAGIC, L.USTAR_VERSION, b"", b"", _num8(devmajor), _num8(devminor), prefix,
+        b""))
+    block[L.CHKSUM_OFFSET : L.CHKSUM_OFFSET + 8] = b"%06o\x00 " % sum(block)
     return bytes(block)
 
 
@@ -107,19 +112,21 @@ def member_headers(entry: Entry, inode: Entry, size: int, typeflag: bytes,
         linkname = linkname[:100]
 
     uid, gid = inode.uid, inode.gid
-    if L.format_octal(uid, 8) is None:
+    if not 0 <= uid <= _MAX8:
         records.append(("uid", str(uid).encode()))
         uid = 0
-    if L.format_octal(gid, 8) is None:
+    if not 0 <= gid <= _MAX8:
         records.append(("gid", str(gid).encode()))
         gid = 0
-    if L.format_octal(size, 12) is None:
+    header_size = size
+    if size > _MAX12:
         records.append(("size", str(size).encode()))
+        header_size = 0
     mtime_ns = inode.mtime_ns
     mtime = mtime_ns // 1_000_000_000
-    if mtime_ns % 1_000_000_000 or L.format_octal(mtime, 12) is None:
+    if mtime_ns % 1_000_000_000 or not 0 <= mtime <= _MAX12:
         records.append(("mtime", _time_record(mtime_ns)))
-        mtime = min(max(mtime, 0), 0o77777777777)
+        mtime = min(max(mtime, 0), _MAX12)
     records.extend(extra)
     for key in sorted(inode.xattrs):
         records.append((f"SCHILY.xattr.{key}", inode.xattrs[key]))
@@ -136,9 +143,8 @@ def member_headers(entry: Entry, inode: Entry, size: int, typeflag: bytes,
         pax_name = (b"PaxHeaders/" + header_name.rstrip(b"/").rpartition(b"/")[2])[:100]
         out += _header_block(pax_name, b"", 0o644, 0, 0, len(body), mtime, L.XHDTYPE, b"")
         out += body + bytes(-len(body) % L.BLOCK)
-    out += _header_block(name, prefix, inode.mode & 0o7777, uid, gid,
-                         size if L.format_octal(size, 12) is not None else 0, mtime, typeflag,
-                         linkname, devmajor, devminor)
+    out += _header_block(name, prefix, inode.mode & 0o7777, uid, gid, header_size, mtime,
+                         typeflag, linkname, devmajor, devminor)
     return out
 
 
