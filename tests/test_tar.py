@@ -516,3 +516,51 @@ def test_subprocess_reads_our_stream(sample_tree, tmp_path):
         plain = subprocess.run([*cmd, str(archive)], capture_output=True, check=True).stdout
         (tmp_path / f"{comp}.tar").write_bytes(plain)
         assert tree_scan(read(tmp_path / f"{comp}.tar")) == tree_scan(sample_tree)
+
+
+# --------------------------------------------------------------------------
+# End to end through the `conv` command
+
+
+def conv(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    import sys
+
+    cmd = [sys.executable, "-c", "import sys; from convcore.cli import main; sys.exit(main())",
+           *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "SOURCE_DATE_EPOCH": "1800000000"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"conv {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.zst", ".tgz", ".tar.xz"])
+def test_cli_dir_tar_dir(sample, tmp_path, suffix):
+    archive = tmp_path / f"root{suffix}"
+    conv("convert", f"dir:{sample} -> tar:{archive}")
+    conv("convert", f"tar:{archive} -> dir:{tmp_path / 'out'}")
+    assert host_scan(str(tmp_path / "out")) == host_scan(sample)
+    assert sorted(os.listdir(tmp_path)) == sorted([archive.name, "out"])  # no temp leftovers
+    if suffix == ".tar":
+        require_tool("tar")
+        run("tar", "-tvf", str(archive))
+
+
+def test_cli_dir_options_and_tar_options(sample, tmp_path):
+    archive = tmp_path / "root.tar"
+    conv("convert", f"dir[owner=0:0,exclude=many,var/lib]:{sample} -> tar[compress=xz,level=1]"
+         f":{archive}")
+    assert tar_codec.detect_compression(str(archive)) == "xz"
+    tree = read(archive)
+    assert {(e.uid, e.gid) for e in tree} == {(0, 0)}
+    assert "many" not in tree and "var/lib" not in tree and "var/sparse.img" in tree
+
+
+def test_cli_bad_archive_is_one_line(tmp_path):
+    archive = tmp_path / "bad.tar.gz"
+    archive.write_bytes(gzip.compress(b"not a tar header" * 40, mtime=0)[:-6])
+    proc = conv("convert", f"tar:{archive} -> dir:{tmp_path / 'out'}", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("conv: ") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["bad.tar.gz"]
