@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 import threading
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from itertools import accumulate
 
 from conv_squashfs.decompress import Decompressor
-from conv_squashfs.layout import DATA_SIZE_MASK, DATA_UNCOMPRESSED
+from conv_squashfs.layout import DATA_SIZE_MASK, DATA_UNCOMPRESSED, MAX_BLOCK_SIZE
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError
 from convcore.tree import Data
+
+#: zeros for sparse blocks, sliced through a memoryview (no copy)
+_ZEROS = memoryview(bytes(MAX_BLOCK_SIZE))
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -184,11 +187,11 @@ class SquashFileData(Data):
         nblocks = len(self.blocks)
         tail_start = nblocks * bs
         pos, end = offset, offset + want
+        ahead = self._decompress_ahead(offset // bs, min(end, tail_start))
         while pos < end:
             if pos >= tail_start:
-                tail = self._tail()
-                n = end - pos
-                view[pos - offset : end - offset] = tail[pos - tail_start : pos - tail_start + n]
+                tail = memoryview(self._tail())
+                view[pos - offset : end - offset] = tail[pos - tail_start : end - tail_start]
                 break
             index = pos // bs
             inner = pos - index * bs
@@ -196,7 +199,7 @@ class SquashFileData(Data):
             out = view[pos - offset : pos - offset + n]
             entry = self.blocks[index]
             if entry & DATA_SIZE_MASK == 0:
-                out[:] = bytes(n)
+                out[:] = _ZEROS[:n]
             elif entry & DATA_UNCOMPRESSED:
                 # Stored blocks go straight from the image into the caller's buffer.
                 if self._block_length(index) != entry & DATA_SIZE_MASK:
@@ -206,11 +209,31 @@ class SquashFileData(Data):
                 if self.volume.readinto(out, disk) != n:
                     raise CorruptError(f"{self._what(index)} at offset {disk} is truncated")
             else:
-                data = self._block(index)
+                future = ahead.get(index)
+                if future is not None:
+                    data = future.result()
+                    self._last = (index, data)
+                else:
+                    data = self._block(index)
                 assert data is not None
-                out[:] = data[inner : inner + n]
+                out[:] = memoryview(data)[inner : inner + n]
             pos += n
         return want
+
+    def _decompress_ahead(self, first: int, end: int) -> dict:
+        """When one read covers several compressed blocks, decompress them
+        on the pool at once (the buffer bounds how many)."""
+        if end <= first * self.block_size:
+            return {}
+        last = (end - 1) // self.block_size
+        last_cached = self._last[0] if self._last is not None else -1
+        todo = [i for i in range(first, last + 1)
+                if i != last_cached and self.blocks[i] & DATA_SIZE_MASK
+                and not self.blocks[i] & DATA_UNCOMPRESSED]
+        if len(todo) < 2:
+            return {}
+        pool = decompress_pool()
+        return {i: pool.submit(self._read_block, i) for i in todo}
 
     def copy_to(self, fd: int, dst_offset: int, buf: bytearray | None = None) -> None:
         """Decompress on the thread pool, a bounded window of blocks in
@@ -219,7 +242,7 @@ class SquashFileData(Data):
         if nblocks > 1:
             pool = decompress_pool()
             window = 2 * (os.cpu_count() or 1)
-            pending: list = []
+            pending: deque = deque()
             for index in range(nblocks):
                 entry = self.blocks[index]
                 if entry & DATA_SIZE_MASK == 0:
@@ -229,7 +252,7 @@ class SquashFileData(Data):
                 else:
                     pending.append((index, pool.submit(self._read_block, index)))
                 if len(pending) >= window:
-                    self._write_done(pending.pop(0), fd, dst_offset, buf)
+                    self._write_done(pending.popleft(), fd, dst_offset, buf)
             for item in pending:
                 self._write_done(item, fd, dst_offset, buf)
         elif nblocks == 1:

@@ -91,6 +91,11 @@ SYMLINK_MAX = 4096
 #: Linux's XATTR_NAME_MAX and XATTR_SIZE_MAX
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 65536
+#: names in one xattr set, and their values' total size: far past any real
+#: file, and small enough that out-of-line values shared by every name
+#: cannot balloon memory
+XATTR_SET_MAX = 65536
+XATTR_SET_BYTES_MAX = 64 << 20
 NS = 1_000_000_000
 
 
@@ -277,8 +282,11 @@ class SquashFS:
                                f"{len(self._xattr_ids)}-entry xattr id table")
         ref, count, _ = self._xattr_ids[index]
         where = f"{what} xattr set {index}"
+        if count > XATTR_SET_MAX:
+            raise CorruptError(f"{where}: {count} xattrs in one set")
         pos = table.locate_ref(ref, where)
         out: dict[str, bytes] = {}
+        total = 0
         for _ in range(count):
             kind, name_size = table.unpack(XATTR_ENTRY, pos, where)
             pos += XATTR_ENTRY.size
@@ -302,6 +310,10 @@ class SquashFS:
                     raise CorruptError(f"{where}: xattr {name} value of {vsize} bytes is too big")
                 value = table.bytes(pos, vsize, where)
                 pos += vsize
+            total += len(value)
+            if total > XATTR_SET_BYTES_MAX:
+                raise CorruptError(f"{where}: xattr values add up to more than "
+                                   f"{XATTR_SET_BYTES_MAX} bytes")
             out[name] = value
         self._xattr_cache[index] = out
         return dict(out)

@@ -179,8 +179,9 @@ def test_sparse_extents_and_order(src, tmp_path):
     assert keys == sorted(keys)
 
 
-def test_copy_to_keeps_holes_and_matches(src, tmp_path):
-    img = mksquashfs(src, str(tmp_path / "img.sqfs"), "-b", "4K", "-noD")
+@pytest.mark.parametrize("stored", [False, True])
+def test_copy_to_keeps_holes_and_matches(src, tmp_path, stored):
+    img = mksquashfs(src, str(tmp_path / "img.sqfs"), "-b", "4K", *(["-noD"] if stored else []))
     tree = decode(img)
     for path in ("var/sparse.img", "usr/data.bin", "usr/bin/tool", "etc/hostname"):
         data = tree.get(path).data
@@ -571,3 +572,17 @@ def test_cli_corrupt_image_is_one_line(small, tmp_path):
     assert p.stderr.strip().count("\n") == 0
     assert p.stderr.startswith("conv: superblock: inode table")
     assert not (tmp_path / "o.tar").exists()
+
+
+@pytest.mark.parametrize(("count", "message"), [(70000, "70000 xattrs in one set"),
+                                                (3, "xattr")])
+def test_bad_xattr_set_count(small, tmp_path, count, message):
+    _, raw = small
+    sb = SUPERBLOCK.read(raw)
+    (block,) = struct.unpack_from("<Q", raw, sb.xattr_id_table_start + 16)
+    (header,) = struct.unpack_from("<H", raw, block)
+    assert header == 0x8000 | 16  # one stored xattr id entry
+    bad = bytearray(raw)
+    struct.pack_into("<I", bad, block + 2 + 8, count)
+    with pytest.raises(CorruptError, match=message):
+        decode(_write(tmp_path, bytes(bad)))
