@@ -414,7 +414,12 @@ class _Planner:
         if "has_journal" in self.o.feats:
             blocks = max(blocks + journal.default_journal_blocks(blocks), 2048)
         for _ in range(100):
-            geo = self._geometry(blocks, self._inodes_for(blocks, room))
+            inodes = self._inodes_for(blocks, room)
+            # an inode bitmap is one block: more inodes need more groups
+            groups = -(-inodes // (8 * bs))
+            if groups > 1:
+                blocks = max(blocks, (groups - 1) * 8 * bs + 4 * bs)
+            geo = self._geometry(blocks, inodes)
             end, jruns, jmap = self._allocate(geo)
             short = end + slack - geo.blocks_count
             if short <= 0 and geo.inodes_count >= self.max_ino:
