@@ -238,15 +238,18 @@ class _Extractor:
         cursor = _DirCursor(root_fd)
         dirs: list[Entry] = []
         try:
-            for entry in tree:
-                if entry.path == "":
-                    dirs.append(entry)
-                    continue
-                parts = _parts(entry.path, "entry")
-                parent_fd = cursor.get(parts[:-1], entry.path)
-                self.create(tree, entry, parts, parent_fd, root_fd)
-                if entry.is_dir():
-                    dirs.append(entry)
+            with self.progress(tree) as bar:
+                for entry in tree:
+                    if entry.path == "":
+                        dirs.append(entry)
+                        continue
+                    parts = _parts(entry.path, "entry")
+                    parent_fd = cursor.get(parts[:-1], entry.path)
+                    self.create(tree, entry, parts, parent_fd, root_fd)
+                    if entry.is_dir():
+                        dirs.append(entry)
+                    elif entry.data is not None and entry.link is None:
+                        bar.update(entry.data.size)
             cursor.close()
             # Directory metadata last, deepest first: creating children
             # changes a directory's mtime and may need its write permission.
@@ -265,6 +268,14 @@ class _Extractor:
             cursor.close()
             os.close(root_fd)
         self.report()
+
+    def progress(self, tree: Tree):
+        from convcore.progress import bar
+
+        if self.ctx.quiet:
+            return bar(None, "", disabled=True)
+        total = sum(e.data.size for e in tree if e.data is not None and e.link is None)
+        return self.ctx.progress(total, f"dir {os.path.basename(self.dest)}")
 
     def create(self, tree: Tree, entry: Entry, parts: tuple[str, ...], parent_fd: int,
                root_fd: int) -> None:

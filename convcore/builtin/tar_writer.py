@@ -261,9 +261,12 @@ def write_tar(tree: Tree, path: str | os.PathLike, compression: str = "none",
         out = open_output(fd, compression, level)
         writer = TarWriter(out)
         try:
-            for entry in tree:
-                writer.add(tree, entry)
-            writer.finish()
+            with _progress(ctx, tree, f"tar {os.path.basename(path)}") as bar:
+                for entry in tree:
+                    writer.add(tree, entry)
+                    if entry.data is not None and entry.link is None:
+                        bar.update(entry.data.size)
+                writer.finish()
         finally:
             out.close()
     except OSError as e:
@@ -276,3 +279,12 @@ def write_tar(tree: Tree, path: str | os.PathLike, compression: str = "none",
     if writer.sockets_skipped and not (ctx is not None and ctx.quiet):
         print(f"conv: warning: tar cannot hold sockets: {writer.sockets_skipped} skipped",
               file=sys.stderr)
+
+
+def _progress(ctx: Context | None, tree: Tree, desc: str):
+    from convcore.progress import bar
+
+    if ctx is None or ctx.quiet:
+        return bar(None, desc, disabled=True)
+    total = sum(e.data.size for e in tree if e.data is not None and e.link is None)
+    return ctx.progress(total, desc)
