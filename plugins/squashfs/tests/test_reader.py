@@ -586,3 +586,53 @@ def test_bad_xattr_set_count(small, tmp_path, count, message):
     struct.pack_into("<I", bad, block + 2 + 8, count)
     with pytest.raises(CorruptError, match=message):
         decode(_write(tmp_path, bytes(bad)))
+
+
+def test_extended_special_inodes(tmp_path):
+    """Symlinks, devices, FIFOs and sockets that carry xattrs get mksquashfs's
+    extended inode types; all read back with their xattrs (trusted.* needs root)."""
+    import socket
+    import stat as stat_
+
+    from conv_squashfs.layout import INODE_HEADER
+
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink("target", src / "link")
+    os.mkfifo(src / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    sock.close()
+    names = ["link", "fifo", "sock"]
+    try:
+        os.mknod(src / "null", 0o640 | stat_.S_IFCHR, os.makedev(1, 3))
+        os.mknod(src / "disk", 0o600 | stat_.S_IFBLK, os.makedev(259, 300))
+        names += ["null", "disk"]
+        for name in names:
+            os.setxattr(src / name, "trusted.t", b"v-" + name.encode(), follow_symlinks=False)
+    except (PermissionError, OSError):
+        pytest.skip("needs root for devices and trusted.* xattrs")
+    for name in names:
+        os.utime(src / name, ns=(1_600_000_000 * NS, 1_600_000_000 * NS), follow_symlinks=False)
+    os.utime(src, ns=(1_600_000_000 * NS, 1_600_000_000 * NS))
+    img = mksquashfs(str(src), str(tmp_path / "img.sqfs"), "-xattrs")
+    prefixes = ("user.", "security.", "trusted.")
+    want = scan_dir(str(src), xattr_prefixes=prefixes)
+    assert scan_tree(decode(img), xattr_prefixes=prefixes) == want
+    assert want["fifo"]["xattrs"] == {"trusted.t": b"v-fifo"}
+    fs = reader.SquashFS(FileVolume(img))
+    types = {}
+    for name, ref, _, _ in fs.listing(fs.get("").inode, ""):
+        pos = fs.inodes.locate_ref(ref, name)
+        types[name] = INODE_HEADER.read(fs.inodes.buf, pos).inode_type
+    assert types == {"link": 10, "fifo": 13, "sock": 14, "null": 12, "disk": 11}
+
+
+def test_empty_root(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    os.chmod(src, 0o700)
+    img = mksquashfs(str(src), str(tmp_path / "img.sqfs"))
+    tree = decode(img)
+    assert [e.path for e in tree] == [""]
+    assert tree.root.mode == 0o700
