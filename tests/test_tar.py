@@ -14,7 +14,7 @@ import pytest
 
 from convcore.builtin import dirfmt, tar_codec, tarfmt
 from convcore.builtin.tar_reader import TarMemberData
-from convcore.errors import CorruptError, NotFoundError
+from convcore.errors import CorruptError, NoSpaceError, NotFoundError
 from convcore.format import Context
 from convcore.testing import (
     make_sample_dir,
@@ -126,10 +126,8 @@ def test_read_long_names_and_links(tmp_path):
     (deep / ("n" * 200)).write_text("long")
     os.symlink("t" * 300, deep / "sym")
     os.link(deep / ("n" * 200), src / "hard")
-    for fmt in ("gnu", "pax", "ustar"):
+    for fmt in ("gnu", "pax"):  # GNU long names/links, and PAX path/linkpath
         archive = tmp_path / f"{fmt}.tar"
-        if fmt == "ustar":
-            continue  # ustar cannot store these names; GNU tar refuses
         gnu_tar_create(str(src), archive, f"--format={fmt}")
         tree = read(archive)
         expected = host_scan(str(src))
@@ -564,3 +562,20 @@ def test_cli_bad_archive_is_one_line(tmp_path):
     assert proc.stderr.startswith("conv: ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["bad.tar.gz"]
+
+
+@pytest.mark.parametrize("headers,kind,error", [
+    ({"mtime": "99999999999999999999"}, tarfile.REGTYPE, CorruptError),
+    ({"GNU.sparse.map": "0,1", "GNU.sparse.size": str(1 << 62), "GNU.sparse.name": "f"},
+     tarfile.REGTYPE, NoSpaceError),
+    ({"linkpath": "a\0b"}, tarfile.SYMTYPE, CorruptError),
+], ids=["mtime-out-of-range", "exabyte-sparse-file", "nul-in-symlink"])
+def test_hostile_values_extract_as_one_line_errors(tmp_path, headers, kind, error):
+    info, data = _file("f", b"x" if kind == tarfile.REGTYPE else b"")
+    info.type = kind
+    info.pax_headers = headers
+    archive = tmp_path / "h.tar"
+    archive.write_bytes(_tar_bytes([(info, data)]))
+    with pytest.raises(error) as caught:
+        dirfmt.sink(read(archive), str(tmp_path / "out"), {}, ctx())
+    assert "\n" not in str(caught.value)

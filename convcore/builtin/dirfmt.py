@@ -258,6 +258,8 @@ class _Extractor:
                 fd = _open_dir_path(root_fd, parts, entry.path)
                 try:
                     self.set_fd_metadata(fd, entry)
+                except (OverflowError, ValueError) as e:
+                    raise CorruptError(f"{entry.path!r}: metadata cannot be set: {e}") from None
                 finally:
                     os.close(fd)
         except OSError as e:
@@ -305,6 +307,11 @@ class _Extractor:
                 self.set_path_metadata(parent_fd, name, entry)
         except FileExistsError:
             raise CorruptError(f"{entry.path!r}: appears twice in the tree") from None
+        except ConvError:
+            raise
+        except (OverflowError, ValueError) as e:
+            # a NUL in a symlink target, a device number or time out of range
+            raise CorruptError(f"{entry.path!r}: cannot be created: {e}") from None
 
     def hardlink(self, entry: Entry, name: str, parent_fd: int, root_fd: int) -> None:
         target = _parts(entry.link, "hardlink target")
@@ -327,7 +334,13 @@ class _Extractor:
             data = entry.data
             if data is not None and data.size:
                 # Sized first so the holes Data.copy_to skips stay holes.
-                os.ftruncate(fd, data.size)
+                try:
+                    os.ftruncate(fd, data.size)
+                except OSError as e:
+                    if e.errno in (errno.EFBIG, errno.EINVAL, errno.ENOSPC):
+                        raise NoSpaceError(f"{entry.path!r}: cannot make a file of "
+                                           f"{data.size} bytes: {e.strerror}") from None
+                    raise
                 data.copy_to(fd, 0, self.buf)
             self.set_fd_metadata(fd, entry)
         finally:

@@ -406,6 +406,8 @@ def _member(header: L.Header, block: bytes, typeflag: bytes, size: int,
     ctime_ns = (_pax_time_ns(records["ctime"], "ctime", where_name) if "ctime" in records
                 else mtime_ns)
 
+    if uid < 0 or gid < 0:
+        raise CorruptError(f"{where_name}: negative uid or gid")
     entry = Entry(tree_path, kind, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns,
                   atime_ns=atime_ns, ctime_ns=ctime_ns)
     for key, value in records.items():
