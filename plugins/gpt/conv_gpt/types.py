@@ -191,6 +191,8 @@ GPT_ALIASES: dict[str, str] = {
     "uefi": "esp", "efi": "esp", "linux-generic": "linux", "linux-swap": "swap",
     "lvm": "linux-lvm", "raid": "linux-raid", "luks": "linux-luks",
     "linux-home": "home", "bios": "bios-boot", "msdata": "microsoft-basic-data",
+    # sfdisk's one-letter shortcuts
+    "l": "linux", "s": "swap", "h": "home", "u": "esp", "r": "linux-raid", "v": "linux-lvm",
 }
 
 #: the names an unknown-type error suggests
@@ -199,6 +201,8 @@ _COMMON_GPT = ("esp", "xbootldr", "bios-boot", "linux", "swap", "home", "srv", "
 
 _GPT_BY_NAME = {name: uuid.UUID(guid) for name, guid, _ in GPT_TYPES}
 _GPT_BY_GUID = {uuid.UUID(guid): (name, desc) for name, guid, desc in GPT_TYPES}
+#: sfdisk's descriptions ("Linux filesystem") work as names too
+_GPT_BY_DESCRIPTION = {desc.lower(): name for name, _, desc in GPT_TYPES}
 
 #: (name, type byte, description as fdisk prints it)
 MBR_TYPES: list[tuple[str, int, str]] = [
@@ -226,6 +230,9 @@ MBR_TYPES: list[tuple[str, int, str]] = [
 MBR_ALIASES: dict[str, str] = {
     "uefi": "esp", "efi": "esp", "lvm": "linux-lvm", "raid": "linux-raid",
     "vfat": "fat32", "fat": "fat32", "linux-swap": "swap", "linux-generic": "linux",
+    # sfdisk's one-letter shortcuts, except E (extended), which reads as hex 0e
+    "l": "linux", "s": "swap", "x": "linux-extended", "u": "esp", "r": "linux-raid",
+    "v": "linux-lvm",
 }
 
 _MBR_BY_NAME = {name: byte for name, byte, _ in MBR_TYPES}
@@ -297,6 +304,7 @@ def gpt_type(text: str) -> uuid.UUID:
     """A type name or GUID -> the type GUID."""
     key = text.strip().lower()
     key = GPT_ALIASES.get(key, key)
+    key = _GPT_BY_DESCRIPTION.get(key, key)
     if key in _GPT_BY_NAME:
         return _GPT_BY_NAME[key]
     if _GUID_RE.match(key):
