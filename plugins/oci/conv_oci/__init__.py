@@ -1,5 +1,5 @@
-"""conv-oci: OCI image layouts (and docker save tarballs) to a tree, and a
-tree to a one-layer OCI image layout.
+"""conv-oci: OCI image layouts (directories, oci-archive tars, docker save
+tarballs) to a tree, and a tree to a one-layer OCI image layout.
 
 Only registration lives here; the reader and writer are imported when a stage
 runs, so loading conv's plugins stays cheap.
@@ -41,8 +41,9 @@ OPTIONS = [
            "RepoTag); the name written into index.json (default: latest)"),
     Option("platform", None, "os/arch[/variant] to pick from an image index; the platform "
            "written into the config (default: the host's)", _platform),
-    Option("whiteouts", "apply", "apply: layers' whiteouts delete lower files; keep or "
-           "overlay: leave overlayfs markers (char 0:0, trusted.overlay.opaque=y)",
+    Option("whiteouts", "apply", "reading: apply (whiteouts delete lower files) or "
+           "keep/overlay (leave overlayfs markers: char 0:0, trusted.overlay.opaque=y); "
+           "writing: keep/overlay turn such markers back into .wh. entries",
            choices=("apply", "keep", "overlay")),
     Option("compress", "gzip", "layer compression when writing", choices=("gzip", "zstd")),
     Option("level", None, "compression level (default: 6 for gzip, 3 for zstd)", _level),
@@ -53,8 +54,8 @@ OPTIONS = [
 def conv_register_formats(register: Callable[[Format], None]) -> None:
     register(Format(
         name="oci",
-        help="OCI image layout directory (or docker save tarball): layers stacked into a "
-             "tree; a tree written as a one-layer image",
+        help="OCI image layout (a directory, an oci-archive or docker save tar): layers "
+             "stacked into a tree; a tree written as a one-layer image layout",
         options=OPTIONS,
         source=_source, source_kind=TREE,
         sink=_sink, sink_kind=TREE,

@@ -1,7 +1,7 @@
-"""``docker save`` tarballs: manifest.json, configs and layer tars inside one
-outer tar (the classic ``<id>/layer.tar`` form and the OCI-style
-``blobs/sha256/<hex>`` form of docker 25+ are both plain manifest.json
-archives).
+"""Images inside one tar: ``docker save`` tarballs (manifest.json, configs
+and layer tars; the classic ``<id>/layer.tar`` form and the
+``blobs/sha256/<hex>`` form of docker 25+ both have a manifest.json) and
+OCI layouts packed as a tar (``oci-archive``: podman, buildah, skopeo).
 
 The outer tar is read with the core tar reader. Its layer members are
 copied into anonymous temporary files (``copy_file_range``: in the kernel,
@@ -16,16 +16,17 @@ import os
 import re
 import tempfile
 
-from conv_oci.blobs import HASH_CHUNK
+from conv_oci.blobs import HASH_CHUNK, hash_file
 from conv_oci.model import (
     MAX_JSON_BYTES,
+    Descriptor,
     DockerImage,
     Platform,
     parse_config,
     parse_docker_manifest,
     short,
 )
-from conv_oci.source import image_info, layer_entries
+from conv_oci.source import image_info, layer_entries, read_image
 from conv_oci.whiteouts import LayerMerger
 from convcore.errors import CorruptError, NotFoundError, UsageError
 from convcore.tree import Entry, Kind, Tree, normpath
@@ -145,11 +146,57 @@ def _choose(images: list[DockerImage], ref: str | None, platform: Platform | Non
     return pool[0]
 
 
-def read_docker_archive(path: str, opts: dict) -> Tree:
+class ArchiveBlobs:
+    """The blobs/ of an OCI layout inside a tar, verified like a layout's."""
+
+    def __init__(self, outer: OuterArchive) -> None:
+        self.outer = outer
+
+    def _member(self, desc: Descriptor) -> Entry:
+        algorithm, _, hexdigest = desc.digest.partition(":")
+        name = f"blobs/{algorithm}/{hexdigest}"
+        if name not in self.outer.members:
+            raise NotFoundError(f"blob {short(desc.digest)} is missing from the archive")
+        entry = self.outer.find(name, "blob")
+        if entry.data.size != desc.size:
+            raise CorruptError(f"blob {short(desc.digest)} is {entry.data.size} bytes, "
+                               f"its descriptor says {desc.size}")
+        return entry
+
+    def read(self, desc: Descriptor) -> bytes:
+        if desc.size > MAX_JSON_BYTES:
+            raise CorruptError(f"blob {short(desc.digest)} is {desc.size} bytes, "
+                               f"too large for a {desc.media_type or 'JSON'} document")
+        raw = self._member(desc).data.read()
+        algorithm, _, expected = desc.digest.partition(":")
+        if hashlib.new(algorithm, raw).hexdigest() != expected:
+            raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
+        return raw
+
+    def verify_all(self, descs: list[Descriptor]) -> list[str]:
+        members = [self._member(desc) for desc in descs]
+        paths = []
+        for desc, entry in zip(descs, members, strict=True):
+            copy = _member_copy(entry)
+            algorithm, _, expected = desc.digest.partition(":")
+            if hash_file(copy, algorithm) != expected:
+                raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
+            paths.append(copy)
+        return paths
+
+
+def read_archive(path: str, opts: dict) -> Tree:
     outer = OuterArchive(path)
-    if "manifest.json" not in outer.members:
-        raise NotFoundError(f"{path}: not an OCI layout or docker save archive "
-                            "(no manifest.json)")
+    if "manifest.json" in outer.members:
+        return read_docker_archive(path, outer, opts)
+    if "index.json" in outer.members:
+        return read_image(path, ArchiveBlobs(outer), lambda name: outer.read_small(name, name),
+                          opts)
+    raise NotFoundError(f"{path}: not an OCI layout, OCI archive or docker save archive "
+                        "(no index.json or manifest.json)")
+
+
+def read_docker_archive(path: str, outer: OuterArchive, opts: dict) -> Tree:
     images = parse_docker_manifest(outer.read_small("manifest.json", "manifest"),
                                    f"{path}: manifest.json")
     configs: dict[str, object] = {}

@@ -8,12 +8,14 @@ the (compressed) layer blob when a writer asks, in archive order.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from conv_oci.blobs import LayoutBlobs
 from conv_oci.model import (
     LAYER_TYPES,
     MAX_JSON_BYTES,
+    Descriptor,
     ImageConfig,
     Platform,
     parse_config,
@@ -29,6 +31,14 @@ from convcore.format import Context
 from convcore.tree import Entry, Tree
 
 
+class BlobStore(Protocol):
+    def read(self, desc: Descriptor) -> bytes:
+        """A small blob's bytes, verified."""
+
+    def verify_all(self, descs: list[Descriptor]) -> list[str]:
+        """Host paths of the blobs, each verified against its descriptor."""
+
+
 def layer_entries(path: str) -> Iterator[Entry]:
     """A layer blob's members, its compression (plain, gzip, zstd) told by
     magic: the media type says what the producer meant, and docker labels
@@ -41,8 +51,8 @@ def source(path: str, opts: dict, ctx: Context) -> Tree:
     if os.path.isdir(path):
         return read_layout(path, opts)
     if os.path.isfile(path):
-        from conv_oci.docker import read_docker_archive
-        return read_docker_archive(path, opts)
+        from conv_oci.archive import read_archive
+        return read_archive(path, opts)
     raise NotFoundError(f"no such OCI image layout or docker archive: {path}")
 
 
@@ -60,14 +70,20 @@ def _read_small_file(path: str, what: str) -> bytes:
 
 
 def read_layout(root: str, opts: dict) -> Tree:
-    layout = parse_json(_read_small_file(os.path.join(root, "oci-layout"), "oci-layout"),
-                        "oci-layout")
+    return read_image(root, LayoutBlobs(root),
+                      lambda name: _read_small_file(os.path.join(root, name), name), opts)
+
+
+def read_image(name: str, blobs: BlobStore, read_top: Callable[[str], bytes],
+               opts: dict) -> Tree:
+    """Stack the chosen image of a layout (a directory, or an archive of
+    one): ``read_top`` reads oci-layout and index.json, ``blobs`` gives
+    verified blobs."""
+    layout = parse_json(read_top("oci-layout"), "oci-layout")
     version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
     if not isinstance(version, str) or not version.startswith("1."):
         raise UnsupportedError(f"oci-layout: unsupported imageLayoutVersion {version!r}")
-    blobs = LayoutBlobs(root)
-    top = parse_index(_read_small_file(os.path.join(root, "index.json"), "index.json"),
-                      "index.json")
+    top = parse_index(read_top("index.json"), "index.json")
 
     configs: dict[str, ImageConfig] = {}
 
@@ -80,7 +96,7 @@ def read_layout(root: str, opts: dict) -> Tree:
         return configs[c.desc.digest]
 
     platform = Platform.parse(opts["platform"]) if opts.get("platform") else None
-    chosen = choose(candidates(top, blobs.read), opts.get("ref"), platform, root,
+    chosen = choose(candidates(top, blobs.read), opts.get("ref"), platform, name,
                     lambda c: config_of(c).platform)
     where = f"manifest {short(chosen.desc.digest)}"
     manifest = parse_manifest(blobs.read(chosen.desc), where)

@@ -1,13 +1,19 @@
-"""``docker save`` tarballs built by hand (classic layout, a shared layer as
-a symlink, several images), read into stacked trees."""
+"""Images inside one tar: ``docker save`` tarballs built by hand (classic
+layout, a shared layer as a symlink, several images) and OCI layouts packed
+with GNU tar (oci-archive), read into stacked trees."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
 
 import pytest
 from conv_oci.source import source
 
 from convcore.errors import CorruptError, UsageError
 from convcore.format import Context
+from convcore.testing import require_tool, scan_tree
 
 OPTS = {"ref": None, "platform": None, "whiteouts": "apply", "compress": "gzip", "level": None}
 
@@ -70,5 +76,28 @@ def test_docker_save_layer_not_matching_diff_id(tmp_path, layout, docker_save):
 def test_plain_tar_without_manifest_is_not_an_image(tmp_path, layout):
     path = tmp_path / "plain.tar"
     path.write_bytes(layout.make_tar([layout.file("x", b"x")]))
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+    with pytest.raises(FileNotFoundError, match="no index.json or manifest.json"):
         read(path)
+
+
+def test_oci_archive_reads_like_the_layout(tmp_path, layout):
+    require_tool("tar")
+    L = layout
+    L.image([[L.dir("etc"), L.file("etc/a", b"a"), L.file("etc/b", b"b", mode=0o600)],
+             ([L.whiteout("etc/.wh.a"), L.hardlink("etc/c", "etc/b")], "zstd")],
+            config={"Cmd": ["sh"]})
+    archive = str(tmp_path / "image.oci.tar")
+    subprocess.run(["tar", "-C", L.root, "-cf", archive, "."], check=True)
+    from_dir, from_tar = read(L.root), read(archive)
+    assert scan_tree(from_tar) == scan_tree(from_dir)
+    assert files(from_tar) == {"etc/b": b"b", "etc/c": b"b"}
+    assert from_tar.info["Cmd"] == ["sh"] and from_tar.info["layers"] == 2
+
+    # a layer missing from the archive is named
+    manifest = json.load(open(L.blob_path(L.index[0])))
+    os.unlink(L.blob_path(manifest["layers"][1]))
+    os.unlink(archive)
+    subprocess.run(["tar", "-C", L.root, "-cf", archive, "."], check=True)
+    with pytest.raises(FileNotFoundError, match=f"blob {manifest['layers'][1]['digest'][:19]} "
+                                                "is missing from the archive"):
+        read(archive)
