@@ -168,8 +168,15 @@ class ListTree:
      Entry("escape/evil", Kind.DIR)],
     [Entry("escape", Kind.SYMLINK, target="{outside}"),
      Entry("evil", Kind.FILE, link="escape/evil-target")],
+    [Entry("escape", Kind.SYMLINK, target="{outside}"),
+     Entry("escape/evil", Kind.SYMLINK, target="x")],
+    [Entry("escape", Kind.SYMLINK, target="{outside}"),
+     Entry("escape/evil", Kind.FIFO)],
+    [Entry("escape", Kind.SYMLINK, target="{outside}"),
+     Entry("escape/evil", Kind.FILE, link="escape")],
 ], ids=["dotdot", "inner-dotdot", "absolute", "hardlink-dotdot", "symlink-parent-file",
-        "symlink-parent-dir", "hardlink-through-symlink"])
+        "symlink-parent-dir", "hardlink-through-symlink", "symlink-parent-symlink",
+        "symlink-parent-fifo", "symlink-parent-hardlink"])
 def test_sink_refuses_escapes(tmp_path, entries):
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -579,3 +579,24 @@ def test_hostile_values_extract_as_one_line_errors(tmp_path, headers, kind, erro
     with pytest.raises(error) as caught:
         dirfmt.sink(read(archive), str(tmp_path / "out"), {}, ctx())
     assert "\n" not in str(caught.value)
+
+
+def test_dir_sink_streams_a_compressed_archive_once(tmp_path, monkeypatch):
+    """Members out of tree order (a/x, b/y, a/z) still decompress once."""
+    members = [_file(name, name.encode() * 5000) for name in ("a/x", "b/y", "a/z", "b/w")]
+    archive = tmp_path / "o.tar.zst"
+    import zstandard
+    archive.write_bytes(zstandard.ZstdCompressor().compress(_tar_bytes(members)))
+    tree = read(archive)
+    opened = []
+    real = tar_codec.StreamCursor.__init__
+
+    def counting(self, *args, **kwargs):
+        opened.append(args)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tar_codec.StreamCursor, "__init__", counting)
+    dirfmt.sink(tree, str(tmp_path / "out"), {}, ctx())
+    assert len(opened) == 1
+    for info, data in members:
+        assert (tmp_path / "out" / info.name).read_bytes() == data

@@ -238,18 +238,26 @@ class _Extractor:
         cursor = _DirCursor(root_fd)
         dirs: list[Entry] = []
         try:
+            # Directories first, then file contents in the order that is
+            # cheapest to read (a compressed archive streams once), then
+            # everything else (hardlinks need their targets).
+            entries = list(tree)
+            for entry in entries:
+                if entry.path == "":
+                    dirs.append(entry)
+                elif entry.is_dir():
+                    self.create_at(cursor, tree, entry, root_fd)
+                    dirs.append(entry)
+            files = tree.data_order(entries) if hasattr(tree, "data_order") else [
+                e for e in entries if e.kind is Kind.FILE and e.link is None and e.data]
+            done = {id(e) for e in files}
             with self.progress(tree) as bar:
-                for entry in tree:
-                    if entry.path == "":
-                        dirs.append(entry)
-                        continue
-                    parts = _parts(entry.path, "entry")
-                    parent_fd = cursor.get(parts[:-1], entry.path)
-                    self.create(tree, entry, parts, parent_fd, root_fd)
-                    if entry.is_dir():
-                        dirs.append(entry)
-                    elif entry.data is not None and entry.link is None:
-                        bar.update(entry.data.size)
+                for entry in files:
+                    self.create_at(cursor, tree, entry, root_fd)
+                    bar.update(entry.data.size)  # type: ignore[union-attr]
+            for entry in entries:
+                if entry.path and not entry.is_dir() and id(entry) not in done:
+                    self.create_at(cursor, tree, entry, root_fd)
             cursor.close()
             # Directory metadata last, deepest first: creating children
             # changes a directory's mtime and may need its write permission.
@@ -278,6 +286,11 @@ class _Extractor:
             return bar(None, "", disabled=True)
         total = sum(e.data.size for e in tree if e.data is not None and e.link is None)
         return self.ctx.progress(total, f"dir {os.path.basename(self.dest)}")
+
+    def create_at(self, cursor: _DirCursor, tree: Tree, entry: Entry, root_fd: int) -> None:
+        parts = _parts(entry.path, "entry")
+        parent_fd = cursor.get(parts[:-1], entry.path)
+        self.create(tree, entry, parts, parent_fd, root_fd)
 
     def create(self, tree: Tree, entry: Entry, parts: tuple[str, ...], parent_fd: int,
                root_fd: int) -> None:
