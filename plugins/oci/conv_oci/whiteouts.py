@@ -32,6 +32,9 @@ from convcore.tree import Entry, Kind, Tree, normpath
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
+#: a path component starting ``.wh..wh.`` (other than the opaque marker) is
+#: aufs metadata, such as its hardlink directory ``.wh..wh.plnk``.
+AUFS_META = "/.wh..wh."
 
 
 class LayerMerger:
@@ -65,21 +68,22 @@ class LayerMerger:
         whiteouts: list[tuple[str, Entry]] = []
         for entry in entries:
             path = self._clean(entry.path, layer)
-            name = path.rpartition("/")[2]
+            parent, _, name = path.rpartition("/")
+            if AUFS_META in parent or parent.startswith(AUFS_META[1:]):
+                continue  # aufs bookkeeping (.wh..wh.plnk/...): not content
             if name == OPAQUE_MARKER:
-                opaque.append(dataclasses.replace(entry, path=path.rpartition("/")[0]))
+                opaque.append(dataclasses.replace(entry, path=parent))
+            elif name.startswith(AUFS_META[1:]):
+                continue
             elif name.startswith(WHITEOUT_PREFIX):
                 hidden = name[len(WHITEOUT_PREFIX):]
                 if hidden in ("", ".", "..") or "/" in hidden:
                     raise CorruptError(f"bad whiteout name {path!r}")
-                parent = path.rpartition("/")[0]
                 whiteouts.append((f"{parent}/{hidden}" if parent else hidden, entry))
             else:
-                if path != entry.path or (entry.link is not None
-                                          and entry.link != self._clean(entry.link, layer)):
-                    entry = dataclasses.replace(
-                        entry, path=path,
-                        link=None if entry.link is None else self._clean(entry.link, layer))
+                link = None if entry.link is None else self._clean(entry.link, layer)
+                if path != entry.path or link != entry.link:
+                    entry = dataclasses.replace(entry, path=path, link=link)
                 changes.append(entry)
 
         # Whiteouts hide lower layers only: all of them go before this

@@ -168,3 +168,10 @@ def test_existing_output_is_refused(tmp_path):
     (tmp_path / "exists").mkdir()
     with pytest.raises(UsageError, match="already exists"):
         sink(Tree(), str(tmp_path / "exists"), OPTS, Context(epoch=0))
+
+
+def test_gzip_level_out_of_range_is_a_usage_error(tmp_path):
+    from convcore.tree import Tree
+    with pytest.raises(UsageError, match=r"oci\[level=12\]: gzip levels are 1-9"):
+        sink(Tree(), str(tmp_path / "out"), {**OPTS, "level": 12}, Context(epoch=0))
+    assert not os.path.exists(tmp_path / "out")

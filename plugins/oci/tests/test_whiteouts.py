@@ -142,3 +142,9 @@ def test_overlay_opaque_survives_later_dir_entry_and_marker_replaced_by_file():
     )
     assert tree.get("d").xattrs == {OVERLAY_OPAQUE: b"y"} and tree.get("d").mode == 0o700
     assert listing(tree)["f"] == "file:back"
+
+
+def test_aufs_metadata_is_not_content():
+    tree = merge([f("a", b"a"), d(".wh..wh.plnk"), f(".wh..wh.plnk/1234.5678", b"x"),
+                  d("d"), f("d/.wh..wh.aufs", b"")])
+    assert listing(tree) == {"": "dir", "a": "file:a", "d": "dir"}
