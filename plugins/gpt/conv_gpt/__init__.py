@@ -89,6 +89,7 @@ GPT_OPTIONS = [
     Option("entries", 128, "number of partition entries in the table", int),
     Option("attrs", (), "partition attributes, comma-separated: required, no-block-io, "
            "legacy-bios-bootable, grow-fs, read-only, no-auto, bit:N", _attrs),
+    Option("bootable", False, "set the legacy BIOS bootable attribute", parse_bool),
 ]
 
 MBR_OPTIONS = [

@@ -104,7 +104,9 @@ def layout_gpt(requests: Sequence[PartitionRequest], opts: dict, ctx: Context) -
         req = part.request
         with _naming("gpt", part):
             type_guid = types.gpt_type(req.type or types.default_type(req.content, "gpt"))
-            attributes = types.gpt_attributes(req.attributes)
+            # GPT's "bootable" is the legacy BIOS bootable bit, as sfdisk has it.
+            attributes = types.gpt_attributes(
+                [*req.attributes, *(["legacy-bios-bootable"] if req.bootable else [])])
         entry = layout.GPT_ENTRY.pack(
             type_guid.bytes_le, _partition_uuid(part, ctx).bytes_le,
             part.start // sector, part.end // sector - 1, attributes, _gpt_name(part))

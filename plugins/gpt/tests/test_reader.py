@@ -45,14 +45,15 @@ def sgdisk_disk(tmp_path):
 
 
 def _attrs(names) -> str:
-    """Our attribute names as sfdisk prints them."""
-    known = {"required": "RequiredPartition", "no-block-io": "NoBlockIOProtocol",
-             "legacy-bios-bootable": "LegacyBIOSBootable"}
-    words = [known[n] for n in names if n in known]
-    bits = [n.split("-")[0] for n in names if n not in known]
-    bit_numbers = {"grow": "59", "read": "60", "no": "63"}
-    guid = ",".join(bit_numbers.get(b, b.removeprefix("bit:")) for b in bits)
-    return " ".join(words + ([f"GUID:{guid}"] if guid else []))
+    """Our attribute names as sfdisk prints them: the three UEFI bits by name,
+    the rest as GUID:bit,bit."""
+    from conv_gpt.types import GPT_ATTRIBUTES
+    sfdisk_names = {0: "RequiredPartition", 1: "NoBlockIOProtocol", 2: "LegacyBIOSBootable"}
+    bits = [GPT_ATTRIBUTES[n] if n in GPT_ATTRIBUTES else int(n.removeprefix("bit:"))
+            for n in names]
+    words = [sfdisk_names[b] for b in bits if b in sfdisk_names]
+    others = ",".join(str(b) for b in bits if b not in sfdisk_names)
+    return " ".join(words + ([f"GUID:{others}"] if others else []))
 
 
 def test_gpt_reader_matches_sfdisk_on_an_sgdisk_disk(sgdisk_disk, judges):

@@ -302,3 +302,10 @@ def test_mbr_errors(write_disk):
         write_disk("mbr", [PartitionRequest(None, type="extended", size=MiB)])
     with pytest.raises(UsageError, match="attributes are a GPT feature"):
         write_disk("mbr", [PartitionRequest(None, size=MiB, attributes=["required"])])
+
+
+def test_gpt_bootable_is_the_legacy_bios_bootable_attribute(write_disk, judges):
+    disk = write_disk("gpt", [PartitionRequest(None, size=MiB, bootable=True,
+                                               attributes=["no-auto"])])
+    (p1,) = judges.sfdisk(disk)["partitions"]
+    assert p1["attrs"] == "LegacyBIOSBootable GUID:63"
