@@ -63,9 +63,10 @@ def _check_dx_csum(block: bytes, count_offset: int, seed: int, where: str) -> No
     tail = count_offset + 8 * limit
     if count > limit or tail + DX_TAIL.size > len(block):
         raise CorruptError(f"{where}: htree node claims {count}/{limit} entries")
-    reserved, stored = DX_TAIL.unpack_from(block, tail)
+    _reserved, stored = DX_TAIL.unpack_from(block, tail)
     crc = crc32c_raw(seed, block[: count_offset + 8 * count])
     crc = crc32c_raw(crc, block[tail: tail + 4])
+    crc = crc32c_raw(crc, b"\0\0\0\0")  # dt_checksum itself counts as zero
     if crc != stored:
         raise CorruptError(f"{where}: checksum mismatch")
 
