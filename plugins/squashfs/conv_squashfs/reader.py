@@ -53,6 +53,7 @@ from conv_squashfs.layout import (
     SUPERBLOCK,
     SUPERBLOCK_SIZE,
     SYMLINK_INODE,
+    TABLE_INDEX_ENTRY,
     VERSION_MAJOR,
     VERSION_MINOR,
     XATTR_ENTRY,
@@ -231,9 +232,14 @@ class SquashFS:
                 sb.export_table_start, sb.xattr_id_table_start]
         if self._xattr_table is not None:
             ends.append(self._xattr_table.start)
-        for index_start in (sb.id_table_start, sb.fragment_table_start, sb.export_table_start):
+        # An index only lists blocks when its table has entries.
+        indexes = [sb.id_table_start, sb.export_table_start]
+        if sb.fragment_count:
+            indexes.append(sb.fragment_table_start)
+        for index_start in indexes:
             if index_start != INVALID_TABLE and index_start + 8 <= sb.bytes_used:
-                (first,) = array("Q", self.volume.read_exact(8, index_start, "table index"))
+                (first,) = TABLE_INDEX_ENTRY.unpack(
+                    self.volume.read_exact(8, index_start, "table index"))
                 ends.append(first)
         return min(e for e in ends if e > sb.directory_table_start)
 
