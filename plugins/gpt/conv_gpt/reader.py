@@ -71,7 +71,7 @@ def _read_gpt(volume: Volume) -> GptTable:
                 volume.read_exact(layout.GPT_HEADER.size, sector))).alternate_lba
             if 1 < alternate < total and alternate not in candidates:
                 candidates.append(alternate)
-        except Exception:  # the primary is unreadable; only the last sector is left
+        except CorruptError:  # the primary is unreadable; only the last sector is left
             pass
         backup_error: _BadHeader | None = None
         for lba in candidates:
@@ -101,6 +101,13 @@ def _gpt_sector_size(volume: Volume) -> int:
 
 
 def _read_gpt_header(volume: Volume, sector: int, lba: int) -> tuple[layout.GptHeader, bytes]:
+    try:
+        return _check_gpt_header(volume, sector, lba)
+    except CorruptError as e:  # a short or unreadable image: this copy is unusable
+        raise _BadHeader(str(e)) from None
+
+
+def _check_gpt_header(volume: Volume, sector: int, lba: int) -> tuple[layout.GptHeader, bytes]:
     total = volume.size // sector
     if not 0 < lba < total:
         raise _BadHeader(f"LBA {lba} lies outside the {total}-sector disk")
@@ -134,6 +141,14 @@ def _read_gpt_header(volume: Volume, sector: int, lba: int) -> tuple[layout.GptH
     if not 0 < header.entries_lba <= total - array_sectors:
         raise _BadHeader(f"partition entries at LBA {header.entries_lba} (+{array_sectors} "
                          f"sectors) lie outside the {total}-sector disk")
+    # The tables must stay outside the area partitions may use.
+    covers_tables = (header.first_usable_lba < 2  # LBA 0 and 1: protective MBR, header
+                     or header.first_usable_lba <= lba <= header.last_usable_lba
+                     or (header.entries_lba <= header.last_usable_lba
+                         and header.entries_lba + array_sectors > header.first_usable_lba))
+    if covers_tables:
+        raise _BadHeader(f"usable area LBA {header.first_usable_lba}.."
+                         f"{header.last_usable_lba} covers the partition table")
     array = volume.read_exact(array_bytes, header.entries_lba * sector, "GPT partition entries")
     if layout.crc32(array) != header.entries_crc32:
         raise _BadHeader(f"partition entry array CRC mismatch (entries at LBA "

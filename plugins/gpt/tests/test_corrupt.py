@@ -235,3 +235,12 @@ def test_ebr_without_signature_is_refused(dos_disk):
     _patch(dos_disk, parts[3].start - MiB + 510, b"\0\0")
     with pytest.raises(CorruptError, match="has no 55aa signature"):
         _partitions(dos_disk, "mbr")
+
+
+def test_usable_area_over_the_tables_is_refused(disk):
+    import os
+    last = os.path.getsize(disk) // 512 - 1
+    for lba in (1, last):
+        _rewrite_header(disk, lba, first_usable=1)
+    with pytest.raises(CorruptError, match="usable area LBA 1..8158 covers the partition table"):
+        _partitions(disk)
