@@ -15,8 +15,9 @@ Cases (inputs built once, not timed):
   extract      conv convert 'raw:DISK -> gpt[part=1] -> raw:P1'
                vs  dd skip=... count=... conv=sparse
 
-Each step is one subprocess; wall time and peak RSS come from os.wait4 (the
-reference's time is the sum of its steps, its RSS the largest). Ratios are
+Each step is one subprocess; wall time is measured around it and peak RSS
+comes from /usr/bin/time (the reference's time is the sum of its steps, its
+RSS the largest). Ratios are
 conv / reference (below 1: conv is faster or smaller). Outputs are judged:
 sgdisk -v on every disk, and the partitions compared byte for byte.
 """
@@ -77,25 +78,25 @@ def build_sparse(out: str, size: int = 1 << 30, runs: int = 64) -> None:
 
 
 class Timed:
-    """Wall time and peak RSS of a sequence of subprocesses."""
+    """Wall time and peak RSS of a sequence of subprocesses.
 
-    def __init__(self) -> None:
+    Peak RSS comes from /usr/bin/time -f %M: a child forked straight from this
+    Python process would count the parent's pages it started with."""
+
+    def __init__(self, scratch: str) -> None:
         self.wall = 0.0
         self.rss_kib = 0
+        self.report = os.path.join(scratch, "time.out")
 
     def run(self, *cmd: str, env: dict | None = None) -> None:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", self.report, *cmd],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         self.wall += time.perf_counter() - start
-        self.rss_kib = max(self.rss_kib, usage.ru_maxrss)
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode()
-        proc.stderr.close()
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            sys.exit(f"{' '.join(cmd)} failed ({code}):\n{err}")
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode()}")
+        with open(self.report) as f:
+            self.rss_kib = max(self.rss_kib, int(f.read().split()[-1]))
 
 
 def conv(*args: str) -> list[str]:
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--synthetic-size", default="128M")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: /tmp)")
     args = parser.parse_args()
-    for tool in ("mke2fs", "sgdisk", "dd", "truncate"):
+    for tool in ("mke2fs", "sgdisk", "dd", "truncate", "/usr/bin/time"):
         if shutil.which(tool) is None:
             sys.exit(f"needs {tool}")
 
@@ -145,7 +146,7 @@ def main() -> None:
               flush=True)
 
         # tree -> ext4 -> gpt disk
-        ours, ref = Timed(), Timed()
+        ours, ref = Timed(work), Timed(work)
         conv_disk = os.path.join(work, "conv-disk.img")
         ours.run(*conv("convert", f"dir:{tree} -> ext4[size={fs_mib}M] -> gpt -> "
                        f"raw:{conv_disk}"), env=env)
@@ -171,7 +172,7 @@ def main() -> None:
                     f'content = {{ type = "raw", source = "{ref_fs}" }}\n\n'
                     f'[[partition]]\nname = "data"\ntype = "linux"\n'
                     f'content = {{ type = "raw", source = "{sparse}" }}\n')
-        ours, ref = Timed(), Timed()
+        ours, ref = Timed(work), Timed(work)
         ours.run(*conv("build", spec), env=env)
         built = os.path.join(work, "built.img")
         ref_built = os.path.join(work, "ref-built.img")
@@ -188,7 +189,7 @@ def main() -> None:
         rows.append(("build (2 images)", ours, ref, "partitions equal" if ok else "MISMATCH"))
 
         # extract partition 1
-        ours, ref = Timed(), Timed()
+        ours, ref = Timed(work), Timed(work)
         p1 = os.path.join(work, "p1.img")
         ours.run(*conv("convert", f"raw:{built} -> gpt[part=1] -> raw:{p1}"), env=env)
         ref_p1 = os.path.join(work, "ref-p1.img")
@@ -197,6 +198,12 @@ def main() -> None:
         ok = os.path.getsize(p1) == os.path.getsize(ref_p1) and same_range(
             p1, 0, ref_p1, 0, fs_size)
         rows.append(("extract part=1", ours, ref, "equal to dd" if ok else "MISMATCH"))
+
+        # What any conv run costs before it does work, for reading the rows above.
+        ours, ref = Timed(work), Timed(work)
+        ours.run(*conv("formats"), env=env)
+        ref.run("sgdisk", "--version")
+        rows.append(("startup only", ours, ref, "conv formats vs sgdisk --version"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
