@@ -106,7 +106,7 @@ def make_sample_dir(root: str, *, devices: bool | None = None) -> str:
     # Fixed times last (creating children touches directory mtimes).
     for dirpath, dirnames, filenames in os.walk(root, topdown=False):
         for name in filenames + dirnames:
-            os.utime(j(dirpath, name), ns=(SAMPLE_MTIME_NS, SAMPLE_MTIME_NS),
+            os.utime(os.path.join(dirpath, name), ns=(SAMPLE_MTIME_NS, SAMPLE_MTIME_NS),
                      follow_symlinks=False)
     os.utime(root, ns=(SAMPLE_MTIME_NS, SAMPLE_MTIME_NS))
     return root
