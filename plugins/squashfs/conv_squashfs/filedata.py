@@ -12,7 +12,7 @@ import os
 import threading
 from array import array
 from collections import OrderedDict, deque
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from itertools import accumulate
 
 from conv_squashfs.decompress import Decompressor
@@ -20,6 +20,10 @@ from conv_squashfs.layout import DATA_SIZE_MASK, DATA_UNCOMPRESSED, MAX_BLOCK_SI
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError
 from convcore.tree import Data
+
+#: decompressed bytes one pool task handles: small blocks go in groups so
+#: the pool's per-task cost stays small next to the codec's work
+_TASK_BYTES = 256 << 10
 
 #: zeros for sparse blocks, sliced through a memoryview (no copy)
 _ZEROS = memoryview(bytes(MAX_BLOCK_SIZE))
@@ -209,9 +213,9 @@ class SquashFileData(Data):
                 if self.volume.readinto(out, disk) != n:
                     raise CorruptError(f"{self._what(index)} at offset {disk} is truncated")
             else:
-                future = ahead.get(index)
-                if future is not None:
-                    data = future.result()
+                pending = ahead.get(index)
+                if pending is not None:
+                    data = pending[0].result()[pending[1]]
                     self._last = (index, data)
                 else:
                     data = self._block(index)
@@ -220,9 +224,10 @@ class SquashFileData(Data):
             pos += n
         return want
 
-    def _decompress_ahead(self, first: int, end: int) -> dict:
+    def _decompress_ahead(self, first: int, end: int) -> dict[int, tuple[Future, int]]:
         """When one read covers several compressed blocks, decompress them
-        on the pool at once (the buffer bounds how many)."""
+        on the pool at once, a few blocks per task (the caller's buffer
+        bounds how many). Maps block index -> (future, position in its result)."""
         if end <= first * self.block_size:
             return {}
         last = (end - 1) // self.block_size
@@ -232,50 +237,62 @@ class SquashFileData(Data):
                 and not self.blocks[i] & DATA_UNCOMPRESSED]
         if len(todo) < 2:
             return {}
+        cores = os.cpu_count() or 1
+        per_task = max(1, min(_TASK_BYTES // self.block_size, -(-len(todo) // cores)))
         pool = decompress_pool()
-        return {i: pool.submit(self._read_block, i) for i in todo}
+        ahead: dict[int, tuple[Future, int]] = {}
+        for k in range(0, len(todo), per_task):
+            group = todo[k : k + per_task]
+            future = pool.submit(self._read_blocks, group)
+            for n, index in enumerate(group):
+                ahead[index] = (future, n)
+        return ahead
+
+    def _read_blocks(self, indices) -> list[bytes | None]:
+        return [self._read_block(i) for i in indices]
 
     def copy_to(self, fd: int, dst_offset: int, buf: bytearray | None = None) -> None:
-        """Decompress on the thread pool, a bounded window of blocks in
-        flight, and write each block in file order (holes skipped)."""
+        """Decompress on the thread pool (a few blocks per task, a bounded
+        window of tasks in flight) and write in file order; stored blocks go
+        by copy_file_range, holes are skipped."""
         nblocks = len(self.blocks)
-        if nblocks > 1:
+        if nblocks == 1:
+            self._write_blocks(range(1), None, fd, dst_offset, buf)
+        elif nblocks > 1:
             pool = decompress_pool()
             window = 2 * (os.cpu_count() or 1)
+            per_task = max(1, _TASK_BYTES // self.block_size)
             pending: deque = deque()
-            for index in range(nblocks):
-                entry = self.blocks[index]
-                if entry & DATA_SIZE_MASK == 0:
-                    continue
-                if entry & DATA_UNCOMPRESSED:
-                    pending.append((index, None))
-                else:
-                    pending.append((index, pool.submit(self._read_block, index)))
+            for first in range(0, nblocks, per_task):
+                group = range(first, min(first + per_task, nblocks))
+                pending.append((group, pool.submit(self._read_compressed, group)))
                 if len(pending) >= window:
-                    self._write_done(pending.popleft(), fd, dst_offset, buf)
-            for item in pending:
-                self._write_done(item, fd, dst_offset, buf)
-        elif nblocks == 1:
-            self._write_done((0, None), fd, dst_offset, buf)
+                    self._write_blocks(*pending.popleft(), fd, dst_offset, buf)
+            while pending:
+                self._write_blocks(*pending.popleft(), fd, dst_offset, buf)
         tail_start = nblocks * self.block_size
         if tail_start < self.size:
             os.pwrite(fd, self._tail(), dst_offset + tail_start)
 
-    def _write_done(self, item, fd: int, dst_offset: int, buf: bytearray | None) -> None:
-        index, future = item
-        entry = self.blocks[index]
-        pos = dst_offset + index * self.block_size
-        if future is None and entry & DATA_UNCOMPRESSED:
-            length = entry & DATA_SIZE_MASK
-            if length != self._block_length(index):
-                raise CorruptError(f"{self._what(index)}: stored length {length} does not "
-                                   f"match the file size")
-            disk = self.start + self._block_offsets()[index]
-            if disk + length > self.volume.size:
-                raise CorruptError(f"{self._what(index)} at offset {disk} (+{length}) lies "
-                                   f"outside the image")
-            self.volume.copy_to_fd(disk, length, fd, pos, buf)
-            return
-        data = future.result() if future is not None else self._read_block(index)
-        if data is not None:
-            os.pwrite(fd, data, pos)
+    def _read_compressed(self, indices: range) -> list[bytes | None]:
+        return [None if self.blocks[i] & DATA_UNCOMPRESSED else self._read_block(i)
+                for i in indices]
+
+    def _write_blocks(self, indices: range, future: Future | None, fd: int, dst_offset: int,
+                      buf: bytearray | None) -> None:
+        decompressed = future.result() if future is not None else self._read_compressed(indices)
+        for index, data in zip(indices, decompressed, strict=True):
+            entry = self.blocks[index]
+            pos = dst_offset + index * self.block_size
+            if data is not None:
+                os.pwrite(fd, data, pos)
+            elif entry & DATA_UNCOMPRESSED:
+                length = entry & DATA_SIZE_MASK
+                if length != self._block_length(index):
+                    raise CorruptError(f"{self._what(index)}: stored length {length} does not "
+                                       f"match the file size")
+                disk = self.start + self._block_offsets()[index]
+                if disk + length > self.volume.size:
+                    raise CorruptError(f"{self._what(index)} at offset {disk} (+{length}) lies "
+                                       f"outside the image")
+                self.volume.copy_to_fd(disk, length, fd, pos, buf)
