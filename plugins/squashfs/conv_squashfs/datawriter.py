@@ -31,6 +31,7 @@ from convcore.tree import Data, FileRangeData
 _UNCOMPRESSED = layout.DATA_UNCOMPRESSED
 _SIZE_MASK = layout.DATA_SIZE_MASK
 _BLOCK, _FRAGMENT = 0, 1
+_O_READ = os.O_RDONLY | os.O_CLOEXEC
 
 
 class FileData:
@@ -80,37 +81,35 @@ class DataWriter:
         self.inflight = max(2, 3 * threads)
         self._free = [bytearray(block_size) for _ in range(self.inflight + 2)]
         self._queue: deque = deque()
-        self._zeros = memoryview(bytes(block_size))
-        self._zero_crcs: dict[int, int] = {}
+        self._zero_bytes = bytes(block_size)
         #: (start, size word) of each fragment block, by fragment index.
         self.fragment_table: list[tuple[int, int]] = []
         self._frag_count = 0
         self._frag_buf: bytearray | None = None
+        self._frag_view = memoryview(b"")
         self._frag_fill = 0
         self._dups_blocks: dict[tuple[int, int], list[FileData]] = {}
         self._dups_small: dict[tuple[int, int], list[tuple[FileData, Data]]] = {}
-        self._copy_buf = bytearray(1 << 20)
-        self._copy_buf2 = bytearray(1 << 20)
 
     # -- work done on the pool
 
-    def _zero_crc(self, n: int) -> int:
-        crc = self._zero_crcs.get(n)
-        if crc is None:
-            crc = self._zero_crcs[n] = zlib.crc32(self._zeros[:n])
-        return crc
+    def _is_zero(self, view: memoryview) -> bool:
+        # bytes == bytes is a memcmp; memoryview == memoryview compares item by item.
+        return view.tobytes() == self._zero_bytes[:len(view)]
 
     def _pack_block(self, view: memoryview) -> tuple[bytes | None, int, int]:
         """(compressed bytes or None, size word, crc) for one data block; an
-        all-zero block is sparse (size word 0)."""
+        all-zero block is sparse (size word 0). The crc (of what is stored)
+        only finds dedup candidates."""
         n = len(view)
-        crc = zlib.crc32(view)
-        if crc == self._zero_crc(n) and view == self._zeros[:n]:
-            return None, 0, crc
         packed = self.codec.compress(view)
-        if len(packed) < n:
-            return packed, len(packed), crc
-        return None, n | _UNCOMPRESSED, crc
+        m = len(packed)
+        if m < n:
+            # Zeros compress to almost nothing; only then is the memcmp worth it.
+            if m <= (n >> 7) + 128 and self._is_zero(view):
+                return None, 0, 0
+            return packed, m, zlib.crc32(packed)
+        return None, n | _UNCOMPRESSED, zlib.crc32(view)
 
     def _pack_fragment(self, view: memoryview) -> tuple[bytes | None, int, int]:
         n = len(view)
@@ -233,7 +232,7 @@ class DataWriter:
                         ext_i += 1
                     if ext_i == len(extents) or extents[ext_i][0] >= start + n:
                         rec.sparse += n
-                        self._enqueue(_BLOCK, rec, _Done((None, 0, self._zero_crc(n))),
+                        self._enqueue(_BLOCK, rec, _Done((None, 0, 0)),
                                       None, n)
                         continue
                 buf = self._take_buffer()
@@ -262,51 +261,65 @@ class DataWriter:
         candidates.append(rec)
 
     def _same_stored(self, a: int, b: int, length: int) -> bool:
-        va, vb = memoryview(self._copy_buf), memoryview(self._copy_buf2)
         done = 0
         while done < length:
-            n = min(len(va), length - done)
-            if os.preadv(self.fd, [va[:n]], a + done) != n or \
-                    os.preadv(self.fd, [vb[:n]], b + done) != n:
-                return False
-            if va[:n] != vb[:n]:
+            n = min(1 << 20, length - done)
+            if os.pread(self.fd, n, a + done) != os.pread(self.fd, n, b + done):
                 return False
             done += n
         return True
 
+    def _read_small(self, data: Data, view: memoryview, path: str) -> int:
+        """Fill ``view`` with a small file's contents; the per-file path of
+        trees of many small files, so kept lean."""
+        if type(data) is FileRangeData:
+            try:
+                fd = os.open(data.path, _O_READ)
+            except OSError as e:
+                raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") from None
+            try:
+                got = os.preadv(fd, [view], data.offset)
+                while 0 < got < len(view):
+                    more = os.preadv(fd, [view[got:]], data.offset + got)
+                    if more <= 0:
+                        break
+                    got += more
+            finally:
+                os.close(fd)
+            return got
+        read, fd = self._reader(data, path)
+        return read(0, view)
+
     def _add_small(self, rec: FileData, data: Data, path: str) -> None:
         size = rec.size
-        if self._frag_buf is None:
-            self._frag_buf = self._take_buffer()
-            self._frag_fill = 0
-        elif self._frag_fill + size > self.block_size:
-            self._flush_fragment()
-            self._frag_buf = self._take_buffer()
-            self._frag_fill = 0
         fill = self._frag_fill
-        view = memoryview(self._frag_buf)[fill:fill + size]
-        read, fd = self._reader(data, path)
-        try:
-            got = read(0, view)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        if got != size:
+        if self._frag_buf is None or fill + size > self.block_size:
+            if self._frag_buf is not None:
+                self._flush_fragment()
+            self._frag_buf = self._take_buffer()
+            self._frag_view = memoryview(self._frag_buf)
+            fill = self._frag_fill = 0
+        buf = self._frag_buf
+        if self._read_small(data, self._frag_view[fill:fill + size], path) != size:
             raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
         if self.dedup:
-            key = (size, zlib.crc32(view))
-            candidates = self._dups_small.setdefault(key, [])
-            for other, other_data in candidates:
-                if other.fragment == self._frag_count:
-                    off = other.fragment_offset
-                    same = view == memoryview(self._frag_buf)[off:off + size]
-                else:
-                    same = view == other_data.read(0, size)
-                if same:
-                    rec.fragment = other.fragment
-                    rec.fragment_offset = other.fragment_offset
-                    return
-            candidates.append((rec, data))
+            key = (size, zlib.crc32(self._frag_view[fill:fill + size]))
+            candidates = self._dups_small.get(key)
+            if candidates is None:
+                self._dups_small[key] = [(rec, data)]
+            else:
+                mine = buf[fill:fill + size]
+                for other, other_data in candidates:
+                    if other.fragment == self._frag_count:
+                        off = other.fragment_offset
+                        same = mine == buf[off:off + size]
+                    else:
+                        same = mine == other_data.read(0, size)
+                    if same:
+                        rec.fragment = other.fragment
+                        rec.fragment_offset = other.fragment_offset
+                        return
+                candidates.append((rec, data))
         rec.fragment = self._frag_count
         rec.fragment_offset = fill
         self._frag_fill = fill + size

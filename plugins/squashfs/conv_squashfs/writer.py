@@ -38,6 +38,7 @@ _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
                Kind.CHAR: layout.INODE_CHRDEV, Kind.FIFO: layout.INODE_FIFO,
                Kind.SOCKET: layout.INODE_SOCKET}
 _U32 = 0xFFFFFFFF
+_INODE_HEADER_PACK = layout.INODE_HEADER.pack
 _MAX_IDS = 65536
 
 
@@ -130,6 +131,7 @@ class ImageWriter:
         self.numbers: dict[str, int] = {}  # inode key -> inode number
         self.refs: dict[str, int] = {}  # inode key -> inode reference
         self.files: dict[str, FileData] = {}
+        self.inode_of: dict[str, Entry] = {}  # inode key -> entry holding its metadata
 
     # -- the walk
 
@@ -178,17 +180,27 @@ class ImageWriter:
     def write(self) -> int:
         order = self._post_order()
         nlinks: dict[str, int] = {}
+        numbers = self.numbers
+        inode_of = self.inode_of
         for entry, kids in order:
             if kids is not None:
                 nlinks[entry.path] = 2 + sum(1 for k in kids if k.is_dir())
-            else:
-                key = self._key(entry)
+                numbers[entry.path] = len(numbers) + 1
+                inode_of[entry.path] = entry
+            elif entry.link is None:
+                key = entry.path
                 nlinks[key] = nlinks.get(key, 0) + 1
-                self.numbers.setdefault(key, len(self.numbers) + 1)
-                if self.tree.resolve(entry).kind is Kind.DIR:
-                    raise UnsupportedError(f"/{entry.path}: hardlink to a directory")
-            if kids is not None:
-                self.numbers[entry.path] = len(self.numbers) + 1
+                if key not in numbers:
+                    numbers[key] = len(numbers) + 1
+                    inode_of[key] = entry
+            else:
+                key = entry.link
+                nlinks[key] = nlinks.get(key, 0) + 1
+                if key not in numbers:
+                    numbers[key] = len(numbers) + 1
+                    inode = inode_of[key] = self.tree.resolve(entry)
+                    if inode.kind is Kind.DIR:
+                        raise UnsupportedError(f"/{entry.path}: hardlink to a directory")
         inode_count = len(self.numbers)
         if inode_count > _U32 - 1:
             raise UnsupportedError(f"squashfs holds at most {_U32 - 1} inodes")
@@ -206,13 +218,8 @@ class ImageWriter:
         return self._write_tables(pos, root_ref, inode_count, options is not None)
 
     def _write_data(self, order, pos: int) -> int:
-        holders: dict[str, Entry] = {}
-        for entry, kids in order:
-            if kids is None:
-                inode = self.tree.resolve(entry)
-                if inode.kind is Kind.FILE:
-                    holders.setdefault(self._key(entry), inode)
-        files = sorted(holders.items(),
+        files = sorted(((key, inode) for key, inode in self.inode_of.items()
+                        if inode.kind is Kind.FILE),
                        key=lambda kv: kv[1].data.order_key if kv[1].data is not None else ())
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
                             self.s.fragments, self.s.dedup)
@@ -244,8 +251,11 @@ class ImageWriter:
             mtime = s.mtime
         else:
             mtime = min(max(inode.mtime_ns // 1_000_000_000, 0), _U32)
-        return layout.INODE_HEADER.pack(inode_type, inode.mode & 0o7777, self._id(uid),
-                                        self._id(gid), mtime, number)
+        ids = self.ids
+        uid_idx = ids[uid] if uid in ids else self._id(uid)
+        gid_idx = ids[gid] if gid in ids else self._id(gid)
+        return _INODE_HEADER_PACK(inode_type, inode.mode & 0o7777, uid_idx, gid_idx, mtime,
+                                  number)
 
     def _xattr(self, inode: Entry) -> int:
         if not self.s.xattrs or not inode.xattrs:
@@ -255,10 +265,9 @@ class ImageWriter:
     def _write_inodes(self, order, nlinks: dict[str, int], inode_count: int) -> int:
         for entry, kids in order:
             if kids is None:
-                key = self._key(entry)
+                key = entry.path if entry.link is None else entry.link
                 if key not in self.refs:
-                    self.refs[key] = self._write_leaf(self.tree.resolve(entry), key,
-                                                      nlinks[key])
+                    self.refs[key] = self._write_leaf(self.inode_of[key], key, nlinks[key])
             else:
                 self.refs[entry.path] = self._write_dir(entry, kids, nlinks[entry.path],
                                                         inode_count)
@@ -342,7 +351,7 @@ class ImageWriter:
         base_block = base_number = 0
         index_block = start_pos // layout.METADATA_SIZE
         for kid in kids:
-            key = self._key(kid)
+            key = kid.path if kid.link is None else kid.link
             name = kid.name.encode("utf-8", "surrogateescape")
             if not 0 < len(name) <= layout.NAME_MAX:
                 raise UnsupportedError(f"/{kid.path}: name longer than {layout.NAME_MAX} bytes")
@@ -363,7 +372,7 @@ class ImageWriter:
                 buf += bytes(layout.DIR_HEADER.size)
                 count = 0
                 base_block, base_number = block, number
-            inode_type = _BASIC_TYPE[self.tree.resolve(kid).kind]
+            inode_type = _BASIC_TYPE[self.inode_of[key].kind]
             buf += layout.DIR_ENTRY.pack(offset, number - base_number, inode_type,
                                          len(name) - 1)
             buf += name
