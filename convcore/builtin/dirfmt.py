@@ -43,7 +43,7 @@ def _parse_globs(text: str) -> tuple[str, ...]:
 OPTIONS: list[Option] = [
     Option("owner", None, "UID:GID to own every entry (build root images without root)",
            parse=_parse_owner),
-    Option("exclude", (), "comma-separated globs matched against the path inside the "
+    Option("exclude", None, "comma-separated globs matched against the path inside the "
            "directory; excluding a directory excludes everything below it",
            parse=_parse_globs),
 ]

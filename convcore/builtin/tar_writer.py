@@ -16,7 +16,7 @@ import sys
 
 from convcore.builtin import tar_layout as L
 from convcore.builtin.tar_codec import ChunkOutput, PlainOutput, open_output
-from convcore.errors import NoSpaceError
+from convcore.errors import ConvError, CorruptError, NoSpaceError
 from convcore.format import Context
 from convcore.tree import COPY_CHUNK, Entry, FileRangeData, Kind, Tree
 
@@ -204,21 +204,42 @@ class TarWriter:
         self._copy_range(data, 0, size)
 
     def _copy_range(self, data, start: int, length: int) -> None:
-        out = self.out
-        if isinstance(out, PlainOutput) and length >= SMALL_FILE and isinstance(
-                data, FileRangeData):
-            with open(data.path, "rb", buffering=0) as f:
-                out.copy_fd_range(f.fileno(), data.offset + start, length, self.buf)
+        if isinstance(data, FileRangeData):
+            self._copy_host_range(data, start, length)
             return
+        out = self.out
         pos, end = start, start + length
         while pos < end:
             space = out.space()
             n = data.readinto(pos, space[: min(len(space), end - pos)])
             if n <= 0:
-                from convcore.errors import CorruptError
                 raise CorruptError(f"file data ended early at offset {pos} of {data.size}")
             out.commit(n)
             pos += n
+
+    def _copy_host_range(self, data: FileRangeData, start: int, length: int) -> None:
+        """A host file's bytes: copy_file_range into a plain tar, else
+        preadv straight into the output buffer (one open per file)."""
+        out = self.out
+        try:
+            fd = os.open(data.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ConvError(f"{data.path}: cannot read: {e.strerror}") from None
+        try:
+            if isinstance(out, PlainOutput) and length >= SMALL_FILE:
+                out.copy_fd_range(fd, data.offset + start, length, self.buf)
+                return
+            pos, end = start, start + length
+            while pos < end:
+                space = out.space()
+                n = os.preadv(fd, [space[: min(len(space), end - pos)]], data.offset + pos)
+                if n <= 0:
+                    raise CorruptError(f"{data.path}: file shrank while being archived "
+                                       f"(ends at {pos}, expected {data.size} bytes)")
+                out.commit(n)
+                pos += n
+        finally:
+            os.close(fd)
 
     def _write_sparse(self, entry: Entry, inode: Entry, data, size: int,
                       extents: list[tuple[int, int]]) -> None:
