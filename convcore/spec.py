@@ -173,16 +173,14 @@ class _Locator:
                 break
             best = found[0]
             if found[1]:
-                sub_end = next((h[0] for h in self.headers if h[0] > best), len(self.lines))
-                lo, hi = best + 1, min(hi, sub_end) if sub_end > best else hi
+                # The subtable runs to the next header that is not inside it.
+                name = next(h[1] for h in self.headers if h[0] == best)
+                sub_end = next((h[0] for h in self.headers
+                                if h[0] > best and not h[1].startswith(name + ".")),
+                               len(self.lines))
+                lo, hi = best + 1, min(hi, sub_end)
             else:
-                # An inline table may span lines until its braces close.
-                end = best + 1
-                depth = self.lines[best].count("{") - self.lines[best].count("}")
-                while depth > 0 and end < hi:
-                    depth += self.lines[end].count("{") - self.lines[end].count("}")
-                    end += 1
-                lo, hi = best, end
+                lo, hi = best, best + 1  # an inline table: TOML 1.0 keeps it on one line
         return best + 1
 
 
@@ -233,6 +231,15 @@ def _options(spec: _Spec, raw: Any, *key: str | int) -> dict[str, str]:
         except ValueError as e:
             raise spec.error(str(e), *key, name) from None
     return out
+
+
+def _check_options(spec: _Spec, fmt, options: dict[str, str], *key: str | int) -> None:
+    """Parse a stage's options now; an error points at the option's own line."""
+    for name, text in options.items():
+        try:
+            fmt.parse_options({name: text})
+        except UsageError as e:
+            raise spec.error(str(e), *key, name) from None
 
 
 def _size(spec: _Spec, value: Any, *key: str | int, rest: bool = False) -> int | str:
@@ -346,10 +353,8 @@ def _load_disk(spec: _Spec, d: dict, disk: DiskSpec) -> None:
                                           "container_options")
     container = disk.container or (disk.container_for(disk.output) if disk.output else None)
     if container is not None:
-        try:
-            reg.get(container).parse_options(disk.container_options)
-        except UsageError as e:
-            raise spec.error(str(e), "disk", "container_options") from None
+        _check_options(spec, reg.get(container), disk.container_options, "disk",
+                       "container_options")
     try:
         table.parse_options(disk.table_options())
     except UsageError as e:
@@ -412,10 +417,7 @@ def _load_content(spec: _Spec, c: Any, key: tuple, disk: DiskSpec) -> ContentSpe
             raise spec.error(f"{content.type} does not build a filesystem from files "
                              "(use a filesystem such as ext4 or squashfs, or raw)",
                              *ckey, "type")
-        try:
-            fmt.parse_options(content.options)
-        except UsageError as e:
-            raise spec.error(str(e), *ckey, "options") from None
+        _check_options(spec, fmt, content.options, *ckey, "options")
     try:
         stages = _source_stages(content.source, disk.base_dir, content.type == RAW)
         if stages is not None:

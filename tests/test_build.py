@@ -292,8 +292,8 @@ def test_spec_content_errors_name_line_and_key(tmp_path):
     (tmp_path / "tree").mkdir()
     message = _error(tmp_path, base + "[partition.content]\ntype = \"ext4\"\n"
                      "source = \"dir:tree\"\noptions = { blocksize = 4096 }\n")
-    assert message.startswith("bad.toml:16: partition[2].content.options: ext4: unknown "
-                              "option 'blocksize'")
+    assert message.startswith("bad.toml:16: partition[2].content.options.blocksize: ext4: "
+                              "unknown option 'blocksize'")
     message = _error(tmp_path, base + 'content = { type = "ext4", source = "nope:tree" }\n')
     assert message.startswith("bad.toml:13: partition[2].content.source: ")
     assert "unknown format 'nope'" in message
@@ -336,3 +336,34 @@ def test_cli_spec_error_is_one_line(tmp_path):
                                 "linux-lvm, linux-raid, linux-luks, root-ARCH, usr-ARCH such "
                                 "as root-x86-64)")
     assert not (tmp_path / "disk.img").exists()
+
+
+def test_spec_error_lines_inside_subtables(tmp_path):
+    (tmp_path / "tree").mkdir()
+    message = _error(tmp_path, """
+        [disk]
+        output = "x.img"
+        container = "qcow2"
+        [disk.container_options]
+        compress = "lz77"
+
+        [[partition]]
+        size = "1M"
+    """)
+    assert message.startswith("bad.toml:5: disk.container_options.compress: qcow2[compress=...]: "
+                              "'lz77' is not one of none, zlib, zstd")
+    message = _error(tmp_path, """
+        [disk]
+        output = "x.img"
+
+        [[partition]]
+        name = "a"
+        [partition.content]
+        type = "ext4"
+        source = "dir:tree"
+        [partition.content.options]
+        label = "root"
+        colour = "red"
+    """)
+    assert message.startswith("bad.toml:11: partition[1].content.options.colour: ext4: "
+                              "unknown option 'colour'")
