@@ -505,3 +505,31 @@ def test_same_input_gives_same_bytes_whatever_the_threads(sample, tmp_path):
     data = [open(p, "rb").read() for p in images]
     assert data[0] == data[1] == data[2]
     assert superblock(images[0]).mkfs_time == MTIME
+
+
+# --------------------------------------------------------------------------
+# through the conv command
+
+
+def conv(*args: str, check: bool = True, env: dict | None = None):
+    return run("conv", "-q", *args, check=check, env=env)
+
+
+def test_cli_dir_to_squashfs(sample, tmp_path):
+    out = tmp_path / "root.sqfs"
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(MTIME + 100))
+    conv("convert", f"dir:{sample} -> squashfs[comp=zstd,level=3,block_size=64K] -> raw:{out}",
+         env=env)
+    sb = superblock(str(out))
+    assert sb.mkfs_time == MTIME + 100 and sb.block_size == 64 * 1024
+    report = judge(str(out))
+    assert "Compression zstd" in report
+    assert_same_tree(sample, extract(str(out), str(tmp_path / "x")))
+
+
+def test_cli_bad_option_is_one_line(sample, tmp_path):
+    out = tmp_path / "root.sqfs"
+    p = conv("convert", f"dir:{sample} -> squashfs[block_size=3000] -> raw:{out}", check=False)
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "block_size" in p.stderr
+    assert not out.exists()
