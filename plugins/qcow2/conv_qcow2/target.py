@@ -2,22 +2,28 @@
 
 Guest offsets map to host clusters allocated on first write, in append order.
 Runs of guest bytes that land in contiguous host clusters move with one
-``copy_file_range`` (file data) or one ``pwrite`` (metadata from writers).
-Clusters that are never written, or only written with zeros, stay unallocated.
+``copy_file_range`` (file data, raw source files) or one ``pwrite`` (metadata
+from writers). Clusters that are never written, or only written with zeros,
+stay unallocated.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 
 from conv_qcow2.image import ImageBuilder, _pwrite_all
-from convcore.blockdev import Target
+from convcore.blockdev import FileVolume, Target, Volume, WindowVolume
 from convcore.errors import NoSpaceError
 from convcore.tree import COPY_CHUNK, FileRangeData, SegmentData, copy_range
 
 #: a zero check without copying: ``ZEROS.startswith(view)`` is one memcmp.
 ZEROS = bytes(1 << 21)
+
+#: how much of a source file is mapped at once.
+MAP_WINDOW = 8 << 20
 
 #: (guest offset, length, host offset or None when unallocated)
 Run = tuple[int, int, "int | None"]
@@ -70,8 +76,16 @@ class Qcow2Target(Target):
 
     def pwrite(self, data, offset: int) -> None:
         view = memoryview(data).cast("B")
+        self._check(offset, len(view))
+        self._place(view, offset,
+                    lambda pos, host, n: _pwrite_all(self.fd, view[pos:pos + n], host))
+
+    def _place(self, view: memoryview, offset: int,
+               move: Callable[[int, int, int], None]) -> None:
+        """Map ``view`` (guest bytes at ``offset``) onto host clusters, skipping
+        all-zero pieces of unallocated clusters, and call ``move(view_pos,
+        host_offset, length)`` once per host-contiguous run."""
         n = len(view)
-        self._check(offset, n)
         image, bits, cs = self.image, self.cluster_bits, self.cluster_size
         pending_host = pending_src = pending_len = 0
         pos = 0
@@ -92,11 +106,11 @@ class Qcow2Target(Target):
                 pending_len += take
             else:
                 if pending_len:
-                    _pwrite_all(self.fd, view[pending_src:pending_src + pending_len], pending_host)
+                    move(pending_src, pending_host, pending_len)
                 pending_host, pending_src, pending_len = host, pos, take
             pos += take
         if pending_len:
-            _pwrite_all(self.fd, view[pending_src:pending_src + pending_len], pending_host)
+            move(pending_src, pending_host, pending_len)
 
     def pread(self, length: int, offset: int) -> bytes:
         length = max(0, min(length, self.size - offset))
@@ -106,11 +120,45 @@ class Qcow2Target(Target):
                 out[start - offset:start - offset + n] = os.pread(self.fd, n, host)
         return bytes(out)
 
-    # copy_from_fd / copy_from_volume: the base class reads into one buffer and
-    # calls pwrite, which leaves all-zero clusters unallocated (as qemu-img
-    # does); a raw disk's data ranges often hold whole zero clusters, and
-    # finding them means reading the bytes anyway, so the kernel copy would
-    # not save the read. File contents (copy_from_data) do use the kernel copy.
+    def copy_from_fd(self, fd: int, src_offset: int, length: int, offset: int) -> None:
+        """Zero clusters must stay unallocated, so the bytes have to be looked
+        at: the source is mapped (no copy into Python) and checked, and the
+        non-zero runs move with copy_file_range, kernel to kernel."""
+        self._check(offset, length)
+        try:
+            st = os.fstat(fd)
+            mappable = stat.S_ISREG(st.st_mode) and src_offset + length <= st.st_size
+        except OSError:
+            mappable = False
+        if not mappable:
+            super().copy_from_fd(fd, src_offset, length, offset)
+            return
+        granularity = mmap.ALLOCATIONGRANULARITY
+        done = 0
+        while done < length:
+            n = min(MAP_WINDOW, length - done)
+            start = src_offset + done
+            base = start - start % granularity
+            with mmap.mmap(fd, n + start - base, offset=base, prot=mmap.PROT_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    self._place(view[start - base:start - base + n], offset + done,
+                                lambda pos, host, k, src=start: copy_range(
+                                    fd, src + pos, self.fd, host, k))
+                finally:
+                    view.release()
+            done += n
+
+    def copy_from_volume(self, volume: Volume, src_offset: int, length: int,
+                         offset: int) -> None:
+        # a raw file (or a partition of one) takes the mapped path above
+        while isinstance(volume, WindowVolume):
+            src_offset += volume.offset
+            volume = volume.parent
+        if isinstance(volume, FileVolume):
+            self.copy_from_fd(volume.fd, src_offset, length, offset)
+        else:
+            super().copy_from_volume(volume, src_offset, length, offset)
 
     def copy_from_data(self, data, offset: int, buf: bytearray | None = None) -> None:
         self._check(offset, data.size)
