@@ -49,6 +49,8 @@ EXT3_INCOMPAT = L.INCOMPAT_FILETYPE | L.INCOMPAT_RECOVER | L.INCOMPAT_META_BG
 EXT3_RO_COMPAT = L.RO_COMPAT_SPARSE_SUPER | L.RO_COMPAT_LARGE_FILE | L.RO_COMPAT_BTREE_DIR
 
 ENCRYPT_FL = 0x00000800
+#: inode table blocks kept in memory (at most 64 KiB each).
+ITABLE_CACHE_BLOCKS = 64
 #: a symlink target is at most one block, and never more than PATH_MAX.
 SYMLINK_MAX = 4096
 _NS = 1_000_000_000
@@ -127,6 +129,8 @@ class Ext4:
             self.csum_seed = crc32c_raw(0xFFFFFFFF, sb.s_uuid)
         self.groups = self._read_group_descs()
         self._xattr_blocks: dict[int, dict[str, bytes]] = {}
+        # Inodes are read a table block at a time: siblings are usually neighbours.
+        self._itable_cache: dict[int, bytes] = {}
 
     # -- geometry
     def _check_geometry(self, sb) -> None:
@@ -256,9 +260,16 @@ class Ext4:
         if (self.metadata_csum or self.gdt_csum) and (
                 gd.flags & L.BG_INODE_UNINIT or index >= self.inodes_per_group - gd.itable_unused):
             raise CorruptError(f"inode {ino} is not in use (its group marks it unused)")
-        offset = gd.inode_table * self.block_size + index * self.inode_size
-        raw = self.volume.read_exact(self.inode_size, offset, f"inode {ino}")
-        return INode(self, ino, raw)
+        per_block = self.block_size // self.inode_size
+        block = gd.inode_table + index // per_block
+        table = self._itable_cache.get(block)
+        if table is None:
+            if len(self._itable_cache) >= ITABLE_CACHE_BLOCKS:
+                self._itable_cache.clear()
+            table = self.read_block(block, f"inode table block {block} (inode {ino})")
+            self._itable_cache[block] = table
+        start = (index % per_block) * self.inode_size
+        return INode(self, ino, table[start:start + self.inode_size])
 
     @property
     def root(self) -> INode:
@@ -354,8 +365,9 @@ class INode:
                 raise CorruptError(f"inode {ino}: i_extra_isize {extra_isize} is invalid")
         self.raw = raw
         self.extra_isize = extra_isize
+        self.generation = generation
         if fs.metadata_csum and fs.verify:
-            self._check_csum(generation, csum_lo)
+            self._check_csum(csum_lo)
         try:
             self.kind = Kind.from_mode(mode)
         except CorruptError:
@@ -365,7 +377,6 @@ class INode:
         self.gid = gid | gid_hi << 16
         self.links = links
         self.flags = flags
-        self.generation = generation
         self.size = size_lo | size_hi << 32
         if self.size > fs.max_file_size:
             raise CorruptError(f"inode {ino}: size {self.size} is beyond what ext4 can hold")
@@ -387,8 +398,7 @@ class INode:
     def __repr__(self) -> str:
         return f"<INode {self.ino} {self.kind.name.lower()} size={self.size}>"
 
-    def _check_csum(self, generation: int, stored_lo: int) -> None:
-        fs = self.fs
+    def _check_csum(self, stored_lo: int) -> None:
         buf = bytearray(self.raw)
         lo = L.INODE_CHECKSUM_LO_OFFSET
         hi = L.INODE_CHECKSUM_HI_OFFSET
@@ -398,13 +408,13 @@ class INode:
         if has_hi:
             stored |= struct.unpack_from("<H", self.raw, hi)[0] << 16
             buf[hi:hi + 2] = b"\0\0"
-        crc = crc32c_raw(fs.inode_seed(self.ino, generation), buf)
+        crc = crc32c_raw(self.csum_seed, buf)
         if (crc if has_hi else crc & 0xFFFF) != stored:
             raise CorruptError(f"inode {self.ino}: checksum mismatch")
 
-    @property
+    @cached_property
     def csum_seed(self) -> int | None:
-        """Seed of this inode's extent, directory and htree checksums."""
+        """Seed of this inode's own, extent, directory and htree checksums."""
         fs = self.fs
         if not (fs.metadata_csum and fs.verify):
             return None

@@ -34,6 +34,7 @@ HUGE_SIZE = 5 << 30
 HUGE_TAIL_OFFSET = (9 << 29) + 12345  # 4.5 GiB and a bit: past 32-bit offsets
 FRAG_CHUNKS = 8
 FRAG_STRIDE = 64 << 10
+DEEP_CHUNKS = 400
 BIG_DIR_ENTRIES = 3000
 DIR_TIME_NS = 1_600_000_000_987_654_321
 UUID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -73,6 +74,10 @@ def _fill_source(root: str) -> dict:
         for i in range(FRAG_CHUNKS):
             f.seek(i * FRAG_STRIDE)
             f.write(bytes([65 + i]) * 3000)
+    with open(os.path.join(root, "var", "deep.bin"), "wb") as f:
+        for i in range(DEEP_CHUNKS):  # more extents than a 1 KiB-block depth-1 tree holds
+            f.seek(i * 8192)
+            f.write(i.to_bytes(2, "little") * 500)
     if xattrs_supported(root):
         acl = _acl_xattr((1, 6, 0xFFFFFFFF), (2, 4, 1234), (4, 4, 0xFFFFFFFF),
                          (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF))
@@ -253,6 +258,18 @@ def test_matrix_holes_stay_holes(variant, source, tmp_path):
     with open(out, "rb") as f, open(os.path.join(source, "var", "frag.bin"), "rb") as g:
         assert f.read() == g.read()
     assert os.stat(out).st_blocks * 512 <= FRAG_CHUNKS * (3000 + 2 * bs)
+
+
+@pytest.mark.parametrize("variant", [n for n, v in VARIANTS.items() if v[1] == "ext4"],
+                         indirect=True)
+def test_extent_tree_depth(variant, source):
+    _name, _image, volume, _fs_type, bs = variant
+    node = Ext4(volume).get("var/deep.bin")
+    depth = struct.unpack_from("<H", node.i_block, 6)[0]
+    # 4 extents fit in the inode, (bs - 12) / 12 in each tree block.
+    assert depth == (2 if 4 * (bs - 12) // 12 < DEEP_CHUNKS else 1)
+    with node.open() as f, open(os.path.join(source, "var", "deep.bin"), "rb") as g:
+        assert f.read() == g.read()
 
 
 def test_big_directory_is_indexed_and_complete(variant, source):
@@ -449,6 +466,25 @@ def test_small_images_decode(small_images, small_source):
             assert tree.get("etc/motd").data.read() == b"hello\n" * 100
             assert tree.get("etc/longlink").target == "/" + "x" * 100
             assert tree.get("a/b/file-39").data.read() == b"39" * 700
+
+
+def test_unwritten_extents_read_as_holes(small_images, tmp_path):
+    image = _copy(small_images, "csum", tmp_path)
+    five = tmp_path / "five"
+    five.write_bytes(b"hello")
+    for cmd in (f"write {five} prealloc", "fallocate /prealloc 2 9", "sif /prealloc size 40960"):
+        run("debugfs", "-w", "-R", cmd, image)
+    assert run("e2fsck", "-fn", image, check=False).returncode == 0
+    out = _debugfs(image, "stat /prealloc")
+    m = re.search(r"\(2-9\[u\]\):(\d+)-(\d+)", out)
+    assert m, out
+    bs = _block_size(image)
+    first, last = int(m.group(1)), int(m.group(2))
+    _poke(image, first * bs, b"\xff" * ((last - first + 1) * bs))  # stale bytes on disk
+    with _closing(FileVolume(image)) as volume:
+        data = decode(volume, {}, None).get("prealloc").data
+        assert list(data.extents()) == [(0, bs)]
+        assert data.read() == b"hello" + bytes(40960 - 5)
 
 
 def test_superblock_checksum(small_images, tmp_path):
