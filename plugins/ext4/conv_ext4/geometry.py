@@ -252,6 +252,14 @@ class Allocator:
             self._skip()
 
     def alloc(self, n: int) -> list[tuple[int, int]]:
+        fixed = self.fixed
+        i = self.i
+        cursor = self.cursor
+        # fast path: the run fits before the next fixed range
+        if i < len(fixed) and fixed[i][0] > cursor and fixed[i][0] >= cursor + n or \
+                i >= len(fixed):
+            self.cursor = cursor + n
+            return [(cursor, n)]
         runs: list[tuple[int, int]] = []
         while n > 0:
             self._skip()

@@ -11,6 +11,7 @@ then extent-tree or indirect blocks.
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid as uuidlib
 from collections.abc import Iterable
@@ -36,6 +37,7 @@ from conv_ext4.layout import (
     ERRORS_CONTINUE,
     EXTENT_HEADER,
     EXTENT_MAGIC,
+    EXTENT_MAX_LEN,
     EXTENT_ROOT_MAX,
     EXTENTS_FL,
     FAST_SYMLINK_MAX,
@@ -59,6 +61,7 @@ from conv_ext4.layout import (
     INODE_EXTRA_ISIZE,
     JNL_BACKUP_BLOCKS,
     JOURNAL_INO,
+    NDIR_BLOCKS,
     ROOT_INO,
     STATE_VALID,
     SUPERBLOCK,
@@ -68,12 +71,24 @@ from conv_ext4.layout import (
 from convcore.blockdev import Plan, Target
 from convcore.errors import CorruptError, NoSpaceError, UnsupportedError, UsageError
 from convcore.format import Context
-from convcore.tree import COPY_CHUNK, Data, Entry, FileRangeData, Kind, Tree, copy_range
+from convcore.tree import (
+    COPY_CHUNK,
+    BytesData,
+    Data,
+    Entry,
+    FileRangeData,
+    Kind,
+    Tree,
+    copy_range,
+)
 
 _M32 = 0xFFFFFFFF
 _LE32 = struct.Struct("<I")
 _LE64 = struct.Struct("<Q")
+_LE16 = struct.Struct("<H")
+_INO_GEN = struct.Struct("<II")
 _INODE = INODE.struct
+_ONE_EXTENT = struct.Struct("<HHHHIIHHI36x")  # extent header + one extent, as i_block
 _FTYPE = {Kind.FILE: FT_REG_FILE, Kind.DIR: FT_DIR, Kind.SYMLINK: FT_SYMLINK,
           Kind.CHAR: FT_CHRDEV, Kind.BLOCK: FT_BLKDEV, Kind.FIFO: FT_FIFO,
           Kind.SOCKET: FT_SOCK}
@@ -89,6 +104,8 @@ def _time(ns: int) -> tuple[int, int]:
     """(seconds field, extra field) of an ext4 timestamp: 34-bit seconds with
     the high bits and the nanoseconds in the extra field."""
     sec, nsec = divmod(ns, 1_000_000_000)
+    if 0 <= sec < 0x80000000:
+        return sec, nsec << 2
     sec = max(-(1 << 31), min(sec, (1 << 34) + (1 << 31) - 1))
     lo = sec & _M32
     signed_lo = lo - (1 << 32) if lo & 0x80000000 else lo
@@ -119,6 +136,22 @@ def _block_ranges(extents: Iterable[tuple[int, int]], size: int,
     return out
 
 
+def _data_ranges(data: Data, size: int, bs: int) -> list[tuple[int, int]]:
+    """Block ranges a file's data needs; holes in it stay unallocated."""
+    if size <= bs:
+        return [(0, 1)]  # a one-block file has no hole worth keeping
+    if isinstance(data, FileRangeData) and data.holes and data.offset == 0:
+        # one stat instead of SEEK_DATA probing: a fully allocated host file has no holes
+        try:
+            st = os.stat(data.path)
+        except OSError:
+            pass
+        else:
+            if st.st_blocks * 512 >= size:
+                return [(0, -(-size // bs))]
+    return _block_ranges(data.extents(), size, bs)
+
+
 class Node:
     """One inode to write: its metadata entry and where its blocks go."""
 
@@ -146,7 +179,10 @@ class Node:
 
     @property
     def nblocks(self) -> int:
-        return sum(n for _, n in self.ranges)
+        r = self.ranges
+        if len(r) == 1:
+            return r[0][1]
+        return sum(n for _, n in r)
 
 
 class _Options:
@@ -261,7 +297,7 @@ class _Planner:
                 node.size = data.size if data is not None else e.size
                 if data is not None and node.size:
                     node.data = data
-                    node.ranges = _block_ranges(data.extents(), node.size, bs)
+                    node.ranges = _data_ranges(data, node.size, bs)
             elif kind is Kind.SYMLINK:
                 target = e.target.encode("utf-8", "surrogateescape")
                 node.size = len(target)
@@ -370,6 +406,11 @@ class _Planner:
         return alloc.cursor, jruns, jmap
 
     def _map_count(self, ranges, runs, bs) -> int:
+        if len(runs) == 1 and len(ranges) == 1:
+            # one piece: the root in i_block maps it (4 extents or 12 blocks)
+            n = runs[0][1]
+            if n <= (EXTENT_ROOT_MAX * EXTENT_MAX_LEN if self.o.extents else NDIR_BLOCKS):
+                return 0
         if self.o.extents:
             return mapping.extent_tree_blocks(mapping.count_extents(ranges, runs), bs)
         return mapping.blockmap_blocks(ranges, bs)
@@ -410,9 +451,12 @@ class _Planner:
         """The smallest geometry that holds everything (plus room to grow)."""
         bs = self.o.block_size
         slack = data // 5 + (2 << 20) // bs if room else 0
-        blocks = data + slack + self.max_ino * INODE_SIZE // bs + 64
+        blocks = data + slack + 64
         if "has_journal" in self.o.feats:
             blocks = max(blocks + journal.default_journal_blocks(blocks), 2048)
+        # inode tables (sized from the first estimate), bitmaps and descriptors
+        blocks += -(-self._inodes_for(blocks, room) * INODE_SIZE // bs) + \
+            3 * -(-blocks // (8 * bs))
         for _ in range(100):
             inodes = self._inodes_for(blocks, room)
             # an inode bitmap is one block: more inodes need more groups
@@ -455,6 +499,58 @@ class _MetaWriter:
             self.target.pwrite(self.buf, self.start)
         self.buf = bytearray()
         self.start = -1
+
+
+_SMALL_FILE = 64 << 10
+
+
+class _SmallFileWriter:
+    """Gathers small files that land next to each other into one buffer and
+    writes it with one pwrite: one read per file instead of an open, a
+    SEEK_DATA probe and a copy_file_range."""
+
+    def __init__(self, target: Target, bs: int) -> None:
+        self.target = target
+        self.bs = bs
+        self.buf = bytearray(_FLUSH_BYTES)
+        self.view = memoryview(self.buf)
+        self.start = -1
+        self.fill = 0
+
+    def add(self, data: Data, node: Node) -> bool:
+        """Buffer one contiguous file; False when it is not a plain host file."""
+        if not (isinstance(data, FileRangeData) or isinstance(data, BytesData)):
+            return False
+        dst = node.runs[0][0] * self.bs
+        span = node.runs[0][1] * self.bs
+        if self.start < 0 or dst != self.start + self.fill or self.fill + span > len(self.buf):
+            self.flush()
+            self.start = dst
+        view = self.view[self.fill:self.fill + span]
+        size = node.size
+        if isinstance(data, FileRangeData):
+            try:
+                fd = os.open(data.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise CorruptError(f"/{node.entry.path}: cannot read {data.path}: "
+                                   f"{e.strerror}") from None
+            try:
+                got = os.preadv(fd, [view[:size]], data.offset)
+            finally:
+                os.close(fd)
+        else:
+            got = data.readinto(0, view[:size])
+        if got != size:
+            raise CorruptError(f"/{node.entry.path}: file is shorter than its recorded size")
+        view[size:] = bytes(span - size)  # the buffer is reused: clear the block's tail
+        self.fill += span
+        return True
+
+    def flush(self) -> None:
+        if self.fill:
+            self.target.pwrite(self.view[:self.fill], self.start)
+        self.start = -1
+        self.fill = 0
 
 
 def _set_bits(buf: bytearray, start: int, n: int) -> None:
@@ -575,6 +671,13 @@ class Ext4Plan(Plan):
         if node.i_block is not None and not node.ranges:
             return []
         bs = self.o.block_size
+        if not node.map_runs and len(node.runs) == 1 and len(node.ranges) == 1 and \
+                node.ranges[0][1] <= EXTENT_MAX_LEN and node.flags & EXTENTS_FL:
+            # the common case: one extent in the inode
+            (lblk, n), (pblk, _) = node.ranges[0], node.runs[0]
+            node.i_block = _ONE_EXTENT.pack(EXTENT_MAGIC, 1, EXTENT_ROOT_MAX, 0, 0, lblk, n,
+                                            pblk >> 32, pblk & _M32)
+            return []
         map_blocks = [b for s, n in node.map_runs for b in range(s, s + n)]
         if self.o.extents and node.flags & EXTENTS_FL:
             extents = mapping.make_extents(node.ranges, node.runs)
@@ -595,11 +698,21 @@ class Ext4Plan(Plan):
         buf = bytearray(COPY_CHUNK)
         host = target.host_fd()
         nodes = [n for n in self.p.nodes if n.data is not None and n.ranges]
-        nodes.sort(key=lambda n: n.data.order_key)  # type: ignore[union-attr]
+        # Host files are read in the order they land (seekable, and small ones
+        # coalesce); other sources in their cheapest read order (a stream).
+        host_files = [n for n in nodes if isinstance(n.data, FileRangeData)]
+        others = [n for n in nodes if not isinstance(n.data, FileRangeData)]
+        host_files.sort(key=lambda n: n.runs[0][0])
+        others.sort(key=lambda n: n.data.order_key)  # type: ignore[union-attr]
+        nodes = host_files + others
+        small = _SmallFileWriter(target, bs)
         for node in nodes:
             data = node.data
             assert data is not None
-            if len(node.runs) == 1 and node.ranges == [(0, node.runs[0][1])]:
+            contiguous = len(node.runs) == 1 and node.ranges == [(0, node.runs[0][1])]
+            if contiguous and node.size <= _SMALL_FILE and small.add(data, node):
+                continue
+            if contiguous:
                 target.copy_from_data(data, node.runs[0][0] * bs, buf)
                 continue
             pieces = [(lb * bs, pb * bs, min(n * bs, node.size - lb * bs))
@@ -620,6 +733,7 @@ class Ext4Plan(Plan):
                                            f"{src + pos}")
                     target.pwrite(view[:n], dst + pos)
                     pos += n
+        small.flush()
 
     # -- inodes
     def _inode_bytes(self, buf: bytearray, off: int, node: Node) -> None:
@@ -658,9 +772,10 @@ class Ext4Plan(Plan):
     def _seal_inode(self, buf: bytearray, off: int, ino: int) -> None:
         if not self.o.csum:
             return
-        c = crc32c_raw(self.p._inode_seed(ino), memoryview(buf)[off:off + INODE_SIZE])
-        struct.pack_into("<H", buf, off + INODE_CHECKSUM_LO_OFFSET, c & 0xFFFF)
-        struct.pack_into("<H", buf, off + INODE_CHECKSUM_HI_OFFSET, c >> 16)
+        # crc32c(seed, ino, generation 0, inode with both checksum halves zero)
+        c = crc32c_raw(self.o.csum_seed, _INO_GEN.pack(ino, 0) + buf[off:off + INODE_SIZE])
+        _LE16.pack_into(buf, off + INODE_CHECKSUM_LO_OFFSET, c & 0xFFFF)
+        _LE16.pack_into(buf, off + INODE_CHECKSUM_HI_OFFSET, c >> 16)
 
     def _special_inode(self, buf: bytearray, off: int, ino: int) -> None:
         """Reserved inodes as mke2fs leaves them (and the journal)."""

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""ext4 writer: conv against ``mke2fs -t ext4 -d`` on the same tree and size.
+
+    python benchmarks/bench_ext4.py                  # /work/rootfs if present + synthetic trees
+    python benchmarks/bench_ext4.py /path/to/rootfs  # that tree + synthetic trees
+    python benchmarks/bench_ext4.py --only nested,onedir --files 20000
+
+Trees: a given root filesystem; ``nested``: N small files in a nested tree;
+``onedir``: N small files in one directory; ``large``: G GiB of large files.
+For each, in one go and into the same image size with 4 KiB blocks:
+  conv convert 'dir:TREE -> ext4[size=S] -> raw:OUT'
+  mke2fs -q -F -t ext4 -b 4096 -d TREE OUT S
+Each run is one subprocess; wall time and peak RSS come from os.wait4. The
+ratio is conv / mke2fs (below 1: conv is faster). Every conv image is judged
+by ``e2fsck -fn`` so a fast wrong answer does not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def build_nested(root: str, count: int) -> None:
+    """``count`` small files (50 B - 4 KB) three directory levels deep."""
+    rng = random.Random(7)
+    for i in range(count):
+        d = os.path.join(root, f"a{i // 10000:02d}", f"b{i // 500 % 20:02d}", f"c{i // 50 % 10}")
+        if i % 50 == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"file{i:06d}.txt"), "wb") as f:
+            f.write(rng.randbytes(rng.randrange(50, 4096)))
+
+
+def build_onedir(root: str, count: int) -> None:
+    """``count`` tiny files in one directory."""
+    os.makedirs(root)
+    for i in range(count):
+        with open(os.path.join(root, f"entry-{i:06d}.conf"), "wb") as f:
+            f.write(b"%d\n" % i)
+
+
+def build_large(root: str, gib: int) -> None:
+    """``gib`` GiB of incompressible data in 512 MiB files."""
+    os.makedirs(root)
+    chunk = random.Random(3).randbytes(1 << 20)
+    for i in range(gib * 2):
+        with open(os.path.join(root, f"blob{i}.bin"), "wb") as f:
+            for j in range(512):
+                f.write(chunk[j:] + chunk[:j])
+
+
+def du_bytes(root: str) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            st = os.lstat(os.path.join(dirpath, name))
+            total += st.st_blocks * 512 + 256
+    return total
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS in MiB) of one subprocess."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{err}")
+    return wall, usage.ru_maxrss // 1024
+
+
+def run_pair(name: str, tree: str, work: str) -> dict:
+    size_mib = (du_bytes(tree) * 13 // 10 >> 20) + 160
+    conv_img = os.path.join(work, "conv.img")
+    mk_img = os.path.join(work, "mke2fs.img")
+    for p in (conv_img, mk_img):
+        if os.path.exists(p):
+            os.unlink(p)
+    conv = [sys.executable, "-m", "convcore.cli", "convert",
+            f"dir:{tree} -> ext4[size={size_mib}M] -> raw:{conv_img}"]
+    mk = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", tree, mk_img, f"{size_mib}M"]
+    conv_wall, conv_rss = timed(conv)
+    fsck = subprocess.run(["e2fsck", "-fn", conv_img], capture_output=True, text=True)
+    if fsck.returncode != 0:
+        raise SystemExit(f"e2fsck rejects conv's image of {name}:\n{fsck.stdout}")
+    os.unlink(conv_img)
+    mk_wall, mk_rss = timed(mk)
+    os.unlink(mk_img)
+    return {"name": name, "size": size_mib, "conv_wall": conv_wall, "mk_wall": mk_wall,
+            "conv_rss": conv_rss, "mk_rss": mk_rss}
+
+
+def report(rows: list[dict]) -> None:
+    print(f"\n{'tree':28} {'size':>7} {'conv s':>8} {'mke2fs s':>9} {'time x':>7} "
+          f"{'conv MiB':>9} {'mke2fs MiB':>11}")
+    for r in rows:
+        print(f"{r['name']:28} {r['size']:6d}M {r['conv_wall']:8.2f} {r['mk_wall']:9.2f} "
+              f"{r['conv_wall'] / r['mk_wall']:7.3f} {r['conv_rss']:9d} {r['mk_rss']:11d}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("tree", nargs="?", help="a root filesystem (default: /work/rootfs if present)")
+    ap.add_argument("--files", type=int, default=100_000, help="files in the synthetic trees")
+    ap.add_argument("--gib", type=int, default=4, help="GiB of large files")
+    ap.add_argument("--only", default="rootfs,nested,onedir,large")
+    ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
+    args = ap.parse_args()
+    for tool in ("mke2fs", "e2fsck"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    only = set(args.only.split(","))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-ext4-", dir=args.work) as work:
+        tree = args.tree or ("/work/rootfs" if os.path.isdir("/work/rootfs") else None)
+        if tree and "rootfs" in only:
+            rows.append(run_pair(f"rootfs {tree}"[:28], tree, work))
+        builders = [("nested", f"{args.files} files nested", build_nested, args.files),
+                    ("onedir", f"{args.files} files in one dir", build_onedir, args.files),
+                    ("large", f"{args.gib} GiB of large files", build_large, args.gib)]
+        for key, name, build, n in builders:
+            if key not in only:
+                continue
+            src = os.path.join(work, key)
+            build(src, n)
+            rows.append(run_pair(name, src, work))
+            shutil.rmtree(src)
+            report(rows[-1:])
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()
