@@ -645,3 +645,24 @@ def test_empty_root(tmp_path):
     tree = decode(img)
     assert [e.path for e in tree] == [""]
     assert tree.root.mode == 0o700
+
+
+@pytest.mark.parametrize("variant", [["-b", "4K", "-always-use-fragments"],
+                                     ["-b", "8K", "-noD", "-noF"]])
+def test_random_reads(src, tmp_path, variant):
+    """Reads at arbitrary offsets and lengths (across block, hole and
+    fragment-tail boundaries) return exactly the source bytes."""
+    img = mksquashfs(src, str(tmp_path / "img.sqfs"), *variant)
+    tree = decode(img)
+    rng = random.Random(11)
+    for path in ("usr/bin/tool", "var/sparse.img", "usr/data.bin", "etc/hostname"):
+        with open(os.path.join(src, path), "rb") as f:
+            want = f.read()
+        data = tree.get(path).data
+        for _ in range(30):
+            offset = rng.randrange(len(want) + 10)
+            length = rng.choice((1, 7, 4096, 5000, 70000, 1 << 20))
+            assert data.read(offset, length) == want[offset : offset + length], (path, offset)
+        with data.open() as f:
+            f.seek(len(want) - 3)
+            assert f.read() == want[-3:]
