@@ -65,11 +65,22 @@ def du_bytes(root: str) -> int:
     return total
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MiB) of one subprocess."""
+def timed(cmd: list[str], limit: float | None = None) -> tuple[float, int]:
+    """(wall seconds, peak RSS in MiB) of one subprocess. Past ``limit``
+    seconds it is killed and the time reported is a lower bound (negative)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    while limit is not None:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() - start > limit:
+            proc.kill()
+            _, status, usage = os.wait4(proc.pid, 0)
+            return -(time.perf_counter() - start), usage.ru_maxrss // 1024
+        time.sleep(0.05)
+    else:
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode() if proc.stderr else ""
     code = os.waitstatus_to_exitcode(status)
@@ -78,7 +89,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return wall, usage.ru_maxrss // 1024
 
 
-def run_pair(name: str, tree: str, work: str) -> dict:
+def run_pair(name: str, tree: str, work: str, limit: float | None) -> dict:
     size_mib = (du_bytes(tree) * 13 // 10 >> 20) + 160
     conv_img = os.path.join(work, "conv.img")
     mk_img = os.path.join(work, "mke2fs.img")
@@ -93,7 +104,7 @@ def run_pair(name: str, tree: str, work: str) -> dict:
     if fsck.returncode != 0:
         raise SystemExit(f"e2fsck rejects conv's image of {name}:\n{fsck.stdout}")
     os.unlink(conv_img)
-    mk_wall, mk_rss = timed(mk)
+    mk_wall, mk_rss = timed(mk, limit)
     os.unlink(mk_img)
     return {"name": name, "size": size_mib, "conv_wall": conv_wall, "mk_wall": mk_wall,
             "conv_rss": conv_rss, "mk_rss": mk_rss}
@@ -103,8 +114,12 @@ def report(rows: list[dict]) -> None:
     print(f"\n{'tree':28} {'size':>7} {'conv s':>8} {'mke2fs s':>9} {'time x':>7} "
           f"{'conv MiB':>9} {'mke2fs MiB':>11}")
     for r in rows:
-        print(f"{r['name']:28} {r['size']:6d}M {r['conv_wall']:8.2f} {r['mk_wall']:9.2f} "
-              f"{r['conv_wall'] / r['mk_wall']:7.3f} {r['conv_rss']:9d} {r['mk_rss']:11d}")
+        # a negative mke2fs time: it was stopped there, so the ratio is an upper bound
+        mk = f"{-r['mk_wall']:.0f}+" if r["mk_wall"] < 0 else f"{r['mk_wall']:.2f}"
+        ratio = r["conv_wall"] / abs(r["mk_wall"])
+        print(f"{r['name']:28} {r['size']:6d}M {r['conv_wall']:8.2f} {mk:>9} "
+              f"{'<' if r['mk_wall'] < 0 else ' '}{ratio:6.3f} {r['conv_rss']:9d} "
+              f"{r['mk_rss']:11d}")
 
 
 def main() -> None:
@@ -114,6 +129,8 @@ def main() -> None:
     ap.add_argument("--gib", type=int, default=4, help="GiB of large files")
     ap.add_argument("--only", default="rootfs,nested,onedir,large")
     ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--mke2fs-limit", type=float, default=900,
+                    help="stop mke2fs after this many seconds (it is quadratic in one directory)")
     args = ap.parse_args()
     for tool in ("mke2fs", "e2fsck"):
         if shutil.which(tool) is None:
@@ -123,7 +140,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ext4-", dir=args.work) as work:
         tree = args.tree or ("/work/rootfs" if os.path.isdir("/work/rootfs") else None)
         if tree and "rootfs" in only:
-            rows.append(run_pair(f"rootfs {tree}"[:28], tree, work))
+            rows.append(run_pair(f"rootfs {tree}"[:28], tree, work, args.mke2fs_limit))
         builders = [("nested", f"{args.files} files nested", build_nested, args.files),
                     ("onedir", f"{args.files} files in one dir", build_onedir, args.files),
                     ("large", f"{args.gib} GiB of large files", build_large, args.gib)]
@@ -132,7 +149,7 @@ def main() -> None:
                 continue
             src = os.path.join(work, key)
             build(src, n)
-            rows.append(run_pair(name, src, work))
+            rows.append(run_pair(name, src, work, args.mke2fs_limit))
             shutil.rmtree(src)
             report(rows[-1:])
     report(rows)

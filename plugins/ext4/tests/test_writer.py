@@ -15,7 +15,7 @@ from conv_ext4.writer import encode
 
 from convcore.blockdev import FileTarget
 from convcore.builtin import dirfmt
-from convcore.errors import NoSpaceError, UnsupportedError, UsageError
+from convcore.errors import CorruptError, NoSpaceError, UnsupportedError, UsageError
 from convcore.format import Context
 from convcore.testing import (
     SAMPLE_MTIME_NS,
@@ -424,3 +424,29 @@ def test_bad_options_and_unsupported_trees():
     tree.add(Entry("x", Kind.FILE, data=BytesData(b""), xattrs={"weird.v": b"v"}))
     with pytest.raises(UnsupportedError, match="namespace"):
         encode(tree, _opts(), Context())
+
+
+@pytest.mark.parametrize("features", [
+    "^dir_index", "^filetype,^extra_isize", "^sparse_super,^flex_bg", "^64bit",
+    "^metadata_csum,^64bit,^huge_file", "^extent,^64bit"])
+def test_feature_toggles(sample, tmp_path, features):
+    require_tool("e2fsck", "debugfs", "dumpe2fs")
+    _, tree = sample
+    img = build(tree, tmp_path / "f.img", features=features, block_size=1024)
+    fsck_clean(img)
+    info = run("dumpe2fs", "-h", img).stdout
+    have = re.search(r"Filesystem features:\s+(.*)", info).group(1).split()
+    for item in features.split(","):
+        assert item.lstrip("^") not in have, item
+    assert_matches_tree(img, tree, tmp_path)
+
+
+def test_source_file_shorter_than_recorded(tmp_path):
+    """A file that shrank after the scan is a one-line error, not a short image."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * 10000)
+    tree = dirfmt.source(str(src), {}, Context())
+    (src / "f").write_bytes(b"x" * 10)
+    with pytest.raises(CorruptError, match="/f: file is shorter"):
+        build(tree, tmp_path / "s.img")
