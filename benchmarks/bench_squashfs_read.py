@@ -104,36 +104,32 @@ def main() -> None:
             sys.exit(f"{tool} is not installed")
     cores = os.cpu_count() or 1
     work = tempfile.mkdtemp(prefix="bench-sqfs-read-")
+    print(f"squashfs -> dir, block size {args.block_size}, {cores} cores, "
+          f"tree: {args.tree or 'synthetic'}")
+    print(f"{'codec':6} {'image MiB':>9} {'unsquashfs s':>12} {'conv s':>8} {'ratio':>6} "
+          f"{'unsq RSS MiB':>12} {'conv RSS MiB':>12}  output", flush=True)
     try:
         tree = args.tree
         if tree is None:
             tree = os.path.join(work, "tree")
             build_tree(tree, args.small_files, args.dense_size, args.sparse_size)
-        rows = []
         for comp in args.comp.split(","):
             img = os.path.join(work, f"{comp}.sqfs")
             subprocess.run(["mksquashfs", tree, img, "-noappend", "-quiet", "-no-progress",
                             "-comp", comp, "-b", args.block_size, "-processors", str(cores)],
                            check=True, stdout=subprocess.DEVNULL)
             ref_out, conv_out = os.path.join(work, "ref"), os.path.join(work, "conv")
-            ref = measure(["unsquashfs", "-q", "-n", "-p", str(cores), "-d", ref_out, img])
-            ours = measure(["conv", "-q", "convert", f"raw:{img} -> squashfs -> dir:{conv_out}"])
+            rw, rr = measure(["unsquashfs", "-q", "-n", "-p", str(cores), "-d", ref_out, img])
+            cw, cr = measure(["conv", "-q", "convert", f"raw:{img} -> squashfs -> dir:{conv_out}"])
             verdict = "not checked" if args.no_verify else (same_trees(ref_out, conv_out)
                                                              or "same")
-            rows.append((comp, os.path.getsize(img), ref, ours, verdict))
+            print(f"{comp:6} {os.path.getsize(img) / 2**20:9.1f} {rw:12.2f} {cw:8.2f} "
+                  f"{cw / rw:6.2f} {rr / 1024:12.0f} {cr / 1024:12.0f}  {verdict}", flush=True)
             shutil.rmtree(ref_out, ignore_errors=True)
             shutil.rmtree(conv_out, ignore_errors=True)
             os.unlink(img)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    print(f"squashfs -> dir, block size {args.block_size}, {cores} cores, "
-          f"tree: {args.tree or 'synthetic'}")
-    print(f"{'codec':6} {'image MiB':>9} {'unsquashfs s':>12} {'conv s':>8} {'ratio':>6} "
-          f"{'unsq RSS MiB':>12} {'conv RSS MiB':>12}  output")
-    for comp, size, (rw, rr), (cw, cr), verdict in rows:
-        print(f"{comp:6} {size / 2**20:9.1f} {rw:12.2f} {cw:8.2f} {cw / rw:6.2f} "
-              f"{rr / 1024:12.0f} {cr / 1024:12.0f}  {verdict}")
 
 
 if __name__ == "__main__":
