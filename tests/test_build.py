@@ -188,7 +188,7 @@ def test_build_filesystem_partitions_from_a_directory(tmp_path, sample_dir):
         type = "root-x86-64"
         content = {{ type = "ext4", source = "dir:{sample_dir}", options = {{ label = "root" }} }}
     """)
-    specs.build(spec, Context())
+    specs.build(spec, Context(epoch=1_600_000_000))  # before the tree's times: they clamp
     disk = tmp_path / "disk.img"
     _sgdisk_clean(disk)
     (root,) = _sfdisk(disk)["partitions"]
@@ -201,6 +201,48 @@ def test_build_filesystem_partitions_from_a_directory(tmp_path, sample_dir):
     assert "Filesystem volume name:   root" in label
     cat = run("debugfs", "-R", "cat /etc/hostname", str(part)).stdout
     assert cat == "conv-test\n"
+    stat = run("debugfs", "-R", "stat /etc/hostname", str(part)).stdout
+    assert " mtime: 0x5f5e1000:" in stat  # 1 600 000 000
+
+
+def test_build_squashfs_partition_from_an_oci_layout(tmp_path, sample_dir):
+    pytest.importorskip("conv_squashfs.writer")
+    pytest.importorskip("conv_oci")
+    require_tool("unsquashfs", "sgdisk", "sfdisk")
+    run_conv("convert", f"dir:{sample_dir} -> oci:{tmp_path / 'layout'}", check=True)
+    spec = _write(tmp_path / "disk.toml", """
+        [disk]
+        output = "disk.qcow2"
+        container = "raw"
+
+        [[partition]]
+        name = "usr"
+        type = "usr-x86-64"
+        attributes = ["read-only"]
+        content = { type = "squashfs", source = "oci:./layout", options = { comp = "zstd" } }
+
+        [[partition]]
+        name = "var"
+        type = "var"
+        size = "4M"
+    """)
+    specs.build(spec, Context())
+    disk = tmp_path / "disk.qcow2"  # container = "raw" wins over the suffix
+    with open(disk, "rb") as f:
+        assert f.read(512)[510:] == b"\x55\xaa"
+    _sgdisk_clean(disk)
+    usr, var = _sfdisk(disk)["partitions"]
+    assert (usr["type"], usr["name"], usr["attrs"]) == (
+        "8484680C-9521-48C6-9C11-B0720656F69E", "usr", "GUID:60")
+    assert (var["start"], var["size"]) == (usr["start"] + usr["size"], 4 * 2048)
+    image = tmp_path / "usr.sqfs"
+    image.write_bytes(_part_bytes(disk, usr))
+    listing = run("unsquashfs", "-lls", str(image)).stdout
+    assert "squashfs-root/etc/hostname" in listing
+    assert "squashfs-root/usr/bin/tool" in listing
+    out = tmp_path / "x"
+    run("unsquashfs", "-no-progress", "-d", str(out), str(image), "etc/hostname")
+    assert (out / "etc" / "hostname").read_text() == "conv-test\n"
 
 
 def test_content_too_big_for_its_partition_leaves_nothing(workdir):
