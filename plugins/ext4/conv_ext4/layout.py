@@ -606,3 +606,13 @@ assert JOURNAL_SUPERBLOCK.size == 1024
 # ==========================================================================
 # Reader additions (appended by the reader; the writer does not use these)
 # ==========================================================================
+# --- reader additions ---
+
+#: i_flags: contents (and names, for a directory) are fscrypt-encrypted.
+ENCRYPT_FL = 0x00000800
+#: e_name_index of the fscrypt context: not an attribute users see.
+XATTR_INDEX_ENCRYPTION = 9
+#: the VFS's XATTR_SIZE_MAX: no attribute value is larger.
+XATTR_SIZE_MAX = 65536
+#: a posix_acl_xattr entry's id for the tags without one (ACL_UNDEFINED_ID).
+ACL_UNDEFINED_ID = 0xFFFFFFFF

@@ -48,7 +48,6 @@ KNOWN_INCOMPAT = (L.INCOMPAT_FILETYPE | L.INCOMPAT_RECOVER | L.INCOMPAT_META_BG
 EXT3_INCOMPAT = L.INCOMPAT_FILETYPE | L.INCOMPAT_RECOVER | L.INCOMPAT_META_BG
 EXT3_RO_COMPAT = L.RO_COMPAT_SPARSE_SUPER | L.RO_COMPAT_LARGE_FILE | L.RO_COMPAT_BTREE_DIR
 
-ENCRYPT_FL = 0x00000800
 #: inode table blocks kept in memory (at most 64 KiB each).
 ITABLE_CACHE_BLOCKS = 64
 #: a symlink target is at most one block, and never more than PATH_MAX.
@@ -392,7 +391,7 @@ class INode:
         self.ctime_ns = _time_ns(ctime, extra["i_ctime_extra"])
         crtime = extra["i_crtime"]
         self.crtime_ns = None if crtime is None else _time_ns(crtime, extra["i_crtime_extra"])
-        if flags & ENCRYPT_FL:
+        if flags & L.ENCRYPT_FL:
             raise UnsupportedError(f"inode {ino}: encrypted files are not supported")
 
     def __repr__(self) -> str:

@@ -9,11 +9,14 @@ from collections.abc import Callable, Iterator
 from conv_ext4 import layout
 from conv_ext4.layout import (
     ACL_GROUP,
+    ACL_UNDEFINED_ID,
     ACL_USER,
     EXT4_ACL_VERSION,
     POSIX_ACL_XATTR_VERSION,
+    XATTR_INDEX_ENCRYPTION,
     XATTR_MAGIC,
     XATTR_PREFIXES,
+    XATTR_SIZE_MAX,
 )
 from convcore.errors import CorruptError
 
@@ -22,12 +25,8 @@ XATTR_ENTRY = layout.XATTR_ENTRY.struct
 ACL_HEADER = layout.ACL_HEADER.struct
 ACL_SHORT = layout.ACL_ENTRY_SHORT.struct
 ACL_FULL = layout.ACL_ENTRY.struct
-#: XATTR_SIZE_MAX of the VFS: no value is larger.
-XATTR_SIZE_MAX = 65536
-#: index 9 (the encryption context) is not an attribute users see.
-HIDDEN_INDEXES = {9}
-ACL_INDEXES = {2, 3}
-ACL_UNDEFINED_ID = 0xFFFFFFFF
+HIDDEN_INDEXES = {XATTR_INDEX_ENCRYPTION}
+ACL_INDEXES = {2, 3}  # system.posix_acl_access, system.posix_acl_default
 __all__ = ["XATTR_HEADER", "XATTR_MAGIC", "parse", "acl_to_xattr"]
 
 

@@ -371,6 +371,25 @@ def test_cli_convert_to_dir_and_tar(variant, source_and_scan, tmp_path):
     assert re.search(rf"^-rw-r--r-- 0/0 +{HUGE_SIZE} .* var/huge.img$", listing, re.M)
 
 
+def test_cli_ls_and_cat_inside_a_gpt_partition(small_images, tmp_path):
+    require_tool("sgdisk")
+    disk = str(tmp_path / "disk.img")
+    with open(disk, "wb") as f:
+        f.truncate(20 << 20)
+    run("sgdisk", "-o", "-n", "1:2048:+8M", "-t", "1:8300", disk)
+    with open(small_images["csum"], "rb") as src, open(disk, "r+b") as dst:
+        dst.seek(2048 * 512)
+        dst.write(src.read())
+    assert run("conv", "cat", disk, "/etc/motd").stdout == "hello\n" * 100
+    listing = run("conv", "ls", disk, "/etc").stdout.split("\n")
+    assert sorted(line.split()[-1] for line in listing if line and "->" not in line) == [
+        "hostname", "motd"]
+    assert any(line.endswith("longlink -> /" + "x" * 100) for line in listing)
+    missing = run("conv", "cat", disk, "/etc/nope", check=False)
+    assert missing.returncode != 0
+    assert missing.stderr.count("\n") == 1 and "/etc/nope" in missing.stderr
+
+
 # --------------------------------------------------------------------------
 # Damaged images
 
