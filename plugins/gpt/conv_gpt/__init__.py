@@ -23,10 +23,6 @@ def _attrs(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
 
-def _size(text: str) -> int:
-    return parse_size(text)
-
-
 def _request(plan, opts: dict, table: str) -> PartitionRequest:
     return PartitionRequest(
         content=plan, name=opts.get("name") or "",
@@ -75,8 +71,8 @@ def _partitions_mbr(volume):
 
 
 COMMON_OPTIONS = [
-    Option("size", None, "disk size (e.g. 4G); default: just big enough", _size),
-    Option("align", 1 << 20, "partition alignment in bytes", _size),
+    Option("size", None, "disk size (e.g. 4G); default: just big enough", parse_size),
+    Option("align", 1 << 20, "partition alignment in bytes", parse_size),
     Option("part", None, "reading: the partition to pick, by number (1-based), name or type"),
 ]
 
