@@ -245,6 +245,34 @@ def test_build_squashfs_partition_from_an_oci_layout(tmp_path, sample_dir):
     assert (out / "etc" / "hostname").read_text() == "conv-test\n"
 
 
+def test_raw_content_from_a_qcow2_and_from_another_disks_partition(workdir):
+    require_tool("qemu-img")
+    run("qemu-img", "convert", "-O", "qcow2", str(workdir / "esp.img"),
+        str(workdir / "esp.qcow2"))
+    first = _write(workdir / "first.toml", GPT_SPEC.replace("out/disk.img", "first.img"))
+    specs.build(first, Context())
+    spec = _write(workdir / "second.toml", """
+        [disk]
+        output = "second.img"
+
+        [[partition]]
+        name = "from-qcow2"
+        content = { type = "raw", source = "qcow2:esp.qcow2" }
+
+        [[partition]]
+        name = "from-disk"
+        content = { type = "raw", source = "raw:first.img -> gpt[part=data]" }
+    """)
+    specs.build(spec, Context())
+    disk = workdir / "second.img"
+    _sgdisk_clean(disk)
+    a, b = _sfdisk(disk)["partitions"]
+    assert a["size"] == 8 * 2048 and b["size"] == 4 * 2048
+    assert _part_bytes(disk, a) == (workdir / "esp.img").read_bytes()
+    data = (workdir / "data.bin").read_bytes()
+    assert _part_bytes(disk, b) == data + bytes(4 * MiB - len(data))
+
+
 def test_content_too_big_for_its_partition_leaves_nothing(workdir):
     spec = _write(workdir / "disk.toml", """
         [disk]
