@@ -564,6 +564,20 @@ def test_cli_squashfs_to_tar(src, tmp_path):
     run("tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(out),
         "-C", str(dest))
     assert normalize_hardlinks(scan_dir(str(dest))) == expected(src)
+    # Reading is deterministic: the same image gives the same tar, byte for byte.
+    again = tmp_path / "again.tar"
+    conv("convert", f"raw:{img} -> squashfs -> tar:{again}")
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_cli_cat_and_ls(src, tmp_path):
+    img = mksquashfs(src, str(tmp_path / "img.sqfs"), "-comp", "gzip", "-b", "4K")
+    assert conv("cat", img, "/etc/hostname").stdout == "conv-test\n"
+    listing = conv("ls", img, "/etc").stdout
+    for name in ("hostname", "empty-file", "short-link", "long-link"):
+        assert name in listing
+    info = conv("info", img).stdout
+    assert "squashfs" in info and "compression=gzip" in info
 
 
 def test_cli_image_to_dir(src, tmp_path):
