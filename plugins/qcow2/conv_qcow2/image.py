@@ -70,7 +70,7 @@ class ImageBuilder:
                 f"qcow2: a {virtual_size}-byte disk needs a {self.l1_size * 8}-byte L1 table "
                 f"with cluster_size={cluster_size} (qemu's limit is 32 MiB); "
                 "use a larger cluster_size")
-        self.l1_clusters = max(1, -(-self.l1_size * 8 // cluster_size))
+        self.l1_clusters = -(-self.l1_size * 8 // cluster_size)
         self.l1_offset = cluster_size
         #: L2 tables by L1 index, in host byte order until ``finish``.
         self.l2: dict[int, array] = {}

@@ -267,6 +267,9 @@ class Qcow2Volume(Volume):
         if host % cs:
             raise CorruptError(f"{self.path}: data cluster offset {host} for guest offset "
                                f"{c * cs} is not cluster aligned")
+        if host >= self.file_size:
+            raise CorruptError(f"{self.path}: data cluster at offset {host} for guest offset "
+                               f"{c * cs} lies past the end of the file")
         if not self.extended_l2:
             if entry & layout.OFLAG_ZERO and self.header.version >= 3:
                 return ZERO, 0, length
@@ -333,8 +336,8 @@ class Qcow2Volume(Volume):
             kind, where, n = self._segment(guest, want - pos)
             piece = view[pos:pos + n]
             if kind == DATA:
-                got = self._file.readinto(piece, where) if where < self.file_size else 0
-                if got < n:  # a cluster cut short by the end of the file reads as zeros
+                got = self._file.readinto(piece, where)
+                if got < n:  # a last cluster cut short by the end of the file reads as zeros
                     piece[got:] = _ZEROS[:n - got]
             elif kind == COMPRESSED:
                 c = guest >> self.cluster_bits

@@ -108,6 +108,13 @@ def test_misaligned_data_cluster(image):
         read_all(image)
 
 
+def test_data_cluster_past_end_of_file(image):
+    l2 = read_field(image, _first_l1_entry(image), ">Q") & layout.L1_OFFSET_MASK
+    patch(image, l2, ">Q", (1 << 40) | layout.OFLAG_COPIED)
+    with pytest.raises(CorruptError, match="data cluster at offset .* past the end"):
+        read_all(image)
+
+
 def _compressed_image(path: str, payload: bytes, compression: int,
                       cluster_size: int = 65536) -> str:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)

@@ -229,3 +229,16 @@ def test_backing_overlay(qemu, sample_raw, tmp_path, compat, compress, backing_f
            and m.get("present", True)]
     # only the three clusters that differ from the backing image are stored
     assert sum(m["length"] for m in own) == 3 * 65536, own
+
+
+@pytest.mark.parametrize("size", [0, 512, 1000, 3 * 65536 + 512])
+def test_empty_and_tiny_disks(qemu, tmp_path, size):
+    raw = str(tmp_path / "tiny.raw")
+    with open(raw, "wb") as f:
+        f.truncate(size)
+        f.write(b"x" * min(size, 10))
+    for opts in ({}, {"compress": "zlib"}):
+        out = write(FileVolume(raw), str(tmp_path / f"tiny{len(opts)}.qcow2"), **opts)
+        qemu.check(out)
+        qemu.compare(raw, out)
+        assert qemu.info(out)["virtual-size"] == size
