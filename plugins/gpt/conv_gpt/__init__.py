@@ -23,7 +23,9 @@ def _attrs(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
 
-def _request(plan, opts: dict, table: str) -> PartitionRequest:
+def _request(plan, opts: dict) -> PartitionRequest:
+    """The one partition of ``-> gpt ->`` in a chain; its type, when not
+    given, is picked from the content by the writer."""
     return PartitionRequest(
         content=plan, name=opts.get("name") or "",
         type=opts.get("type") or None,
@@ -41,11 +43,11 @@ def _layout_mbr(requests, opts, ctx):
 
 
 def _encode_gpt(plan, opts, ctx):
-    return _layout_gpt([_request(plan, opts, "gpt")], opts, ctx)
+    return _layout_gpt([_request(plan, opts)], opts, ctx)
 
 
 def _encode_mbr(plan, opts, ctx):
-    return _layout_mbr([_request(plan, opts, "mbr")], opts, ctx)
+    return _layout_mbr([_request(plan, opts)], opts, ctx)
 
 
 def _decode_gpt(volume, opts, ctx):
