@@ -270,6 +270,7 @@ def test_mbr_primary_and_logical_partitions(write_disk, content, judges, volume_
         ("6", 18432, 2048, "fd", False),
         ("7", 22528, 2048, "c", False),
     ]
+    assert "No errors detected." in run("sfdisk", "-V", disk).stdout
     fdisk = run("fdisk", "-l", disk).stdout
     assert "Disklabel type: dos" in fdisk
     assert f"{os.path.basename(disk)}7" in fdisk and "W95 FAT32 (LBA)" in fdisk
@@ -280,6 +281,7 @@ def test_mbr_primary_and_logical_partitions(write_disk, content, judges, volume_
 def test_mbr_four_primaries_and_rest(write_disk, judges):
     disk = write_disk("mbr", [PartitionRequest(None, size=MiB) for _ in range(3)]
                       + [PartitionRequest(None, type="linux", size="rest")], size="16M")
+    assert "No errors detected." in run("sfdisk", "-V", disk).stdout
     parts = judges.sfdisk(disk)["partitions"]
     assert [(p["start"], p["size"]) for p in parts] == [
         (2048, 2048), (4096, 2048), (6144, 2048), (8192, 16 * 2048 - 8192)]
