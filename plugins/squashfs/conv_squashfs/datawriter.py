@@ -32,6 +32,35 @@ _UNCOMPRESSED = layout.DATA_UNCOMPRESSED
 _SIZE_MASK = layout.DATA_SIZE_MASK
 _BLOCK, _FRAGMENT = 0, 1
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
+_BATCH_FILES = 64  # small files read by one pool job
+_BATCH_BYTES = 1 << 20
+_BATCHES_AHEAD = 4  # batches read ahead: at most ~4 MiB of small files in memory
+
+
+def _read_batch(batch: list[tuple[str, Data, int]]) -> list[bytes]:
+    """Read a batch of small files whole (runs on the pool)."""
+    out = []
+    for path, data, size in batch:
+        if type(data) is FileRangeData:
+            try:
+                fd = os.open(data.path, _O_READ)
+            except OSError as e:
+                raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") from None
+            try:
+                content = os.pread(fd, size, data.offset)
+                while 0 < len(content) < size:
+                    more = os.pread(fd, size - len(content), data.offset + len(content))
+                    if not more:
+                        break
+                    content += more
+            finally:
+                os.close(fd)
+        else:
+            content = data.read(0, size)
+        if len(content) != size:
+            raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
+        out.append(content)
+    return out
 
 
 class FileData:
@@ -86,7 +115,6 @@ class DataWriter:
         self.fragment_table: list[tuple[int, int]] = []
         self._frag_count = 0
         self._frag_buf: bytearray | None = None
-        self._frag_view = memoryview(b"")
         self._frag_fill = 0
         self._dups_blocks: dict[tuple[int, int], list[FileData]] = {}
         self._dups_small: dict[tuple[int, int], list[tuple[FileData, Data]]] = {}
@@ -170,17 +198,57 @@ class DataWriter:
 
     # -- files
 
-    def add_file(self, data: Data | None, size: int, path: str) -> FileData:
-        """Queue one file's contents; the returned record is complete after
-        ``finish``."""
-        rec = FileData(size)
-        if size == 0 or data is None:
-            return rec
-        if self.fragments_enabled and size < self.block_size:
-            self._add_small(rec, data, path)
-        else:
-            self._add_blocks(rec, data, path)
-        return rec
+    def add_files(self, files: list[tuple[str, Data | None]]) -> dict[str, FileData]:
+        """Queue many files' contents, in order; records are complete after
+        ``finish``. Small files are read ahead in batches on the pool (their
+        open/read/close syscalls overlap with packing and compression)."""
+        records: dict[str, FileData] = {}
+        small_max = self.block_size if self.fragments_enabled else 0
+        items: list = []  # a (path, Data, size) for a large file, a list for a batch of small ones
+        batch: list = []
+        batch_bytes = 0
+        for path, data in files:
+            size = data.size if data is not None else 0
+            if size == 0 or data is None:
+                records[path] = FileData(0)
+            elif size < small_max:
+                batch.append((path, data, size))
+                batch_bytes += size
+                if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
+                    items.append(batch)
+                    batch, batch_bytes = [], 0
+            else:
+                if batch:
+                    items.append(batch)
+                    batch, batch_bytes = [], 0
+                items.append((path, data, size))
+        if batch:
+            items.append(batch)
+
+        ahead: deque = deque()  # (item index, future) of batches being read
+        next_read = 0
+        for i, item in enumerate(items):
+            # Keep a bounded number of batches in flight ahead of this item.
+            while next_read < len(items) and len(ahead) < _BATCHES_AHEAD:
+                if isinstance(items[next_read], list):
+                    ahead.append((next_read, self._submit_read(items[next_read])))
+                next_read += 1
+            if isinstance(item, list):
+                index, future = ahead.popleft()
+                assert index == i
+                for (path, data, size), content in zip(item, future.result(), strict=True):
+                    rec = records[path] = FileData(size)
+                    self._add_small(rec, data, content, path)
+            else:
+                path, data, size = item
+                rec = records[path] = FileData(size)
+                self._add_blocks(rec, data, path)
+        return records
+
+    def _submit_read(self, batch: list):
+        if self.pool is None:
+            return _Done(_read_batch(batch))
+        return self.pool.submit(_read_batch, batch)
 
     def _reader(self, data: Data, path: str) -> tuple[Callable[[int, memoryview], int], int]:
         """A readinto(offset, view) for ``data`` and a descriptor to close (-1)."""
@@ -269,57 +337,33 @@ class DataWriter:
             done += n
         return True
 
-    def _read_small(self, data: Data, view: memoryview, path: str) -> int:
-        """Fill ``view`` with a small file's contents; the per-file path of
-        trees of many small files, so kept lean."""
-        if type(data) is FileRangeData:
-            try:
-                fd = os.open(data.path, _O_READ)
-            except OSError as e:
-                raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") from None
-            try:
-                got = os.preadv(fd, [view], data.offset)
-                while 0 < got < len(view):
-                    more = os.preadv(fd, [view[got:]], data.offset + got)
-                    if more <= 0:
-                        break
-                    got += more
-            finally:
-                os.close(fd)
-            return got
-        read, fd = self._reader(data, path)
-        return read(0, view)
-
-    def _add_small(self, rec: FileData, data: Data, path: str) -> None:
+    def _add_small(self, rec: FileData, data: Data, content: bytes, path: str) -> None:
         size = rec.size
         fill = self._frag_fill
         if self._frag_buf is None or fill + size > self.block_size:
             if self._frag_buf is not None:
                 self._flush_fragment()
             self._frag_buf = self._take_buffer()
-            self._frag_view = memoryview(self._frag_buf)
             fill = self._frag_fill = 0
         buf = self._frag_buf
-        if self._read_small(data, self._frag_view[fill:fill + size], path) != size:
-            raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
         if self.dedup:
-            key = (size, zlib.crc32(self._frag_view[fill:fill + size]))
+            key = (size, zlib.crc32(content))
             candidates = self._dups_small.get(key)
             if candidates is None:
                 self._dups_small[key] = [(rec, data)]
             else:
-                mine = buf[fill:fill + size]
                 for other, other_data in candidates:
                     if other.fragment == self._frag_count:
                         off = other.fragment_offset
-                        same = mine == buf[off:off + size]
+                        same = content == buf[off:off + size]
                     else:
-                        same = mine == other_data.read(0, size)
+                        same = content == other_data.read(0, size)
                     if same:
                         rec.fragment = other.fragment
                         rec.fragment_offset = other.fragment_offset
                         return
                 candidates.append((rec, data))
+        buf[fill:fill + size] = content
         rec.fragment = self._frag_count
         rec.fragment_offset = fill
         self._frag_fill = fill + size

@@ -39,7 +39,18 @@ _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
                Kind.SOCKET: layout.INODE_SOCKET}
 _U32 = 0xFFFFFFFF
 _INODE_HEADER_PACK = layout.INODE_HEADER.pack
+_FILE_INODE_PACK = layout.FILE_INODE.pack
+_DIR_ENTRY_PACK = layout.DIR_ENTRY.pack
 _MAX_IDS = 65536
+
+
+def _block_words(rec: FileData) -> bytes:
+    """The little-endian u32 block size list of a file inode."""
+    words = rec.block_sizes
+    if sys.byteorder != "little":
+        words = words[:]
+        words.byteswap()
+    return words.tobytes()
 
 
 class SquashfsPlan(Plan):
@@ -132,6 +143,7 @@ class ImageWriter:
         self.refs: dict[str, int] = {}  # inode key -> inode reference
         self.files: dict[str, FileData] = {}
         self.inode_of: dict[str, Entry] = {}  # inode key -> entry holding its metadata
+        self.dirent: dict[str, tuple[int, int, int]] = {}  # inode key -> (ref, number, type)
 
     # -- the walk
 
@@ -224,9 +236,7 @@ class ImageWriter:
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
                             self.s.fragments, self.s.dedup)
         try:
-            for key, inode in files:
-                data = inode.data
-                self.files[key] = writer.add_file(data, data.size if data else 0, key)
+            self.files = writer.add_files([(key, inode.data) for key, inode in files])
             end = writer.finish()
         finally:
             writer.close()
@@ -263,15 +273,34 @@ class ImageWriter:
         return self.xattrs.add(inode.xattrs, inode.path)
 
     def _write_inodes(self, order, nlinks: dict[str, int], inode_count: int) -> int:
+        refs, dirent = self.refs, self.dirent
+        inode_of, numbers, files = self.inode_of, self.numbers, self.files
+        inodes = self.inodes
         for entry, kids in order:
             if kids is None:
                 key = entry.path if entry.link is None else entry.link
-                if key not in self.refs:
-                    self.refs[key] = self._write_leaf(self.inode_of[key], key, nlinks[key])
+                if key in refs:
+                    continue
+                inode = inode_of[key]
+                rec = files.get(key)
+                if (rec is not None and nlinks[key] == 1 and not inode.xattrs
+                        and rec.size <= _U32 and rec.blocks_start <= _U32 and not rec.sparse):
+                    # The common case, a plain file, in one pack.
+                    ref = inodes.ref
+                    head = self._header(layout.INODE_FILE, inode, numbers[key])
+                    inodes.write(head + _FILE_INODE_PACK(rec.blocks_start, rec.fragment,
+                                                         rec.fragment_offset, rec.size))
+                    if rec.block_sizes:
+                        inodes.write(_block_words(rec))
+                else:
+                    ref = self._write_leaf(inode, key, nlinks[key])
+                refs[key] = ref
+                dirent[key] = (ref, numbers[key], _BASIC_TYPE[inode.kind])
             else:
-                self.refs[entry.path] = self._write_dir(entry, kids, nlinks[entry.path],
-                                                        inode_count)
-        return self.refs[""]
+                ref = refs[entry.path] = self._write_dir(entry, kids, nlinks[entry.path],
+                                                         inode_count)
+                dirent[entry.path] = (ref, numbers[entry.path], layout.INODE_DIR)
+        return refs[""]
 
     def _write_leaf(self, inode: Entry, key: str, nlink: int) -> int:
         ref = self.inodes.ref
@@ -305,11 +334,7 @@ class ImageWriter:
     @staticmethod
     def _file_body(rec: FileData, nlink: int, xattr: int) -> tuple[bool, bytes]:
         """(extended?, the file inode's body with its block size list)."""
-        words = rec.block_sizes
-        if sys.byteorder != "little":
-            words = words[:]
-            words.byteswap()
-        sizes = words.tobytes()
+        sizes = _block_words(rec)
         if (nlink > 1 or xattr != layout.INVALID_XATTR or rec.size > _U32
                 or rec.blocks_start > _U32 or rec.sparse):
             return True, layout.LFILE_INODE.pack(
@@ -350,14 +375,13 @@ class ImageWriter:
         count = 0
         base_block = base_number = 0
         index_block = start_pos // layout.METADATA_SIZE
+        dirent = self.dirent
         for kid in kids:
-            key = kid.path if kid.link is None else kid.link
             name = kid.name.encode("utf-8", "surrogateescape")
             if not 0 < len(name) <= layout.NAME_MAX:
                 raise UnsupportedError(f"/{kid.path}: name longer than {layout.NAME_MAX} bytes")
-            ref = self.refs[key]
+            ref, number, inode_type = dirent[kid.path if kid.link is None else kid.link]
             block, offset = ref >> 16, ref & 0xFFFF
-            number = self.numbers[key]
             if (header_at < 0 or count == layout.DIR_ENTRIES_MAX or block != base_block
                     or not layout.DIR_INODE_DELTA_MIN <= number - base_number
                     <= layout.DIR_INODE_DELTA_MAX):
@@ -372,9 +396,7 @@ class ImageWriter:
                 buf += bytes(layout.DIR_HEADER.size)
                 count = 0
                 base_block, base_number = block, number
-            inode_type = _BASIC_TYPE[self.inode_of[key].kind]
-            buf += layout.DIR_ENTRY.pack(offset, number - base_number, inode_type,
-                                         len(name) - 1)
+            buf += _DIR_ENTRY_PACK(offset, number - base_number, inode_type, len(name) - 1)
             buf += name
             count += 1
         if header_at >= 0:
