@@ -51,7 +51,10 @@ def sink(plan, path: str, opts: dict, ctx: Context) -> None:
     try:
         if backing_name:
             backing, backing_format = open_backing(backing_name, backing_format, out_dir, ctx)
-        image = ImageBuilder(fd, plan.size, cluster_size, version, compression_type,
+        # qemu sees disks in 512-byte sectors (and drops a partial last one):
+        # round up, as qemu-img convert does for such a raw file
+        virtual_size = -(-plan.size // layout.SECTOR) * layout.SECTOR
+        image = ImageBuilder(fd, virtual_size, cluster_size, version, compression_type,
                              backing_name, backing_format)
         if compress == "none" and backing is None:
             plan.write_to(Qcow2Target(image))

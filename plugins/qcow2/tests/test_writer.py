@@ -241,4 +241,4 @@ def test_empty_and_tiny_disks(qemu, tmp_path, size):
         out = write(FileVolume(raw), str(tmp_path / f"tiny{len(opts)}.qcow2"), **opts)
         qemu.check(out)
         qemu.compare(raw, out)
-        assert qemu.info(out)["virtual-size"] == size
+        assert qemu.info(out)["virtual-size"] == -(-size // 512) * 512  # as qemu-img rounds
