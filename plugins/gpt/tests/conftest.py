@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import pytest
@@ -90,5 +89,3 @@ def file_bytes(volume: FileVolume) -> bytes:
 def volume_bytes():
     return file_bytes
 
-
-__all__ = ["os"]
