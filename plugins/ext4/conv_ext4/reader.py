@@ -55,8 +55,10 @@ SYMLINK_MAX = 4096
 _NS = 1_000_000_000
 
 _INODE_STRUCT = L.INODE.struct
-_INODE_EXTRA_OFFSETS = {n: L.INODE.offsets[n] for n in (
-    "i_ctime_extra", "i_mtime_extra", "i_atime_extra", "i_crtime", "i_crtime_extra")}
+#: where each extra field ends: it is present when 128 + i_extra_isize reaches it.
+_EXTRA_END = {key: L.INODE.offsets[field] + 4 for key, field in (
+    ("ctime", "i_ctime_extra"), ("mtime", "i_mtime_extra"), ("atime", "i_atime_extra"),
+    ("crtime", "i_crtime"), ("crtime_extra", "i_crtime_extra"))}
 
 
 def _feature_names(compat: int, incompat: int, ro_compat: int) -> list[str]:
@@ -352,20 +354,23 @@ class INode:
     def __init__(self, fs: Ext4, ino: int, raw: bytes) -> None:
         self.fs = fs
         self.ino = ino
-        (mode, uid, size_lo, atime, ctime, mtime, dtime, gid, links, blocks_lo, flags, _v,
+        padded = raw if len(raw) >= _INODE_STRUCT.size else raw + bytes(_INODE_STRUCT.size)
+        (mode, uid, size_lo, atime, ctime, mtime, _dtime, gid, links, blocks_lo, flags, _v,
          i_block, generation, acl_lo, size_hi, _faddr, blocks_hi, acl_hi, uid_hi, gid_hi,
-         csum_lo, _r) = _INODE_STRUCT.unpack_from(raw + bytes(32), 0)[:23]
+         csum_lo, _r, extra_isize, _csum_hi, ctime_x, mtime_x, atime_x, crtime, crtime_x,
+         _version_hi, _projid) = _INODE_STRUCT.unpack_from(padded, 0)
         if mode == 0 or links == 0:
             raise CorruptError(f"inode {ino} is not in use (mode {mode:#o}, {links} links)")
-        extra_isize = 0
-        if fs.inode_size > L.INODE_BASE_SIZE:
-            extra_isize = struct.unpack_from("<H", raw, L.INODE_BASE_SIZE)[0]
-            if extra_isize > fs.inode_size - L.INODE_BASE_SIZE or extra_isize % 4:
-                raise CorruptError(f"inode {ino}: i_extra_isize {extra_isize} is invalid")
+        if fs.inode_size == L.INODE_BASE_SIZE:
+            extra_isize = 0
+        elif extra_isize > fs.inode_size - L.INODE_BASE_SIZE or extra_isize % 4:
+            raise CorruptError(f"inode {ino}: i_extra_isize {extra_isize} is invalid")
         self.raw = raw
         self.extra_isize = extra_isize
         self.generation = generation
-        if fs.metadata_csum and fs.verify:
+        self.csum_seed = fs.inode_seed(ino, generation) if fs.metadata_csum and fs.verify \
+            else None
+        if self.csum_seed is not None:
             self._check_csum(csum_lo)
         try:
             self.kind = Kind.from_mode(mode)
@@ -383,14 +388,13 @@ class INode:
         self.file_acl = acl_lo | acl_hi << 32
         blocks = blocks_lo | (blocks_hi << 32 if fs.huge_file else 0)
         self.blocks_512 = blocks * (fs.block_size // 512) if flags & L.HUGE_FILE_FL else blocks
+        # An extra field counts only when i_extra_isize covers it.
         end = L.INODE_BASE_SIZE + extra_isize
-        extra = {n: (_U32.unpack_from(raw, off)[0] if off + 4 <= end else None)
-                 for n, off in _INODE_EXTRA_OFFSETS.items()}
-        self.atime_ns = _time_ns(atime, extra["i_atime_extra"])
-        self.mtime_ns = _time_ns(mtime, extra["i_mtime_extra"])
-        self.ctime_ns = _time_ns(ctime, extra["i_ctime_extra"])
-        crtime = extra["i_crtime"]
-        self.crtime_ns = None if crtime is None else _time_ns(crtime, extra["i_crtime_extra"])
+        self.ctime_ns = _time_ns(ctime, ctime_x if end >= _EXTRA_END["ctime"] else None)
+        self.mtime_ns = _time_ns(mtime, mtime_x if end >= _EXTRA_END["mtime"] else None)
+        self.atime_ns = _time_ns(atime, atime_x if end >= _EXTRA_END["atime"] else None)
+        self.crtime_ns = None if end < _EXTRA_END["crtime"] else _time_ns(
+            crtime, crtime_x if end >= _EXTRA_END["crtime_extra"] else None)
         if flags & L.ENCRYPT_FL:
             raise UnsupportedError(f"inode {ino}: encrypted files are not supported")
 
@@ -410,14 +414,6 @@ class INode:
         crc = crc32c_raw(self.csum_seed, buf)
         if (crc if has_hi else crc & 0xFFFF) != stored:
             raise CorruptError(f"inode {self.ino}: checksum mismatch")
-
-    @cached_property
-    def csum_seed(self) -> int | None:
-        """Seed of this inode's own, extent, directory and htree checksums."""
-        fs = self.fs
-        if not (fs.metadata_csum and fs.verify):
-            return None
-        return fs.inode_seed(self.ino, self.generation)
 
     def is_dir(self) -> bool:
         return self.kind is Kind.DIR
