@@ -11,6 +11,8 @@ extract it, each as one subprocess whose wall time and peak RSS come from
 os.wait4. Both get the same number of cores. The ratio is conv / unsquashfs
 (below 1 means conv is faster). The two extractions are compared file by
 file (type, mode, size, content), so a fast wrong answer does not count.
+"read-only" is conv's reader alone (decode, then read every file's data into
+one buffer, nothing written): what the reader costs apart from the dir sink.
 """
 
 from __future__ import annotations
@@ -71,6 +73,23 @@ def measure(cmd: list[str]) -> tuple[float, int]:
     return wall, usage.ru_maxrss
 
 
+#: conv's reader alone, through its Python API: decode the image and read
+#: every file's contents into one reused buffer (no output written)
+READ_ONLY = """
+import sys
+from convcore.blockdev import FileVolume
+from conv_squashfs.reader import decode
+buf = memoryview(bytearray(1 << 20))
+tree = decode(FileVolume(sys.argv[1]), {}, None)
+for entry in tree.data_order():
+    data = entry.data
+    for start, length in data.extents():
+        pos, end = start, start + length
+        while pos < end:
+            pos += data.readinto(pos, buf[: min(len(buf), end - pos)])
+"""
+
+
 def same_trees(a: str, b: str) -> str | None:
     """None when both extractions hold the same entries, else the first difference."""
     for dirpath, dirnames, filenames in os.walk(a):
@@ -107,7 +126,7 @@ def main() -> None:
     print(f"squashfs -> dir, block size {args.block_size}, {cores} cores, "
           f"tree: {args.tree or 'synthetic'}")
     print(f"{'codec':6} {'image MiB':>9} {'unsquashfs s':>12} {'conv s':>8} {'ratio':>6} "
-          f"{'unsq RSS MiB':>12} {'conv RSS MiB':>12}  output", flush=True)
+          f"{'unsq RSS MiB':>12} {'conv RSS MiB':>12} {'read-only s':>11}  output", flush=True)
     try:
         tree = args.tree
         if tree is None:
@@ -121,10 +140,12 @@ def main() -> None:
             ref_out, conv_out = os.path.join(work, "ref"), os.path.join(work, "conv")
             rw, rr = measure(["unsquashfs", "-q", "-n", "-p", str(cores), "-d", ref_out, img])
             cw, cr = measure(["conv", "-q", "convert", f"raw:{img} -> squashfs -> dir:{conv_out}"])
+            read_only, _ = measure([sys.executable, "-c", READ_ONLY, img])
             verdict = "not checked" if args.no_verify else (same_trees(ref_out, conv_out)
                                                              or "same")
             print(f"{comp:6} {os.path.getsize(img) / 2**20:9.1f} {rw:12.2f} {cw:8.2f} "
-                  f"{cw / rw:6.2f} {rr / 1024:12.0f} {cr / 1024:12.0f}  {verdict}", flush=True)
+                  f"{cw / rw:6.2f} {rr / 1024:12.0f} {cr / 1024:12.0f} {read_only:11.2f}  "
+                  f"{verdict}", flush=True)
             shutil.rmtree(ref_out, ignore_errors=True)
             shutil.rmtree(conv_out, ignore_errors=True)
             os.unlink(img)
