@@ -11,7 +11,7 @@ import os
 import sys
 import zlib
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 
 from conv_qcow2 import layout
@@ -298,17 +298,21 @@ class Qcow2Volume(Volume):
             return DATA
         return ZERO if zero else UNALLOCATED
 
-    def _decompress(self, descriptor: int, c: int) -> bytes:
-        if self._cluster_cache is not None and self._cluster_cache[0] == c:
-            return self._cluster_cache[1]
-        cs = self.cluster_size
+    def _read_compressed(self, descriptor: int, c: int) -> bytes:
+        """The stored bytes of a compressed cluster (with whatever trails it
+        in its last sector)."""
         offset = descriptor & self.compressed_offset_mask
         sectors = ((descriptor >> self.csize_shift) & self.csize_mask) + 1
         length = sectors * layout.SECTOR - (offset & (layout.SECTOR - 1))
         if offset >= self.file_size:
-            raise CorruptError(f"{self.path}: compressed cluster for guest offset {c * cs} at "
-                               f"offset {offset} lies past the end of the file")
-        packed = self._file.pread(min(length, self.file_size - offset), offset)
+            raise CorruptError(f"{self.path}: compressed cluster for guest offset "
+                               f"{c * self.cluster_size} at offset {offset} lies past the end "
+                               "of the file")
+        return self._file.pread(min(length, self.file_size - offset), offset)
+
+    def _inflate(self, packed: bytes, c: int) -> bytes:
+        """Decompress one cluster, never past the cluster size. Thread-safe."""
+        cs = self.cluster_size
         what = f"{self.path}: compressed cluster for guest offset {c * cs}"
         if self.header.compression_type == layout.COMPRESSION_ZSTD:
             out = _unzstd(packed, cs, what)
@@ -322,6 +326,12 @@ class Qcow2Volume(Volume):
                 raise CorruptError(f"{what} does not inflate: {e}") from None
         if len(out) != cs:
             raise CorruptError(f"{what} inflates to {len(out)} bytes, not {cs}")
+        return out
+
+    def _decompress(self, descriptor: int, c: int) -> bytes:
+        if self._cluster_cache is not None and self._cluster_cache[0] == c:
+            return self._cluster_cache[1]
+        out = self._inflate(self._read_compressed(descriptor, c), c)
         self._cluster_cache = (c, out)
         return out
 
@@ -379,9 +389,42 @@ class Qcow2Volume(Volume):
             pos += n
 
     def write_to(self, target) -> None:
-        # copy_from_volume lands in copy_to_fd: data clusters move in the kernel
-        for start, length in self.data_ranges():
-            target.copy_from_volume(self, start, length, start)
+        """Copy the whole disk into ``target``: plain clusters through
+        copy_from_volume (copy_file_range for file targets), compressed ones
+        decompressed on a thread pool, all written in disk order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = os.cpu_count() or 1
+        pending: deque = deque()  # (offset, length, future or None), in disk order
+
+        def flush_one() -> None:
+            offset, length, fut = pending.popleft()
+            if fut is None:
+                target.copy_from_volume(self, offset, length, offset)
+            else:
+                within = offset & (self.cluster_size - 1)
+                target.pwrite(memoryview(fut.result())[within:within + length], offset)
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="conv-qcow2-read") as pool:
+            for start, length in self.data_ranges():
+                pos, end = start, start + length
+                while pos < end:
+                    kind, where, n = self._segment(pos, end - pos)
+                    if kind == COMPRESSED:
+                        c = pos >> self.cluster_bits
+                        packed = self._read_compressed(where, c)
+                        pending.append((pos, n, pool.submit(self._inflate, packed, c)))
+                    elif pending and pending[-1][2] is None \
+                            and pending[-1][0] + pending[-1][1] == pos:
+                        last = pending.pop()
+                        pending.append((last[0], last[1] + n, None))
+                    else:
+                        pending.append((pos, n, None))
+                    pos += n
+                    while len(pending) > threads * 8:
+                        flush_one()
+            while pending:
+                flush_one()
 
     def data_ranges(self) -> Iterator[tuple[int, int]]:
         own = list(self._own_ranges())

@@ -101,3 +101,18 @@ def test_extended_l2_subclusters(qemu, sample_raw, tmp_path, monkeypatch):
     vol = assert_reads_like(qemu, str(tmp_path / "ext.qcow2"), tmp_path)
     assert vol.info["extended_l2"] is True
     vol.close()
+
+
+def test_sparse_2tib_image_with_multi_cluster_l1(qemu, tmp_path):
+    image = str(tmp_path / "big.qcow2")
+    # 4 KiB clusters: the L1 table of a 2 TiB disk spans 2048 clusters
+    qemu.img("create", "-f", "qcow2", "-o", "cluster_size=4096", image, "2T")
+    qemu.io(image, "write -P 0x5a 1T 64k", "write -P 0x33 2047G 5000", "write -z 100G 4k")
+    vol = source(image, {}, Context())
+    assert vol.size == 2 << 40
+    assert vol.pread(65536, 1 << 40) == b"\x5a" * 65536
+    assert vol.pread(8192, 2047 << 30) == b"\x33" * 5000 + bytes(3192)
+    assert vol.pread(4096, (1 << 40) - 4096) == bytes(4096)
+    # 5000 bytes at 2047G allocate two 4 KiB clusters
+    assert list(vol.data_ranges()) == [(1 << 40, 65536), (2047 << 30, 8192)]
+    vol.close()
