@@ -74,6 +74,8 @@ def _fill_source(root: str) -> dict:
         for i in range(FRAG_CHUNKS):
             f.seek(i * FRAG_STRIDE)
             f.write(bytes([65 + i]) * 3000)
+    with open(os.path.join(root, "etc", "inline-100"), "wb") as f:
+        f.write(bytes(range(100)))
     with open(os.path.join(root, "var", "deep.bin"), "wb") as f:
         for i in range(DEEP_CHUNKS):  # more extents than a 1 KiB-block depth-1 tree holds
             f.seek(i * 8192)
@@ -283,15 +285,17 @@ def test_big_directory_is_indexed_and_complete(variant, source):
     assert fs.get("big/n02999-" + "y" * (2999 % 23)).ino == names["n02999-" + "y" * (2999 % 23)]
 
 
-def test_inline_data_is_inline(source, tmp_path):
-    image = _mkfs(source, str(tmp_path / "inline.img"), ["-t", "ext4", "-O", "inline_data"])
-    with _closing(FileVolume(image)) as volume:
-        fs = Ext4(volume)
-        hostname = fs.get("etc/hostname")
-        assert hostname.inline
-        assert hostname.open().read() == b"conv-test\n"
-        assert fs.get("var/lib/deep/er").inline  # a small directory lives in its inode
-        assert fs.get("var/lib/deep/er").listdir() == {"still": fs.get("var/lib/deep/er/still").ino}
+@pytest.mark.parametrize("variant", ["ext4-inline"], indirect=True)
+def test_inline_data_is_inline(variant):
+    fs = Ext4(variant[2])
+    hostname = fs.get("etc/hostname")
+    assert hostname.inline
+    assert hostname.open().read() == b"conv-test\n"
+    spilled = fs.get("etc/inline-100")  # 60 bytes in i_block, 40 in system.data
+    assert spilled.inline and "system.data" not in spilled.xattrs
+    assert spilled.open().read() == bytes(range(100))
+    assert fs.get("var/lib/deep/er").inline  # a small directory lives in its inode
+    assert fs.get("var/lib/deep/er").listdir() == {"still": fs.get("var/lib/deep/er/still").ino}
 
 
 class _closing:
