@@ -180,9 +180,20 @@ class Context:
         #: seconds; clamps tree times, and is the time written into filesystem
         #: headers (0 when unset, never the clock).
         self.epoch = epoch
+        #: True when the user chose the seed (--seed); otherwise a chain may
+        #: mix what it reads into it (``derive_seed``).
+        self.seed_given = seed is not None
         self.seed = seed if seed is not None else (str(epoch) if epoch is not None else "conv")
         self.quiet = quiet
         self.debug = debug
+
+    def derive_seed(self, *inputs: str) -> None:
+        """Without --seed, make the seed depend on what is being built (the
+        chain's sources and options, not the output name), so two different
+        disks built the same day do not share filesystem and partition
+        UUIDs, while the same command still gives the same bytes."""
+        if not self.seed_given:
+            self.seed = hashlib.sha256("\0".join((self.seed, *inputs)).encode()).hexdigest()
 
     @property
     def timestamp(self) -> int:

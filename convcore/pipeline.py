@@ -209,6 +209,12 @@ class Chain:
             if out == os.path.abspath(first.path):
                 raise UsageError(f"{last.label}: the output would overwrite the input")
 
+    def identity(self) -> list[str]:
+        """The chain's stages and options without paths (paths differ between
+        build machines; the content they hold is fingerprinted instead)."""
+        return [f"{s.name}[{','.join(f'{k}={v}' for k, v in sorted(s.options.items()))}]"
+                for s in self.stages]
+
     # -- execution
     def open_source(self, ctx: Context) -> tuple[Any, int]:
         """Run the first stage (and, for ``image:``, peel what it detects).
@@ -256,6 +262,7 @@ class Chain:
         """Execute the chain; returns the final value (a Tree or Volume when
         the chain has no sink)."""
         value, start = self.open_source(ctx)
+        ctx.derive_seed(*self.identity(), fingerprint(value))
         if isinstance(value, Tree) and ctx.epoch is not None:
             value.clamp_times(ctx.epoch * 1_000_000_000)
         encoding = False
@@ -268,7 +275,7 @@ class Chain:
             if decode and fmt.encode is not None and fmt.encode_kind == VOLUME:
                 # Both directions take a volume (gpt): decode a disk that holds
                 # this table, or when asked for a partition; else wrap it.
-                picked = any(o in stage.options for o in ("part", "partition"))
+                picked = "part" in stage.options
                 detected = detect_layer(self.reg, value)
                 decode = picked or (detected is not None and detected.name == fmt.name)
             if decode:
@@ -300,6 +307,21 @@ class Chain:
             raise _mismatch(stage, fmt, kind)
         assert sink is not None and stage.path is not None
         write_atomically(stage.path, lambda tmp: sink(value, tmp, sink_opts, ctx))
+
+
+def fingerprint(value: Any) -> str:
+    """A cheap digest of what a chain reads (tree metadata, or a volume's size
+    and first bytes), so the default seed differs between different inputs."""
+    import hashlib
+    h = hashlib.sha256()
+    if isinstance(value, Tree):
+        for e in value:
+            h.update(f"{e.path}\0{e.kind.value}\0{e.mode}\0{e.size}\0{e.mtime_ns}\0"
+                     f"{e.target}\0{e.link}\0".encode("utf-8", "surrogateescape"))
+    elif isinstance(value, Volume):
+        h.update(str(value.size).encode())
+        h.update(_head(value))
+    return h.hexdigest()
 
 
 def write_atomically(path: str, write) -> None:

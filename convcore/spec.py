@@ -522,6 +522,8 @@ def build(spec_path: str, ctx: Context, output: str | None = None) -> None:
     from convcore.pipeline import write_atomically
     from convcore.plugins import registry
     disk = load(spec_path)
+    with open(spec_path, "rb") as f:
+        ctx.derive_seed(f.read().decode("utf-8", "replace"))
     out = os.path.abspath(output) if output else disk.output
     if not out:
         raise UsageError(f"{spec_path}: disk.output: no output path (add output = \"disk.img\" "

@@ -189,3 +189,30 @@ def test_oci_layout_to_ext4_passes_e2fsck(tmp_path, sample_dir):
     run_conv("convert", f"oci:{layout} -> ext4 -> raw:{img}", check=True)
     fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
+
+
+def test_default_uuids_follow_the_input_and_seed_overrides(tmp_path):
+    """Without --seed, two different trees get different filesystem UUIDs
+    (two disks on one machine must not collide), the same tree the same one;
+    --seed makes them whatever the input."""
+    def fs_uuid(img) -> bytes:
+        with open(img, "rb") as f:
+            f.seek(1024 + 104)
+            return f.read(16)
+
+    trees = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        (root / "etc").mkdir(parents=True)
+        (root / "etc" / "hostname").write_text(name)
+        trees.append(root)
+    uuids = {}
+    for name, root, seed in (("a1", trees[0], None), ("a2", trees[0], None),
+                             ("b", trees[1], None), ("sa", trees[0], "s"),
+                             ("sb", trees[1], "s")):
+        img = tmp_path / f"{name}.img"
+        args = (["--seed", seed] if seed else []) + ["convert", f"dir:{root} -> ext4:{img}"]
+        run_conv(*args, check=True)
+        uuids[name] = fs_uuid(img)
+    assert uuids["a1"] == uuids["a2"] != uuids["b"]
+    assert uuids["sa"] == uuids["sb"]
