@@ -10,7 +10,8 @@ For every tree and codec, runs in one go:
   mksquashfs TREE OUT -comp C -Xcompression-level L -b BS -processors N -noappend
 (xz has no level in mksquashfs 4.5 and conv uses the same preset; lz4 runs
 without -Xhc on both sides). Each run is one subprocess; wall time and peak
-RSS come from os.wait4. Ratios are conv / mksquashfs (below 1: conv is
+RSS (and user + system CPU seconds, telling on a shared machine) come from
+os.wait4. Ratios are conv / mksquashfs (below 1: conv is
 faster/smaller). Each conv image is judged by ``unsquashfs -s``/``-lln``, so a
 fast wrong answer does not count.
 """
@@ -47,8 +48,8 @@ def build_small_files(root: str, count: int) -> None:
             f.write(body)
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MiB) of one subprocess."""
+def timed(cmd: list[str]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds (user + system), peak RSS in MiB) of one subprocess."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -57,7 +58,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
-    return wall, usage.ru_maxrss // 1024
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024
 
 
 def run_pair(tree: str, comp: str, level: int | None, block_size: int, threads: int,
@@ -75,23 +76,26 @@ def run_pair(tree: str, comp: str, level: int | None, block_size: int, threads: 
         mk += ["-Xcompression-level", str(level)]
     conv = [sys.executable, "-m", "convcore.cli", "convert",
             f"dir:{tree} -> squashfs[{','.join(opts)}] -> raw:{conv_img}"]
-    conv_wall, conv_rss = timed(conv)
-    mk_wall, mk_rss = timed(mk)
+    conv_wall, conv_cpu, conv_rss = timed(conv)
+    mk_wall, mk_cpu, mk_rss = timed(mk)
     subprocess.run(["unsquashfs", "-s", conv_img], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["unsquashfs", "-lln", conv_img], check=True, stdout=subprocess.DEVNULL)
-    return {"comp": comp, "conv_wall": conv_wall, "mk_wall": mk_wall, "conv_rss": conv_rss,
+    return {"comp": comp, "conv_wall": conv_wall, "mk_wall": mk_wall, "conv_cpu": conv_cpu,
+            "mk_cpu": mk_cpu, "conv_rss": conv_rss,
             "mk_rss": mk_rss, "conv_size": os.path.getsize(conv_img),
             "mk_size": os.path.getsize(mk_img)}
 
 
 def report(name: str, rows: list[dict]) -> None:
     print(f"\n{name}")
-    print(f"{'codec':6} {'conv s':>8} {'mksq s':>8} {'time x':>7} {'conv MiB':>9} "
-          f"{'mksq MiB':>9} {'conv size':>12} {'mksq size':>12} {'size x':>7}")
+    print(f"{'codec':6} {'conv s':>7} {'mksq s':>7} {'time x':>7} {'conv cpu':>8} "
+          f"{'mksq cpu':>8} {'cpu x':>6} {'conv MiB':>8} {'mksq MiB':>8} {'conv size':>11} "
+          f"{'mksq size':>11} {'size x':>7}")
     for r in rows:
-        print(f"{r['comp']:6} {r['conv_wall']:8.2f} {r['mk_wall']:8.2f} "
-              f"{r['conv_wall'] / r['mk_wall']:7.2f} {r['conv_rss']:9d} {r['mk_rss']:9d} "
-              f"{r['conv_size']:12d} {r['mk_size']:12d} {r['conv_size'] / r['mk_size']:7.4f}")
+        print(f"{r['comp']:6} {r['conv_wall']:7.2f} {r['mk_wall']:7.2f} "
+              f"{r['conv_wall'] / r['mk_wall']:7.2f} {r['conv_cpu']:8.2f} {r['mk_cpu']:8.2f} "
+              f"{r['conv_cpu'] / r['mk_cpu']:6.2f} {r['conv_rss']:8d} {r['mk_rss']:8d} "
+              f"{r['conv_size']:11d} {r['mk_size']:11d} {r['conv_size'] / r['mk_size']:7.4f}")
 
 
 def main() -> None:

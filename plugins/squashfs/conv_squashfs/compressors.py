@@ -326,11 +326,14 @@ class ZstdCodec(Codec):
 
 
 class LzoCodec(Codec):
-    """LZO1X (python-lzo, when installed)."""
+    """LZO1X (python-lzo, when installed): lzo1x_999 at level 8 (mksquashfs's
+    default), or lzo1x_1 with ``level=1``; python-lzo offers no other."""
 
     name = "lzo"
     comp_id = layout.COMP_LZO
-    default_level = 8  # lzo1x_999 level
+    default_level = 8
+    algorithm_1x_1 = 0
+    algorithm_1x_999 = 4
 
     def __init__(self, block_size: int, level: int | None = None) -> None:
         super().__init__(block_size, level)
@@ -338,11 +341,14 @@ class LzoCodec(Codec):
             import lzo
         except ImportError:
             raise UnsupportedError("squashfs lzo needs the 'python-lzo' package") from None
+        if self.level not in (1, 8):
+            raise UsageError(f"squashfs[level={self.level}]: lzo offers level 1 (lzo1x_1) "
+                             f"or 8 (lzo1x_999)")
         self._lzo = lzo
 
     def compress(self, data) -> bytes:
-        # python-lzo prepends a 5-byte header (flag + size) that squashfs omits.
-        return self._lzo.compress(bytes(data), self.level, False)
+        # python-lzo's level 9 is lzo1x_999_compress (level 8 inside liblzo).
+        return self._lzo.compress(bytes(data), 1 if self.level == 1 else 9, False)
 
     def decompress(self, data, max_size: int) -> bytes:
         try:
@@ -351,14 +357,16 @@ class LzoCodec(Codec):
             raise self._bad(e) from None
 
     def options(self) -> bytes | None:
-        return None
+        if self.level == self.default_level:
+            return None
+        return layout.LZO_OPTIONS.pack(self.algorithm_1x_1, 0)
 
     @classmethod
     def from_options(cls, block_size: int, raw: bytes | None) -> Codec:
-        if raw is None:
-            return cls(block_size)
-        opts = _read_options(layout.LZO_OPTIONS, raw, cls.name)
-        return cls(block_size, opts.compression_level or None)
+        # Every LZO1X variant decompresses alike; the options only say how it was made.
+        if raw is not None:
+            _read_options(layout.LZO_OPTIONS, raw, cls.name)
+        return cls(block_size)
 
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in

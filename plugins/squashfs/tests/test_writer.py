@@ -116,9 +116,11 @@ def _unsquashfs_decompressors() -> str:
     return (p.stdout + p.stderr).split("Decompressors available:")[-1]
 
 
-@pytest.mark.parametrize("comp", ["gzip", "xz", "lzma", "lz4", "zstd"])
+@pytest.mark.parametrize("comp", ["gzip", "xz", "lzma", "lz4", "zstd", "lzo"])
 def test_every_codec_extracts_the_sample_tree(sample, tmp_path, comp):
     require_tool("unsquashfs")
+    if comp == "lzo":
+        pytest.importorskip("lzo", reason="lzo is optional (pip install conv-squashfs[lzo])")
     if comp not in _unsquashfs_decompressors().split():
         pytest.skip(f"unsquashfs built without {comp}")
     image = build(dir_tree(sample), str(tmp_path / "img.sqfs"), comp=comp)
