@@ -82,6 +82,9 @@ def src(tmp_path_factory) -> str:
         f.write(blob)
     with open(os.path.join(root, "usr", "mebibyte"), "wb") as f:
         f.write(bytes(range(256)) * 4096)
+    # A name that is not UTF-8 comes back byte for byte (surrogate escapes).
+    with open(os.path.join(os.fsencode(root), b"latin1-\xe9.txt"), "wb") as f:
+        f.write(b"caf\xe9\n")
     big = os.path.join(root, "bigdir")
     os.mkdir(big)
     for i in range(700):
@@ -327,6 +330,7 @@ def test_truncated_image(small, tmp_path, cut):
     ("xattr_id_table_start", 97, "xattr"),
     ("root_inode_ref", 1 << 40, "root inode"),
     ("root_inode_ref", 5, "root directory"),
+    ("root_inode_ref", 1 << 16, "does not point at a metadata block"),
     ("inode_count", 1, "inode number"),
     ("bytes_used", 1 << 45, "truncated"),
 ])
