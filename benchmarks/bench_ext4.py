@@ -111,6 +111,7 @@ def run_pair(name: str, tree: str, work: str, limit: float | None) -> dict:
 
 
 def report(rows: list[dict]) -> None:
+    sys.stdout.flush()
     print(f"\n{'tree':28} {'size':>7} {'conv s':>8} {'mke2fs s':>9} {'time x':>7} "
           f"{'conv MiB':>9} {'mke2fs MiB':>11}")
     for r in rows:
@@ -119,7 +120,7 @@ def report(rows: list[dict]) -> None:
         ratio = r["conv_wall"] / abs(r["mk_wall"])
         print(f"{r['name']:28} {r['size']:6d}M {r['conv_wall']:8.2f} {mk:>9} "
               f"{'<' if r['mk_wall'] < 0 else ' '}{ratio:6.3f} {r['conv_rss']:9d} "
-              f"{r['mk_rss']:11d}")
+              f"{r['mk_rss']:11d}", flush=True)
 
 
 def main() -> None:
@@ -141,6 +142,7 @@ def main() -> None:
         tree = args.tree or ("/work/rootfs" if os.path.isdir("/work/rootfs") else None)
         if tree and "rootfs" in only:
             rows.append(run_pair(f"rootfs {tree}"[:28], tree, work, args.mke2fs_limit))
+            report(rows[-1:])
         builders = [("nested", f"{args.files} files nested", build_nested, args.files),
                     ("onedir", f"{args.files} files in one dir", build_onedir, args.files),
                     ("large", f"{args.gib} GiB of large files", build_large, args.gib)]

@@ -894,7 +894,10 @@ class Ext4Plan(Plan):
     def _superblock(self, group: int) -> bytes:
         o = self.o
         geo = self.geo
-        words = feature_words(o.feats)
+        feats = set(o.feats)
+        if self._jinode is None:
+            feats.discard("has_journal")  # too small for one, as mke2fs decides
+        words = feature_words(feats)
         t = o.timestamp & _M32
         jnl = b""
         if self._jinode is not None:

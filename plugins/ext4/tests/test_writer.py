@@ -450,3 +450,14 @@ def test_source_file_shorter_than_recorded(tmp_path):
     (src / "f").write_bytes(b"x" * 10)
     with pytest.raises(CorruptError, match="/f: file is shorter"):
         build(tree, tmp_path / "s.img")
+
+
+def test_tiny_filesystem_has_no_journal(tmp_path):
+    """Below 2048 blocks mke2fs makes no journal, and neither do we."""
+    require_tool("e2fsck", "dumpe2fs")
+    tree = Tree()
+    tree.add(Entry("f", Kind.FILE, data=BytesData(b"tiny")))
+    img = build(tree, tmp_path / "t.img", size=4 << 20)
+    fsck_clean(img)
+    info = run("dumpe2fs", "-h", img).stdout
+    assert "has_journal" not in re.search(r"Filesystem features:\s+(.*)", info).group(1)
