@@ -26,7 +26,7 @@ def _to_be(table: array) -> bytes:
     return swapped.tobytes()
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
+def pwrite_all(fd: int, data, offset: int) -> None:
     view = memoryview(data)
     while len(view):
         try:
@@ -137,7 +137,7 @@ class ImageBuilder:
         end = pos + n
         while end > self.next_host:  # spill into the next, contiguous, host cluster
             self.compressed_refs[self._alloc_host() // cs] = 0
-        _pwrite_all(self.fd, payload, pos)
+        pwrite_all(self.fd, payload, pos)
         extra_sectors = ((end - 1) >> 9) - (pos >> 9)
         self._set(guest_cluster, layout.OFLAG_COMPRESSED
                   | (extra_sectors << self.csize_shift) | pos)
@@ -185,8 +185,8 @@ class ImageBuilder:
         for index in sorted(self.l2):
             host = self._alloc_host()
             l1[index] = host | layout.OFLAG_COPIED
-            _pwrite_all(self.fd, _to_be(self.l2[index]), host)
-        _pwrite_all(self.fd, _to_be(l1), self.l1_offset)
+            pwrite_all(self.fd, _to_be(self.l2[index]), host)
+        pwrite_all(self.fd, _to_be(l1), self.l1_offset)
 
         # Refcount blocks and table cover every cluster including themselves.
         refcount_bits = 16
@@ -209,12 +209,12 @@ class ImageBuilder:
                 raise NoSpaceError(f"qcow2: host cluster {cluster} shared by {count} clusters")
             refs[cluster] = count
         refs.frombytes(bytes((blocks * per_block - total) * 2))
-        _pwrite_all(self.fd, _to_be(refs), blocks_offset)
+        pwrite_all(self.fd, _to_be(refs), blocks_offset)
         table = array("Q", (blocks_offset + i * cs for i in range(blocks)))
         table.frombytes(bytes(table_clusters * cs - blocks * 8))
-        _pwrite_all(self.fd, _to_be(table), table_offset)
+        pwrite_all(self.fd, _to_be(table), table_offset)
 
-        _pwrite_all(self.fd, self._header(table_offset, table_clusters), 0)
+        pwrite_all(self.fd, self._header(table_offset, table_clusters), 0)
         os.ftruncate(self.fd, self.next_host)
 
     def _header(self, refcount_table_offset: int, refcount_table_clusters: int) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import zlib
 from array import array
 from collections import OrderedDict, deque
@@ -483,25 +484,23 @@ class Qcow2Volume(Volume):
             self.fd = -1
 
 
-def _unzstd(packed: bytes, cs: int, what: str) -> bytes:
-    import io
+_zstd_local = threading.local()
 
+
+def _unzstd(packed: bytes, cs: int, what: str) -> bytes:
     import zstandard
+    dctx = getattr(_zstd_local, "dctx", None)
+    if dctx is None:  # a decompressor serves one thread at a time
+        dctx = _zstd_local.dctx = zstandard.ZstdDecompressor()
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(packed),
-                                                            read_across_frames=False)
-        out = bytearray()
-        while len(out) <= cs:
-            want = cs + 1 - len(out)
-            chunk = reader.read(want)
-            out += chunk
-            if len(chunk) < want:  # end of the frame: what follows is the next cluster
-                break
+        # the frame header's content size decides the allocation: check it first
+        declared = zstandard.frame_content_size(packed)
+        if declared > cs:
+            raise CorruptError(f"{what} inflates beyond the {cs}-byte cluster size")
+        # bytes after the frame belong to the next cluster (allow_extra_data)
+        return dctx.decompress(packed, max_output_size=cs)
     except zstandard.ZstdError as e:
         raise CorruptError(f"{what} does not decompress: {e}") from None
-    if len(out) > cs:
-        raise CorruptError(f"{what} inflates beyond the {cs}-byte cluster size")
-    return bytes(out)
 
 
 def _merge(ranges) -> Iterator[tuple[int, int]]:

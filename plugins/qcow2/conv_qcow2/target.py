@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 
-from conv_qcow2.image import ImageBuilder, _pwrite_all
+from conv_qcow2.image import ImageBuilder, pwrite_all
 from convcore.blockdev import FileVolume, Target, Volume, WindowVolume
 from convcore.errors import NoSpaceError
 from convcore.tree import COPY_CHUNK, FileRangeData, SegmentData, copy_range
@@ -78,7 +78,7 @@ class Qcow2Target(Target):
         view = memoryview(data).cast("B")
         self._check(offset, len(view))
         self._place(view, offset,
-                    lambda pos, host, n: _pwrite_all(self.fd, view[pos:pos + n], host))
+                    lambda pos, host, n: pwrite_all(self.fd, view[pos:pos + n], host))
 
     def _place(self, view: memoryview, offset: int,
                move: Callable[[int, int, int], None]) -> None:
@@ -193,7 +193,7 @@ class Qcow2Target(Target):
                 if got <= 0:
                     from convcore.errors import CorruptError
                     raise CorruptError(f"file data ended early at offset {file_off}")
-                _pwrite_all(self.fd, view[:got], host)
+                pwrite_all(self.fd, view[:got], host)
                 file_off += got
                 host += got
                 n -= got

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 from conv_qcow2 import layout
-from conv_qcow2.image import ImageBuilder, _pwrite_all
+from conv_qcow2.image import ImageBuilder, pwrite_all
 from conv_qcow2.target import ZEROS, Qcow2Target
 from convcore.blockdev import FileTarget, FileVolume, Volume
 from convcore.errors import NotFoundError, UsageError
@@ -169,7 +169,7 @@ def write_clusters(image: ImageBuilder, volume: Volume, compress: Callable[[byte
     def emit(c: int, result: tuple[int, bytes | None]) -> None:
         kind, payload = result
         if kind == _PLAIN:
-            _pwrite_all(image.fd, payload, image.allocate(c))
+            pwrite_all(image.fd, payload, image.allocate(c))
         elif kind == _COMPRESSED:
             image.put_compressed(c, payload)
         elif kind == _ZERO:

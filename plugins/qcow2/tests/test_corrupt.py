@@ -139,6 +139,9 @@ def _raw_deflate(data: bytes) -> bytes:
     (layout.COMPRESSION_ZLIB, b"\xff" * 3000, "does not inflate"),
     (layout.COMPRESSION_ZSTD, zstandard.ZstdCompressor().compress(bytes(64 * MiB)),
      "inflates beyond"),
+    # the same without a content size in the frame header: stopped by the output bound
+    (layout.COMPRESSION_ZSTD, zstandard.ZstdCompressor(write_content_size=False).compress(
+        bytes(64 * MiB)), "does not decompress"),
     (layout.COMPRESSION_ZSTD, b"\x28\xb5\x2f\xfd" + b"\x55" * 100, "does not decompress"),
 ])
 def test_bad_compressed_clusters(qemu, tmp_path, compression, payload, message):
