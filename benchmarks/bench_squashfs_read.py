@@ -8,7 +8,7 @@
 For each codec, mksquashfs builds one image from the tree (not timed); then
 `unsquashfs -d OUT -p N IMG` and `conv convert 'raw:IMG -> squashfs -> dir:OUT'`
 extract it, each as one subprocess whose wall time and peak RSS come from
-os.wait4. Both get the same number of cores. The ratio is conv / unsquashfs
+os.wait4 (wall and CPU time). Both get the same number of cores. The ratio is conv / unsquashfs
 (below 1 means conv is faster). The two extractions are compared file by
 file (type, mode, size, content), so a fast wrong answer does not count.
 "read-only" is conv's reader alone (decode, then read every file's data into
@@ -61,8 +61,9 @@ def build_tree(root: str, small_files: int, dense_size: int, sparse_size: int) -
             f.truncate(sparse_size)
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS KiB) of one subprocess."""
+def measure(cmd: list[str]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds (user + system), peak RSS KiB) of one
+    subprocess. CPU time is the steadier figure on a shared machine."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -70,7 +71,7 @@ def measure(cmd: list[str]) -> tuple[float, int]:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{err}")
-    return wall, usage.ru_maxrss
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
 #: conv's reader alone, through its Python API: decode the image and read
@@ -126,7 +127,8 @@ def main() -> None:
     print(f"squashfs -> dir, block size {args.block_size}, {cores} cores, "
           f"tree: {args.tree or 'synthetic'}")
     print(f"{'codec':6} {'image MiB':>9} {'unsquashfs s':>12} {'conv s':>8} {'ratio':>6} "
-          f"{'unsq RSS MiB':>12} {'conv RSS MiB':>12} {'read-only s':>11}  output", flush=True)
+          f"{'unsq CPU s':>10} {'conv CPU s':>10} {'unsq RSS MiB':>12} {'conv RSS MiB':>12} "
+          f"{'read-only s':>11}  output", flush=True)
     try:
         tree = args.tree
         if tree is None:
@@ -138,13 +140,15 @@ def main() -> None:
                             "-comp", comp, "-b", args.block_size, "-processors", str(cores)],
                            check=True, stdout=subprocess.DEVNULL)
             ref_out, conv_out = os.path.join(work, "ref"), os.path.join(work, "conv")
-            rw, rr = measure(["unsquashfs", "-q", "-n", "-p", str(cores), "-d", ref_out, img])
-            cw, cr = measure(["conv", "-q", "convert", f"raw:{img} -> squashfs -> dir:{conv_out}"])
-            read_only, _ = measure([sys.executable, "-c", READ_ONLY, img])
+            rw, rc, rr = measure(["unsquashfs", "-q", "-n", "-p", str(cores), "-d", ref_out, img])
+            chain = f"raw:{img} -> squashfs -> dir:{conv_out}"
+            cw, cc, cr = measure(["conv", "-q", "convert", chain])
+            read_only, _, _ = measure([sys.executable, "-c", READ_ONLY, img])
             verdict = "not checked" if args.no_verify else (same_trees(ref_out, conv_out)
                                                              or "same")
             print(f"{comp:6} {os.path.getsize(img) / 2**20:9.1f} {rw:12.2f} {cw:8.2f} "
-                  f"{cw / rw:6.2f} {rr / 1024:12.0f} {cr / 1024:12.0f} {read_only:11.2f}  "
+                  f"{cw / rw:6.2f} {rc:10.2f} {cc:10.2f} {rr / 1024:12.0f} {cr / 1024:12.0f} "
+                  f"{read_only:11.2f}  "
                   f"{verdict}", flush=True)
             shutil.rmtree(ref_out, ignore_errors=True)
             shutil.rmtree(conv_out, ignore_errors=True)
