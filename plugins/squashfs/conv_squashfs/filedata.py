@@ -42,6 +42,22 @@ def decompress_pool() -> Executor:
         return _pool
 
 
+_scratch = threading.local()
+
+
+def _read_scratch(volume: Volume, length: int, offset: int, what: str) -> memoryview:
+    """``length`` bytes at ``offset`` in this thread's reused buffer (valid
+    until the thread's next call): compressed blocks need no bytes object."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < length:
+        buf = _scratch.buf = bytearray(max(length, MAX_BLOCK_SIZE))
+    view = memoryview(buf)[:length]
+    if offset < 0 or offset + length > volume.size or volume.readinto(view, offset) != length:
+        raise CorruptError(f"{what} at offset {offset} (+{length}) lies outside the "
+                           f"{volume.size}-byte image")
+    return view
+
+
 class FragmentCache:
     """The fragment table and a few decompressed fragment blocks (many small
     files share one, and are read one after another)."""
@@ -146,10 +162,11 @@ class SquashFileData(Data):
         length = entry & DATA_SIZE_MASK
         if length == 0:
             return None
-        offsets = self._block_offsets()
-        raw = self.volume.read_exact(length, self.start + offsets[index], self._what(index))
+        disk = self.start + self._block_offsets()[index]
+        raw = _read_scratch(self.volume, length, disk, self._what(index))
         want = self._block_length(index)
-        data = raw if entry & DATA_UNCOMPRESSED else self.decompress(raw, want, self._what(index))
+        data = bytes(raw) if entry & DATA_UNCOMPRESSED else self.decompress(
+            raw, want, self._what(index))
         if len(data) != want:
             raise CorruptError(f"{self._what(index)} holds {len(data)} bytes, expected {want}")
         return data
