@@ -8,8 +8,8 @@
 Trees: a given root filesystem; ``nested``: N small files in a nested tree;
 ``onedir``: N small files in one directory; ``large``: G GiB of large files.
 For each, in one go and into the same image size with 4 KiB blocks:
-  conv convert 'dir:TREE -> ext4[size=S] -> raw:OUT'
-  mke2fs -q -F -t ext4 -b 4096 -d TREE OUT S
+  conv convert 'dir:TREE -> ext4[size=S,inodes=N] -> raw:OUT'
+  mke2fs -q -F -t ext4 -b 4096 -N N -d TREE OUT S
 Each run is one subprocess; wall time and peak RSS come from os.wait4. The
 ratio is conv / mke2fs (below 1: conv is faster). Every conv image is judged
 by ``e2fsck -fn`` so a fast wrong answer does not count.
@@ -56,13 +56,15 @@ def build_large(root: str, gib: int) -> None:
                 f.write(chunk[j:] + chunk[:j])
 
 
-def du_bytes(root: str) -> int:
-    total = 0
+def du_bytes(root: str) -> tuple[int, int]:
+    """(bytes the tree occupies, number of entries)."""
+    total = entries = 0
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames + dirnames:
             st = os.lstat(os.path.join(dirpath, name))
             total += st.st_blocks * 512 + 256
-    return total
+            entries += 1
+    return total, entries
 
 
 def timed(cmd: list[str], limit: float | None = None) -> tuple[float, int]:
@@ -90,15 +92,18 @@ def timed(cmd: list[str], limit: float | None = None) -> tuple[float, int]:
 
 
 def run_pair(name: str, tree: str, work: str, limit: float | None) -> dict:
-    size_mib = (du_bytes(tree) * 13 // 10 >> 20) + 160
+    used, entries = du_bytes(tree)
+    size_mib = (used * 13 // 10 >> 20) + 160
+    inodes = entries * 12 // 10 + 1024  # the same inode count for both
     conv_img = os.path.join(work, "conv.img")
     mk_img = os.path.join(work, "mke2fs.img")
     for p in (conv_img, mk_img):
         if os.path.exists(p):
             os.unlink(p)
     conv = [sys.executable, "-m", "convcore.cli", "convert",
-            f"dir:{tree} -> ext4[size={size_mib}M] -> raw:{conv_img}"]
-    mk = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", tree, mk_img, f"{size_mib}M"]
+            f"dir:{tree} -> ext4[size={size_mib}M,inodes={inodes}] -> raw:{conv_img}"]
+    mk = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-N", str(inodes), "-d", tree,
+          mk_img, f"{size_mib}M"]
     conv_wall, conv_rss = timed(conv)
     fsck = subprocess.run(["e2fsck", "-fn", conv_img], capture_output=True, text=True)
     if fsck.returncode != 0:
