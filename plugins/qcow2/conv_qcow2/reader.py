@@ -345,6 +345,12 @@ class Qcow2Volume(Volume):
         while pos < want:
             guest = offset + pos
             kind, where, n = self._segment(guest, want - pos)
+            if kind == DATA:  # one read for host-contiguous clusters
+                while pos + n < want:
+                    k2, w2, n2 = self._segment(guest + n, want - pos - n)
+                    if k2 != DATA or w2 != where + n:
+                        break
+                    n += n2
             piece = view[pos:pos + n]
             if kind == DATA:
                 got = self._file.readinto(piece, where)
