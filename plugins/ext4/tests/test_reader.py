@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import struct
+import subprocess
 
 import pytest
 from conv_ext4.reader import Ext4, decode
@@ -427,9 +428,10 @@ def test_cli_ls_and_cat_inside_a_gpt_partition(small_images, tmp_path):
         dst.seek(2048 * 512)
         dst.write(src.read())
     assert run("conv", "cat", disk, "/etc/motd").stdout == "hello\n" * 100
-    listing = run("conv", "ls", disk, "/etc").stdout.split("\n")
+    ls = subprocess.run(["conv", "ls", disk, "/etc"], capture_output=True, check=True)
+    listing = os.fsdecode(ls.stdout).split("\n")  # names are bytes; one is not UTF-8
     assert sorted(line.split()[-1] for line in listing if line and "->" not in line) == [
-        "hostname", "motd"]
+        "hostname", os.fsdecode(b"latin1-\xe9t\xe9"), "motd"]
     assert any(line.endswith("longlink -> /" + "x" * 100) for line in listing)
     missing = run("conv", "cat", disk, "/etc/nope", check=False)
     assert missing.returncode != 0
@@ -446,6 +448,8 @@ def small_source(tmp_path_factory) -> str:
     os.makedirs(root / "etc")
     (root / "etc" / "hostname").write_text("conv-test\n")
     (root / "etc" / "motd").write_text("hello\n" * 100)
+    with open(os.path.join(os.fsencode(root), b"etc", b"latin1-\xe9t\xe9"), "wb") as f:
+        f.write(b"not UTF-8 in the name")
     os.symlink("hostname", root / "etc" / "link")
     os.symlink("/" + "x" * 100, root / "etc" / "longlink")
     os.makedirs(root / "a" / "b")
@@ -541,6 +545,8 @@ def test_small_images_decode(small_images, small_source):
             tree = decode(volume, {}, None)
             _assert_same_as_source(tree, small_source)
             assert tree.get("etc/motd").data.read() == b"hello\n" * 100
+            assert os.fsencode(tree.get(os.fsdecode(b"etc/latin1-\xe9t\xe9")).path) == (
+                b"etc/latin1-\xe9t\xe9")
 
 
 def test_unwritten_extents_read_as_holes(small_images, tmp_path):
