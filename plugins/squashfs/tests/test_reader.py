@@ -226,7 +226,8 @@ def test_devices_from_pseudo_file(tmp_path):
                   "dev/console c 600 0 5 5 1\n"
                   "dev/sdb b 660 0 6 8 16\n"
                   "dev/big c 640 4000000 70000 259 1048575\n"
-                  "dev/pipe f 644 1 2 /bin/true\n")
+                  "dev/fifo i 620 1 2 f\n"
+                  "dev/generated f 444 3 4 printf generated\n")
     img = mksquashfs(str(src), str(tmp_path / "img.sqfs"), "-pf", str(pf))
     tree = decode(img)
     console = tree.get("dev/console")
@@ -237,6 +238,12 @@ def test_devices_from_pseudo_file(tmp_path):
     big = tree.get("dev/big")
     assert (big.rdev, big.uid, big.gid) == ((259, 1048575), 4000000, 70000)
     assert tree.get("dev").kind is Kind.DIR
+    fifo = tree.get("dev/fifo")
+    assert (fifo.kind, fifo.mode, fifo.uid, fifo.gid) == (Kind.FIFO, 0o620, 1, 2)
+    generated = tree.get("dev/generated")
+    assert (generated.kind, generated.mode, generated.uid, generated.gid) == \
+        (Kind.FILE, 0o444, 3, 4)
+    assert generated.data.read() == b"generated"
 
 
 def test_large_sparse_file(tmp_path):
