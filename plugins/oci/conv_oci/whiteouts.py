@@ -10,6 +10,9 @@ A layer is a changeset over the layers below it:
 - Any other entry replaces the lower one of that path (a directory over a
   directory keeps the lower children; anything else over a directory drops
   them).
+- A member whose parent directories pass through a symlink of the tree
+  below lands where the symlink leads, never above the root (``..`` stops
+  at ``/``), as runtimes and umoci extract layers.
 - A hardlink names an inode (the lower layer's or an earlier member's). The
   merge tracks inodes, not names: if the link's target name is later replaced
   or whited out, the hardlink keeps the old contents, and the final tree
@@ -35,6 +38,8 @@ OVERLAY_OPAQUE = "trusted.overlay.opaque"
 #: a path component starting ``.wh..wh.`` (other than the opaque marker) is
 #: aufs metadata, such as its hardlink directory ``.wh..wh.plnk``.
 AUFS_META = "/.wh..wh."
+#: symlinks followed in one path before it counts as a loop (Linux: 40).
+MAX_SYMLINKS = 40
 
 
 class LayerMerger:
@@ -89,10 +94,13 @@ class LayerMerger:
         # Whiteouts hide lower layers only: all of them go before this
         # layer's own entries.
         for marker in opaque:
-            if self._is_dir(marker.path):
-                self.tree.clear_dir(marker.path)
+            real = self._real_dir(marker.path)
+            if real is not None and self._is_dir(real):
+                self.tree.clear_dir(real)
         for hidden, _ in whiteouts:
-            self.tree.remove(hidden)
+            real = self._resolve(hidden)
+            if real is not None:
+                self.tree.remove(real)
 
         for entry in changes:
             self._add(entry, layer)
@@ -101,8 +109,9 @@ class LayerMerger:
             # After the layer's entries, so that a directory the layer adds
             # holds its markers; a name the layer itself adds needs none.
             for hidden, entry in whiteouts:
-                if hidden not in self.tree and self._can_create(hidden):
-                    self._add(Entry(hidden, Kind.CHAR, mode=0, uid=entry.uid, gid=entry.gid,
+                real = self._resolve(hidden)
+                if real is not None and real not in self.tree and self._can_create(real):
+                    self._add(Entry(real, Kind.CHAR, mode=0, uid=entry.uid, gid=entry.gid,
                                     mtime_ns=entry.mtime_ns, atime_ns=entry.atime_ns,
                                     ctime_ns=entry.ctime_ns, rdev=(0, 0)), layer)
             for marker in opaque:
@@ -114,6 +123,48 @@ class LayerMerger:
             return normpath(path)
         except UsageError:
             raise CorruptError(f"member {path!r} escapes the root") from None
+
+    def _resolve(self, path: str) -> str | None:
+        """``path`` with the symlinks among its parent directories followed
+        inside the root (``..`` stops at ``/``), as runtimes extract layers
+        (a layer may write ``lib/x`` where a lower ``lib`` links to
+        ``usr/lib``). None when a parent is a file."""
+        parent, _, name = path.rpartition("/")
+        if not parent or self._is_dir(parent):
+            return path  # the common case: nothing to follow
+        real = self._real_dir(parent)
+        if real is None:
+            return None
+        return f"{real}/{name}" if real else name
+
+    def _real_dir(self, path: str) -> str | None:
+        """The directory ``path`` names, every symlink in it followed inside
+        the root; missing components are kept (they will be created)."""
+        todo = path.split("/")[::-1]
+        parts: list[str] = []
+        hops = 0
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if parts:
+                    parts.pop()
+                continue
+            here = "/".join([*parts, part])
+            entry = self.tree.get(here) if here in self.tree else None
+            if entry is None or entry.is_dir():
+                parts.append(part)
+            elif entry.kind is Kind.SYMLINK:
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise CorruptError(f"too many levels of symlinks in {path!r}")
+                if entry.target.startswith("/"):
+                    parts = []
+                todo.extend(entry.target.split("/")[::-1])
+            else:
+                return None
+        return "/".join(parts)
 
     def _is_dir(self, path: str) -> bool:
         if not path:
@@ -129,6 +180,15 @@ class LayerMerger:
         return self._is_dir(parent)
 
     def _add(self, entry: Entry, layer: str) -> None:
+        if entry.path:
+            real = self._resolve(entry.path)
+            if real is None:
+                raise CorruptError(f"{entry.path!r}: a parent directory is a file")
+            link = entry.link
+            if link is not None:
+                link = self._resolve(link) or link
+            if real != entry.path or link != entry.link:
+                entry = dataclasses.replace(entry, path=real, link=link)
         path = entry.path
         old = self.tree.get(path) if path in self.tree else None
         if not path and entry.kind is not Kind.DIR:
@@ -155,7 +215,9 @@ class LayerMerger:
         self.tree.add(entry)
 
     def _mark_opaque(self, marker: Entry, layer: str) -> None:
-        path = marker.path
+        path = self._real_dir(marker.path)
+        if path is None:
+            return
         if path not in self.tree:
             if not self._can_create(path):
                 return

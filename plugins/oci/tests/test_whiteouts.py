@@ -148,3 +148,25 @@ def test_aufs_metadata_is_not_content():
     tree = merge([f("a", b"a"), d(".wh..wh.plnk"), f(".wh..wh.plnk/1234.5678", b"x"),
                   d("d"), f("d/.wh..wh.aufs", b"")])
     assert listing(tree) == {"": "dir", "a": "file:a", "d": "dir"}
+
+
+def sym(path: str, target: str) -> Entry:
+    return Entry(path, Kind.SYMLINK, mode=0o777, target=target)
+
+
+def test_symlinked_parents_are_followed_inside_the_root():
+    tree = merge(
+        [d("usr"), d("usr/lib"), f("usr/lib/old", b"o"), sym("lib", "usr/lib"),
+         sym("abs", "/usr"), sym("up", "../../../usr"), sym("loop", "loop")],
+        [f("lib/x", b"x"), f("abs/lib/y", b"y"), f("up/z", b"z"), wh("lib/.wh.old"),
+         link("lib/x2", "abs/lib/x")],
+    )
+    assert listing(tree) == {
+        "": "dir", "usr": "dir", "usr/lib": "dir", "usr/lib/x": "file:x", "usr/lib/y": "file:y",
+        "usr/lib/x2": "file:x", "usr/z": "file:z", "lib": "symlink", "abs": "symlink",
+        "up": "symlink", "loop": "symlink"}
+    assert tree.get("usr/lib/x2").link == "usr/lib/x"
+    with pytest.raises(CorruptError, match="too many levels of symlinks"):
+        merge([sym("loop", "loop")], [f("loop/x")])
+    with pytest.raises(CorruptError, match="'f/x': a parent directory is a file"):
+        merge([f("f", b"")], [f("f/x")])
