@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from array import array
 
 from conv_qcow2 import layout
 from convcore.errors import NoSpaceError, UsageError
+from convcore.tree import copy_range
 
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -80,6 +82,9 @@ class ImageBuilder:
         #: where the next compressed cluster goes (None: start a new host cluster).
         self._compressed_pos: int | None = None
         self.csize_shift, self.csize_mask = layout.compressed_layout(cluster_bits)
+        self._lock = threading.Lock()
+        #: threads that allocated clusters: more than one makes the host order timing-bound
+        self._writer_threads: set[int] = set()
         self._check_header_fits()
 
     # -- guest -> host mapping
@@ -106,6 +111,16 @@ class ImageBuilder:
         host = self._alloc_host()
         self._set(guest_cluster, host | layout.OFLAG_COPIED)
         return host
+
+    def ensure(self, guest_cluster: int) -> int:
+        """The host offset of a guest cluster, allocating it if needed; safe
+        when writers use several threads."""
+        with self._lock:
+            host = self.host_offset(guest_cluster)
+            if host is None:
+                self._writer_threads.add(threading.get_ident())
+                host = self.allocate(guest_cluster)
+            return host
 
     def host_offset(self, guest_cluster: int) -> int | None:
         entry = self.lookup(guest_cluster)
@@ -178,9 +193,51 @@ class ImageBuilder:
             raise UsageError(f"qcow2: header and backing name ({need} bytes) do not fit in "
                              f"a {self.cluster_size}-byte cluster; use a larger cluster_size")
 
+    def _canonicalize(self) -> None:
+        """Move data clusters into guest order. Used when several writer threads
+        allocated clusters, so that their host order, which depends on thread
+        timing, does not leak into the output: the same input always gives the
+        same bytes. In-place cycle-following: each misplaced cluster moves once,
+        in the kernel."""
+        cs = self.cluster_size
+        first = 1 + self.l1_clusters
+        guests: list[int] = []
+        where: dict[int, int] = {}  # guest cluster -> host slot holding it now
+        for index in sorted(self.l2):
+            table = self.l2[index]
+            base = index * self.l2_entries
+            for j, entry in enumerate(table):
+                if entry & layout.L2_OFFSET_MASK and not entry & layout.OFLAG_COMPRESSED:
+                    guests.append(base + j)
+                    where[base + j] = (entry & layout.L2_OFFSET_MASK) // cs
+        if first + len(guests) != self.next_host // cs:
+            return  # not a pure data area (cannot happen for a Qcow2Target)
+        holder = {slot: guest for guest, slot in where.items()}
+        os.ftruncate(self.fd, self.next_host)  # every slot readable, tails as zeros
+        saved = bytearray(cs)
+        for start in range(first, first + len(guests)):
+            if holder[start] == guests[start - first]:
+                continue
+            if os.preadv(self.fd, [saved], start * cs) != cs:
+                raise NoSpaceError("qcow2: short read while ordering clusters")
+            cur = start
+            while True:
+                want = guests[cur - first]
+                src = where[want]
+                holder[cur], where[want] = want, cur
+                if src == start:  # the cycle closes with the cluster set aside
+                    pwrite_all(self.fd, saved, cur * cs)
+                    break
+                copy_range(self.fd, src * cs, self.fd, cur * cs, cs)
+                cur = src
+        for rank, guest in enumerate(guests):
+            self._set(guest, (first + rank) * cs | layout.OFLAG_COPIED)
+
     def finish(self) -> None:
         """Append L2 tables and refcounts, then write the L1 table and header."""
         cs = self.cluster_size
+        if len(self._writer_threads) > 1 and not self.compressed_refs:
+            self._canonicalize()
         l1 = array("Q", bytes(self.l1_size * 8))
         for index in sorted(self.l2):
             host = self._alloc_host()

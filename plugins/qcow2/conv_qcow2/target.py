@@ -1,6 +1,8 @@
 """Qcow2Target: the chain writes straight into a qcow2 file.
 
-Guest offsets map to host clusters allocated on first write, in append order.
+Guest offsets map to host clusters allocated on first write, in append order
+(writers may write from several threads: allocation takes a lock, and the
+builder puts clusters into guest order at the end so timing never shows).
 Runs of guest bytes that land in contiguous host clusters move with one
 ``copy_file_range`` (file data, raw source files) or one ``pwrite`` (metadata
 from writers). Clusters that are never written, or only written with zeros,
@@ -49,7 +51,7 @@ class Qcow2Target(Target):
         bits = self.cluster_bits
         for c in range(offset >> bits, ((offset + length - 1) >> bits) + 1):
             if image.host_offset(c) is None:
-                image.allocate(c)
+                image.ensure(c)
 
     def _runs(self, offset: int, length: int) -> Iterator[Run]:
         """Split a guest range into pieces whose host offsets are contiguous."""
@@ -99,7 +101,7 @@ class Qcow2Target(Target):
                 if ZEROS.startswith(view[pos:pos + take]):
                     pos += take
                     continue
-                host = image.allocate(c)
+                host = image.ensure(c)
             host += within
             if pending_len and pending_host + pending_len == host \
                     and pending_src + pending_len == pos:

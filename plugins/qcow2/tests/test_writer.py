@@ -242,3 +242,50 @@ def test_empty_and_tiny_disks(qemu, tmp_path, size):
         qemu.check(out)
         qemu.compare(raw, out)
         assert qemu.info(out)["virtual-size"] == -(-size // 512) * 512  # as qemu-img rounds
+
+
+class TwoThreadPlan(Plan):
+    """Two writer threads (as the ext4 writer uses) sharing clusters: one
+    writes 4 KiB "metadata" blocks, the other "file data", interleaved by
+    timing."""
+
+    size = 4 * MiB
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def write_to(self, target) -> None:
+        import threading
+        import time
+
+        def meta() -> None:
+            for i in range(0, 64, 3):
+                target.pwrite(bytes([i + 1]) * 4096, i * 65536)
+                time.sleep(self.delay)
+
+        def data() -> None:
+            for i in range(64):
+                if i % 3:
+                    target.pwrite(bytes([200 + i % 50]) * 8192, i * 65536 + 4096)
+                    time.sleep(self.delay / 2)
+
+        threads = [threading.Thread(target=meta), threading.Thread(target=data)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def test_writer_threads_give_the_same_bytes(qemu, tmp_path):
+    raw = str(tmp_path / "two.raw")
+    fd = os.open(raw, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    os.ftruncate(fd, TwoThreadPlan.size)
+    TwoThreadPlan(0).write_to(FileTarget(fd, TwoThreadPlan.size))
+    os.close(fd)
+    outs = []
+    for i, delay in enumerate((0.0, 0.001, 0.0005)):
+        out = write(TwoThreadPlan(delay), str(tmp_path / f"two{i}.qcow2"))
+        qemu.check(out)
+        qemu.compare(raw, out)
+        outs.append(open(out, "rb").read())
+    assert outs[0] == outs[1] == outs[2]
