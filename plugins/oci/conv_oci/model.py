@@ -26,6 +26,7 @@ MT_OCI_LAYER_ZSTD = MT_OCI_LAYER + "+zstd"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
+CONFIG_TYPES = frozenset({MT_OCI_CONFIG, "application/vnd.docker.container.image.v1+json"})
 INDEX_TYPES = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
 MANIFEST_TYPES = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
 

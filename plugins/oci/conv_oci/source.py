@@ -13,6 +13,7 @@ from typing import Protocol
 
 from conv_oci.blobs import LayoutBlobs
 from conv_oci.model import (
+    CONFIG_TYPES,
     LAYER_TYPES,
     MAX_JSON_BYTES,
     Descriptor,
@@ -91,6 +92,9 @@ def read_image(name: str, blobs: BlobStore, read_top: Callable[[str], bytes],
         if c.desc.digest not in configs:
             where = f"manifest {short(c.desc.digest)}"
             manifest = parse_manifest(blobs.read(c.desc), where)
+            if manifest.config.media_type not in CONFIG_TYPES | {""}:
+                raise UnsupportedError(f"{where}: not a container image (its config is "
+                                       f"{manifest.config.media_type!r})")
             configs[c.desc.digest] = parse_config(blobs.read(manifest.config),
                                                   f"config {short(manifest.config.digest)}")
         return configs[c.desc.digest]

@@ -267,3 +267,13 @@ def test_symlinked_parents_like_umoci(layout, tmp_path, judge):
     assert got == want
     assert sorted(p for p in got if p.startswith("usr/")) == [
         "usr/lib", "usr/lib/x", "usr/lib/y", "usr/z"]
+
+
+def test_artifact_manifest_is_not_an_image(layout):
+    L = layout
+    config = L.blob(b"{}", "application/vnd.cncf.helm.config.v1+json")
+    chart = L.blob(b"chart", "application/vnd.cncf.helm.chart.content.v1.tar+gzip")
+    L.write_index([L.json_blob({"schemaVersion": 2, "config": config, "layers": [chart]},
+                               "application/vnd.oci.image.manifest.v1+json")])
+    with pytest.raises(UnsupportedError, match="not a container image.*helm.config"):
+        read(L.root)
