@@ -27,6 +27,7 @@ from convcore.testing import (
     run,
     scan_dir,
     scan_tree,
+    xattrs_supported,
 )
 from convcore.tree import Kind
 
@@ -691,3 +692,28 @@ def test_random_reads(src, tmp_path, variant):
         with data.open() as f:
             f.seek(len(want) - 3)
             assert f.read() == want[-3:]
+
+
+def test_out_of_line_xattr_values(tmp_path, monkeypatch):
+    """mksquashfs stores a value shared by different xattr sets once, out of
+    line; every set still reads back whole."""
+    from conv_squashfs import xattr_reader
+
+    src = tmp_path / "src"
+    src.mkdir()
+    if not xattrs_supported(str(src)):
+        pytest.skip("no user xattrs on this filesystem")
+    for i in range(3):
+        (src / f"f{i}").write_text(str(i))
+        os.setxattr(src / f"f{i}", "user.shared", b"S" * 500)
+        os.setxattr(src / f"f{i}", "user.own", b"value %d" % i)
+    img = mksquashfs(str(src), str(tmp_path / "img.sqfs"), "-xattrs")
+    followed = []
+    real = xattr_reader.XattrReader._out_of_line
+    monkeypatch.setattr(xattr_reader.XattrReader, "_out_of_line",
+                        lambda self, ref, where: followed.append(ref) or real(self, ref, where))
+    tree = decode(img)
+    assert len(followed) == 3
+    for i in range(3):
+        assert tree.get(f"f{i}").xattrs == {"user.shared": b"S" * 500,
+                                            "user.own": b"value %d" % i}
