@@ -434,7 +434,13 @@ class Qcow2Volume(Volume):
                 flush_one()
 
     def data_ranges(self) -> Iterator[tuple[int, int]]:
-        own = list(self._own_ranges())
+        own: list[tuple[int, int, bool]] = []
+        for start, end, is_data in self._own_ranges():
+            # coalesce as we go: a big image is a few long runs, not a tuple per cluster
+            if own and own[-1][1] == start and own[-1][2] == is_data:
+                own[-1] = (own[-1][0], end, is_data)
+            else:
+                own.append((start, end, is_data))
         data = [(s, e) for s, e, is_data in own if is_data]
         if self.backing is not None:
             visible = min(self.backing.size, self.size)
