@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 
 from conv_oci.blobs import HASH_CHUNK, hash_file
 from conv_oci.model import (
@@ -173,16 +174,14 @@ class ArchiveBlobs:
             raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
         return raw
 
-    def verify_all(self, descs: list[Descriptor]) -> list[str]:
-        members = [self._member(desc) for desc in descs]
-        paths = []
+    def verified_paths(self, descs: list[Descriptor]) -> Iterator[str]:
+        members = [self._member(desc) for desc in descs]  # a missing blob fails fast
         for desc, entry in zip(descs, members, strict=True):
             copy = _member_copy(entry)
             algorithm, _, expected = desc.digest.partition(":")
             if hash_file(copy, algorithm) != expected:
                 raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
-            paths.append(copy)
-        return paths
+            yield copy
 
 
 def read_archive(path: str, opts: dict) -> Tree:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from conv_oci.model import MAX_JSON_BYTES, Descriptor, check_digest, short
@@ -58,15 +58,23 @@ class LayoutBlobs:
             raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
         return path
 
-    def verify_all(self, descs: Iterable[Descriptor]) -> list[str]:
-        """Verify many (large) blobs at once: hashlib drops the GIL, so the
-        cores share the hashing; the first failure in ``descs`` order wins."""
+    def verified_paths(self, descs: Iterable[Descriptor]) -> Iterator[str]:
+        """The paths of ``descs`` in order, each yielded once its hash is
+        checked. All hashes start at once on a thread pool (hashlib drops the
+        GIL), so later layers are verified while the caller reads earlier
+        ones."""
         descs = list(descs)
         for desc in descs:  # cheap checks first: a missing blob fails fast
             self._checked_path(desc)
         workers = max(1, min(len(descs), os.cpu_count() or 1, 4))
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(self.verify, descs))
+            futures = [pool.submit(self.verify, desc) for desc in descs]
+            try:
+                for future in futures:
+                    yield future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
 
     def read(self, desc: Descriptor) -> bytes:
         """A small (JSON) blob's verified bytes."""

@@ -36,8 +36,9 @@ class BlobStore(Protocol):
     def read(self, desc: Descriptor) -> bytes:
         """A small blob's bytes, verified."""
 
-    def verify_all(self, descs: list[Descriptor]) -> list[str]:
-        """Host paths of the blobs, each verified against its descriptor."""
+    def verified_paths(self, descs: list[Descriptor]) -> Iterator[str]:
+        """Host paths of the blobs in order, each yielded once verified
+        against its descriptor."""
 
 
 def layer_entries(path: str) -> Iterator[Entry]:
@@ -113,7 +114,7 @@ def read_image(name: str, blobs: BlobStore, read_top: Callable[[str], bytes],
             raise UnsupportedError(f"layer {short(desc.digest)}: unsupported media type "
                                    f"{desc.media_type!r}")
 
-    paths = blobs.verify_all(manifest.layers)
+    paths = blobs.verified_paths(manifest.layers)
     merger = LayerMerger(opts.get("whiteouts") or "apply")
     for desc, blob in zip(manifest.layers, paths, strict=True):
         merger.apply(layer_entries(blob), short(desc.digest))
