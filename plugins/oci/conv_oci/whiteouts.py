@@ -61,18 +61,18 @@ class LayerMerger:
         """Apply one layer's entries (tar order); ``layer`` names the blob in
         error messages."""
         try:
-            self._apply(entries, layer)
+            self._apply(entries)
         except CorruptError as e:
             if str(e).startswith(f"layer {layer}"):
                 raise
             raise CorruptError(f"layer {layer}: {e}") from None
 
-    def _apply(self, entries: Iterable[Entry], layer: str) -> None:
+    def _apply(self, entries: Iterable[Entry]) -> None:
         changes: list[Entry] = []
         opaque: list[Entry] = []
         whiteouts: list[tuple[str, Entry]] = []
         for entry in entries:
-            path = self._clean(entry.path, layer)
+            path = self._clean(entry.path)
             parent, _, name = path.rpartition("/")
             if AUFS_META in parent or parent.startswith(AUFS_META[1:]):
                 continue  # aufs bookkeeping (.wh..wh.plnk/...): not content
@@ -86,7 +86,7 @@ class LayerMerger:
                     raise CorruptError(f"bad whiteout name {path!r}")
                 whiteouts.append((f"{parent}/{hidden}" if parent else hidden, entry))
             else:
-                link = None if entry.link is None else self._clean(entry.link, layer)
+                link = None if entry.link is None else self._clean(entry.link)
                 if path != entry.path or link != entry.link:
                     entry = dataclasses.replace(entry, path=path, link=link)
                 changes.append(entry)
@@ -103,7 +103,7 @@ class LayerMerger:
                 self.tree.remove(real)
 
         for entry in changes:
-            self._add(entry, layer)
+            self._add(entry)
 
         if self.markers:
             # After the layer's entries, so that a directory the layer adds
@@ -113,12 +113,12 @@ class LayerMerger:
                 if real is not None and real not in self.tree and self._can_create(real):
                     self._add(Entry(real, Kind.CHAR, mode=0, uid=entry.uid, gid=entry.gid,
                                     mtime_ns=entry.mtime_ns, atime_ns=entry.atime_ns,
-                                    ctime_ns=entry.ctime_ns, rdev=(0, 0)), layer)
+                                    ctime_ns=entry.ctime_ns, rdev=(0, 0)))
             for marker in opaque:
-                self._mark_opaque(marker, layer)
+                self._mark_opaque(marker)
 
     @staticmethod
-    def _clean(path: str, layer: str) -> str:
+    def _clean(path: str) -> str:
         try:
             return normpath(path)
         except UsageError:
@@ -179,7 +179,7 @@ class LayerMerger:
             parent = parent.rpartition("/")[0]
         return self._is_dir(parent)
 
-    def _add(self, entry: Entry, layer: str) -> None:
+    def _add(self, entry: Entry) -> None:
         if entry.path:
             real = self._resolve(entry.path)
             if real is None:
@@ -214,7 +214,7 @@ class LayerMerger:
             self._inode[path] = entry
         self.tree.add(entry)
 
-    def _mark_opaque(self, marker: Entry, layer: str) -> None:
+    def _mark_opaque(self, marker: Entry) -> None:
         path = self._real_dir(marker.path)
         if path is None:
             return
@@ -223,7 +223,7 @@ class LayerMerger:
                 return
             self._add(Entry(path, Kind.DIR, mode=0o755, uid=marker.uid, gid=marker.gid,
                             mtime_ns=marker.mtime_ns, atime_ns=marker.atime_ns,
-                            ctime_ns=marker.ctime_ns), layer)
+                            ctime_ns=marker.ctime_ns))
         entry = self.tree.get(path)
         if entry.is_dir():
             entry.xattrs = {**entry.xattrs, OVERLAY_OPAQUE: b"y"}
