@@ -16,10 +16,12 @@ Write, for each input and mode:
 Read: each qemu-img-made image back to raw (conv 'qcow2:X -> raw:Y' vs qemu-img -O raw).
 
 qemu-img runs with its defaults (-m 8 coroutines, in-order writes for
-compressed output). Each run is one subprocess; wall time and peak RSS come
-from os.wait4. Ratios are conv / qemu-img (below 1: conv is faster/smaller).
-Every conv output is judged with qemu-img check and compare, so a fast wrong
-answer does not count.
+compressed output). conv runs through its Python API (convcore.pipeline.convert)
+in a fresh interpreter, one subprocess per run; the fixed start-up cost of the
+`conv` command itself (its CLI imports) is printed once on its own line. Wall
+time, CPU time (user+sys) and peak RSS come from os.wait4. Ratios are
+conv / qemu-img (below 1: conv is faster/smaller). Every conv output is judged
+with qemu-img check and compare, so a fast wrong answer does not count.
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ def build_sparse(out: str, data_size: int, disk_size: int = 8 << 30) -> None:
             f.write(chunk)
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS KiB) of one subprocess."""
+def measure(cmd: list[str]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS KiB) of one subprocess."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -92,7 +94,12 @@ def measure(cmd: list[str]) -> tuple[float, int]:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{err}")
-    return wall, usage.ru_maxrss
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
+def conv_cmd(chain: str) -> list[str]:
+    return [sys.executable, "-c",
+            "import sys; from convcore.pipeline import convert; convert(sys.argv[1])", chain]
 
 
 def judge(raw: str, image: str) -> None:
@@ -134,7 +141,9 @@ def main() -> None:
     ap.add_argument("--work", help="work directory (default: a temp dir, removed after)")
     args = ap.parse_args()
 
-    conv = shutil.which("conv") or sys.exit("conv is not installed")
+    conv = os.path.join(os.path.dirname(sys.executable), "conv")
+    if not os.path.exists(conv):
+        conv = shutil.which("conv") or sys.exit("conv is not installed")
     if not shutil.which("qemu-img"):
         sys.exit("qemu-img is not installed")
     work = args.work or tempfile.mkdtemp(prefix="bench-qcow2-")
@@ -155,10 +164,14 @@ def main() -> None:
             inputs["sparse"] = os.path.join(work, "sparse8g.raw")
             build_sparse(inputs["sparse"], args.sparse_data)
 
-        print(f"ext4 input from: {tree or '-'}; cores: {os.cpu_count()}")
-        header = (f"{'input':<7} {'op':<10} {'conv s':>8} {'qemu s':>8} {'ratio':>6} "
-                  f"{'conv RSS':>9} {'qemu RSS':>9} {'conv size':>10} {'qemu size':>10} "
-                  f"{'size ratio':>10}")
+        print(f"ext4 input from: {tree or '-'}; cores: {os.cpu_count()}; "
+              f"load average: {os.getloadavg()[0]:.1f}")
+        s_wall, s_cpu, s_rss = measure([conv, "formats"])
+        print(f"conv CLI start-up alone (conv formats): {s_wall:.2f} s wall, {s_cpu:.2f} s CPU, "
+              f"{s_rss // 1024} MiB")
+        header = (f"{'input':<7} {'op':<7} {'conv s':>7} {'qemu s':>7} {'ratio':>6} "
+                  f"{'conv cpu':>8} {'qemu cpu':>8} {'conv RSS':>8} {'qemu RSS':>8} "
+                  f"{'conv size':>10} {'qemu size':>10} {'size':>6}")
         print(header)
         print("-" * len(header))
         for name, raw in inputs.items():
@@ -168,28 +181,29 @@ def main() -> None:
                 q_out = os.path.join(work, f"{name}-{mode}.qemu.qcow2")
                 c_out = os.path.join(work, f"{name}-{mode}.conv.qcow2")
                 rm(q_out, c_out)
-                q_wall, q_rss = measure(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
-                                         *qargs, raw, q_out])
-                c_wall, c_rss = measure([conv, "convert", f"raw:{raw} -> qcow2{copts}:{c_out}"])
+                q_wall, q_cpu, q_rss = measure(["qemu-img", "convert", "-f", "raw", "-O",
+                                                "qcow2", *qargs, raw, q_out])
+                c_wall, c_cpu, c_rss = measure(conv_cmd(f"raw:{raw} -> qcow2{copts}:{c_out}"))
                 judge(raw, c_out)
                 q_size, c_size = os.path.getsize(q_out), os.path.getsize(c_out)
-                print(f"{name:<7} {'w ' + mode:<10} {c_wall:8.2f} {q_wall:8.2f} "
-                      f"{c_wall / q_wall:6.2f} {c_rss // 1024:7d}M {q_rss // 1024:7d}M "
-                      f"{c_size / MiB:9.1f}M {q_size / MiB:9.1f}M {c_size / q_size:10.3f}",
+                print(f"{name:<7} {'w ' + mode:<7} {c_wall:7.2f} {q_wall:7.2f} "
+                      f"{c_wall / q_wall:6.2f} {c_cpu:8.2f} {q_cpu:8.2f} "
+                      f"{c_rss // 1024:7d}M {q_rss // 1024:7d}M "
+                      f"{c_size / MiB:9.1f}M {q_size / MiB:9.1f}M {c_size / q_size:6.3f}",
                       flush=True)
 
                 # read side: qemu-img's image back to raw
                 q_raw, c_raw = q_out + ".raw", c_out + ".raw"
                 rm(q_raw, c_raw)
-                rq_wall, rq_rss = measure(["qemu-img", "convert", "-f", "qcow2", "-O", "raw",
-                                           q_out, q_raw])
-                rc_wall, rc_rss = measure([conv, "convert", f"qcow2:{q_out} -> raw:{c_raw}"])
+                rq_wall, rq_cpu, rq_rss = measure(["qemu-img", "convert", "-f", "qcow2", "-O",
+                                                   "raw", q_out, q_raw])
+                rc_wall, rc_cpu, rc_rss = measure(conv_cmd(f"qcow2:{q_out} -> raw:{c_raw}"))
                 p = subprocess.run(["cmp", q_raw, c_raw], capture_output=True, text=True)
                 if p.returncode != 0:
                     sys.exit(f"read back differs: {p.stdout}{p.stderr}")
-                print(f"{name:<7} {'r ' + mode:<10} {rc_wall:8.2f} {rq_wall:8.2f} "
-                      f"{rc_wall / rq_wall:6.2f} {rc_rss // 1024:7d}M {rq_rss // 1024:7d}M",
-                      flush=True)
+                print(f"{name:<7} {'r ' + mode:<7} {rc_wall:7.2f} {rq_wall:7.2f} "
+                      f"{rc_wall / rq_wall:6.2f} {rc_cpu:8.2f} {rq_cpu:8.2f} "
+                      f"{rc_rss // 1024:7d}M {rq_rss // 1024:7d}M", flush=True)
                 rm(q_raw, c_raw, q_out, c_out)
     finally:
         if not args.work:
