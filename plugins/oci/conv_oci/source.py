@@ -1,5 +1,6 @@
-"""Reading an image: an OCI image layout directory or a ``docker save``
-tarball, its layers stacked into one tree.
+"""Reading an image: an OCI image layout (a directory here; archives of one
+and ``docker save`` tarballs in archive.py), its layers stacked into one
+tree.
 
 Layer contents are never extracted: each file's Data reads its member out of
 the (compressed) layer blob when a writer asks, in archive order.
