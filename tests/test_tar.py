@@ -271,8 +271,10 @@ def test_gzip_output_has_no_mtime_or_name(sample_tree, tmp_path):
     assert head[4:8] == b"\0\0\0\0"
 
 
-def test_parallel_output_does_not_depend_on_thread_count(tmp_path):
-    payload = hashlib.sha256(b"seed").digest() * (600_000)  # ~19 MiB, several chunks
+def test_parallel_output_does_not_depend_on_thread_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(tar_codec, "CHUNK", 1 << 20)
+    monkeypatch.setattr(tar_codec, "XZ_CHUNK", 1 << 20)
+    payload = hashlib.sha256(b"seed").digest() * 200_000  # ~6 MiB: several chunks
     outs = []
     for comp in ("gz", "xz"):
         for threads in (1, 3):
@@ -285,6 +287,10 @@ def test_parallel_output_does_not_depend_on_thread_count(tmp_path):
             outs.append(path.read_bytes())
         assert outs[-1] == outs[-2]
     assert gzip.decompress(outs[0]) == payload
+    assert outs[0].count(b"\x1f\x8b\x08\x00\x00\x00\x00\x00") == 7  # one member a chunk
+    assert outs[2].count(b"\xfd7zXZ\x00") == 7
+    import lzma
+    assert lzma.decompress(outs[2]) == payload
 
 
 def test_compress_and_level_options(sample_tree, tmp_path):

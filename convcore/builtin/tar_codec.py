@@ -7,8 +7,8 @@ the level, never on the number of threads:
 - gz: each 4 MiB chunk is its own gzip member (mtime 0, no name), compressed
   on a thread pool and written in order; every gzip reader concatenates
   members.
-- xz: likewise, each chunk is its own .xz stream (xz and liblzma readers
-  decode concatenated streams).
+- xz: likewise, each 24 MiB chunk is its own .xz stream (xz and liblzma
+  readers decode concatenated streams).
 - zst: one zstd frame from zstandard's multithreaded compressor, whose output
   does not depend on the worker count.
 """
@@ -25,6 +25,7 @@ from convcore.errors import CorruptError, NoSpaceError, NotFoundError, Unsupport
 COMPRESSIONS = ("none", "gz", "zst", "xz")
 DEFAULT_LEVELS = {"gz": 6, "zst": 3, "xz": 6}
 CHUNK = 4 << 20
+XZ_CHUNK = 24 << 20
 
 _SUFFIXES = (
     (".tar.gz", "gz"), (".tgz", "gz"), (".gz", "gz"),
@@ -254,9 +255,10 @@ class ChunkOutput:
     #: a plain file output can take Data.copy_to straight into its fd.
     fd_direct = False
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, chunk: int = CHUNK) -> None:
         self.fd = fd
-        self._buf = bytearray(CHUNK)
+        self._chunk = chunk
+        self._buf = bytearray(chunk)
         self._fill = 0
         self._emitted = 0
 
@@ -265,7 +267,7 @@ class ChunkOutput:
         return self._emitted + self._fill
 
     def space(self) -> memoryview:
-        if self._fill == CHUNK:
+        if self._fill == self._chunk:
             self._flush_buffer()
         return memoryview(self._buf)[self._fill :]
 
@@ -353,7 +355,8 @@ class ParallelOutput(ChunkOutput):
     in submission order."""
 
     def __init__(self, fd: int, compression: str, level: int, threads: int | None = None) -> None:
-        super().__init__(fd)
+        # xz: blocks of 3 x the preset's dictionary, like xz -T (24 MiB at -6)
+        super().__init__(fd, XZ_CHUNK if compression == "xz" else CHUNK)
         from concurrent.futures import ThreadPoolExecutor
 
         cpus = os.cpu_count() or 1
