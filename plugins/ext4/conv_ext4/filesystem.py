@@ -120,8 +120,16 @@ class Ext4:
         self.desc_size = sb.s_desc_size if wide else 32
         if self.desc_size < 32 or self.desc_size > bs or self.desc_size & (self.desc_size - 1):
             raise CorruptError(f"superblock: group descriptor size {self.desc_size} is invalid")
+        # bigalloc: allocation (and the block bitmap) counts clusters of blocks.
+        self.cluster_size = bs
+        if self.ro_compat & L.RO_COMPAT_BIGALLOC:
+            if not sb.s_log_block_size <= sb.s_log_cluster_size <= sb.s_log_block_size + 16:
+                raise CorruptError(
+                    f"superblock: cluster size 2^{10 + sb.s_log_cluster_size} is invalid")
+            self.cluster_size = 1024 << sb.s_log_cluster_size
+        ratio = self.cluster_size // bs
         bpg, ipg = sb.s_blocks_per_group, sb.s_inodes_per_group
-        if not 8 <= bpg <= 8 * bs:
+        if not 8 <= bpg <= 8 * bs * ratio:
             raise CorruptError(f"superblock: {bpg} blocks per group is invalid")
         if not 1 <= ipg <= 8 * bs:
             raise CorruptError(f"superblock: {ipg} inodes per group is invalid")
@@ -166,10 +174,14 @@ class Ext4:
         """Block of the ``index``-th group descriptor block."""
         sb = self.sb
         first = sb.s_first_data_block
+        # bigalloc with 1 KiB blocks starts at block 0, but the superblock
+        # still sits at byte 1024, in block 1.
+        zero_adjust = int(first == 0 and self.block_size == 1024 and self.cluster_size > 1024)
         if not self.incompat & L.INCOMPAT_META_BG or index < sb.s_first_meta_bg:
-            return first + 1 + index
+            return first + zero_adjust + 1 + index
         group = index * (self.block_size // self.desc_size)
-        return first + group * self.blocks_per_group + self._has_super(group)
+        return (first + group * self.blocks_per_group + self._has_super(group)
+                + (zero_adjust if group == 0 else 0))
 
     def _read_group_descs(self) -> list[GroupDesc]:
         bs, dsz = self.block_size, self.desc_size

@@ -173,7 +173,7 @@ class INode:
         size = self.size
         if size == 0 or size > min(SYMLINK_MAX, self.fs.block_size):
             raise CorruptError(f"inode {self.ino}: symlink length {size} is invalid")
-        ea_blocks = (self.fs.block_size >> 9) if self.file_acl else 0
+        ea_blocks = (self.fs.cluster_size >> 9) if self.file_acl else 0
         if self.inline:
             target = self._inline_bytes()
         elif self.blocks_512 - ea_blocks == 0 and not self.flags & L.EXTENTS_FL:

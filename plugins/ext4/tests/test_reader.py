@@ -359,6 +359,16 @@ def test_xattr_value_in_its_own_inode(tmp_path):
         assert sorted(e.path for e in tree) == ["", "f", "lost+found"]
 
 
+@pytest.mark.parametrize("block_size", ["1024", "4096"])
+def test_bigalloc(small_source, tmp_path, block_size):
+    # With 1 KiB blocks the first data block is 0 and the descriptors move to block 2.
+    image = _mkfs(small_source, str(tmp_path / "bigalloc.img"),
+                  ["-t", "ext4", "-b", block_size, "-O", "bigalloc", "-C", "16384"], "32M")
+    with _closing(FileVolume(image)) as volume:
+        assert "bigalloc" in Ext4(volume).info()["features"]
+        _assert_same_as_source(decode(volume, {}, None), small_source)
+
+
 def test_meta_bg_descriptors(small_source, tmp_path):
     # 32 groups of 256 blocks: descriptors spread over two meta groups.
     image = _mkfs(small_source, str(tmp_path / "metabg.img"),
