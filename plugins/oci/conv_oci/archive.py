@@ -99,14 +99,21 @@ def _resolve(base: str, target: str) -> str | None:
     return "/".join(parts)
 
 
-def _member_copy(entry: Entry) -> str:
-    """A host path holding the member's bytes: an unlinked temporary file,
-    reachable through /proc/self/fd for as long as the process runs."""
-    f = tempfile.TemporaryFile(prefix="conv-oci-layer-")
-    entry.data.copy_to(f.fileno(), 0)
-    os.ftruncate(f.fileno(), entry.data.size)
-    _LIVE_COPIES.append(f)
-    return f"/proc/self/fd/{f.fileno()}"
+def _member_copies(entries: list[Entry]) -> list[str]:
+    """Host paths holding the members' bytes: unlinked temporary files,
+    reachable through /proc/self/fd for as long as the process runs. Copied
+    in archive order (a compressed archive is decompressed once), each
+    member once however many layers name it."""
+    copies: dict[int, str] = {}
+    for entry in sorted(entries, key=lambda e: e.data.order_key):
+        if id(entry) in copies:
+            continue
+        f = tempfile.TemporaryFile(prefix="conv-oci-layer-")
+        entry.data.copy_to(f.fileno(), 0)
+        os.ftruncate(f.fileno(), entry.data.size)
+        _LIVE_COPIES.append(f)
+        copies[id(entry)] = f"/proc/self/fd/{f.fileno()}"
+    return [copies[id(entry)] for entry in entries]
 
 
 def _tar_digest(path: str) -> str:
@@ -176,8 +183,7 @@ class ArchiveBlobs:
 
     def verified_paths(self, descs: list[Descriptor]) -> Iterator[str]:
         members = [self._member(desc) for desc in descs]  # a missing blob fails fast
-        for desc, entry in zip(descs, members, strict=True):
-            copy = _member_copy(entry)
+        for desc, copy in zip(descs, _member_copies(members), strict=True):
             algorithm, _, expected = desc.digest.partition(":")
             if hash_file(copy, algorithm) != expected:
                 raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
@@ -217,8 +223,8 @@ def read_docker_archive(path: str, outer: OuterArchive, opts: dict) -> Tree:
                            f"{len(config.diff_ids)} diff_ids")
 
     merger = LayerMerger(opts.get("whiteouts") or "apply")
-    for name, diff_id in zip(image.layers, config.diff_ids, strict=True):
-        copy = _member_copy(outer.find(name, "layer"))
+    copies = _member_copies([outer.find(name, "layer") for name in image.layers])
+    for name, diff_id, copy in zip(image.layers, config.diff_ids, copies, strict=True):
         if _tar_digest(copy) != diff_id:
             raise CorruptError(f"{path}: layer {name} does not match its diff_id "
                                f"{short(diff_id)}")
