@@ -42,7 +42,7 @@ def decode(volume: Volume, opts: dict | None = None, ctx=None) -> Tree:
     tree = Tree(root.entry(""))
     tree.info = fs.info()
     first_paths: dict[int, str] = {}
-    dirs_seen: dict[int, str] = {L.ROOT_INO: "/"}
+    dirs_seen: dict[int, str] = {L.ROOT_INO: ""}
     stack: list[tuple[str, Iterator[tuple[bytes, int]]]] = [("", _sorted_children(root))]
     while stack:
         parent, children = stack[-1]
