@@ -697,7 +697,8 @@ def test_directory_reachable_twice(small_images, tmp_path):
         _decode_file(image)
     image = _copy(small_images, "nocsum", tmp_path)
     run("debugfs", "-w", "-R", "ln / /a/b/loop", image)
-    with pytest.raises(CorruptError, match="^directory inode 2 is reachable twice: / and /a/b/loop$"):
+    with pytest.raises(CorruptError,
+                       match="^directory inode 2 is reachable twice: / and /a/b/loop$"):
         _decode_file(image)
 
 
