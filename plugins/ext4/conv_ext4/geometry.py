@@ -4,6 +4,7 @@ lives, and the block allocator that hands out everything else."""
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from conv_ext4.layout import FEATURES, GROUP_DESC_32, GROUP_DESC_64
@@ -251,7 +252,7 @@ class Allocator:
             self.i += 1
             self._skip()
 
-    def alloc(self, n: int) -> list[tuple[int, int]]:
+    def alloc(self, n: int) -> Sequence[tuple[int, int]]:
         fixed = self.fixed
         i = self.i
         cursor = self.cursor
@@ -259,7 +260,7 @@ class Allocator:
         if i < len(fixed) and fixed[i][0] > cursor and fixed[i][0] >= cursor + n or \
                 i >= len(fixed):
             self.cursor = cursor + n
-            return [(cursor, n)]
+            return ((cursor, n),)
         runs: list[tuple[int, int]] = []
         while n > 0:
             self._skip()

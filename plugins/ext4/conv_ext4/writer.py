@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import struct
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from conv_ext4 import journal, mapping, xattrwriter
 from conv_ext4.csum import crc32c_raw
@@ -136,10 +136,10 @@ def _block_ranges(extents: Iterable[tuple[int, int]], size: int,
     return out
 
 
-def _data_ranges(data: Data, size: int, bs: int) -> list[tuple[int, int]]:
+def _data_ranges(data: Data, size: int, bs: int) -> Sequence[tuple[int, int]]:
     """Block ranges a file's data needs; holes in it stay unallocated."""
     if size <= bs:
-        return [(0, 1)]  # a one-block file has no hole worth keeping
+        return ((0, 1),)  # a one-block file has no hole worth keeping
     if isinstance(data, FileRangeData) and data.holes and data.offset == 0:
         # one stat instead of SEEK_DATA probing: a fully allocated host file has no holes
         try:
@@ -148,7 +148,7 @@ def _data_ranges(data: Data, size: int, bs: int) -> list[tuple[int, int]]:
             pass
         else:
             if st.st_blocks * 512 >= size:
-                return [(0, -(-size // bs))]
+                return ((0, -(-size // bs)),)
     return _block_ranges(data.extents(), size, bs)
 
 
@@ -164,13 +164,15 @@ class Node:
         self.links = 1
         self.size = 0
         self.flags = 0
+        # (shared empty tuples until set: a node costs little memory)
         #: logical (block, count) ranges holding data
-        self.ranges: list[tuple[int, int]] = []
+        self.ranges: Sequence[tuple[int, int]] = ()
         #: rendered blocks (directories, slow symlinks); None for file data
         self.content: bytes | None = None
         self.data: Data | None = None
-        self.runs: list[tuple[int, int]] = []
-        self.map_runs: list[tuple[int, int]] = []
+        #: physical (block, count) runs the ranges are laid on, in order
+        self.runs: Sequence[tuple[int, int]] = ()
+        self.map_runs: Sequence[tuple[int, int]] = ()
         self.map_count = 0
         #: i_block for inodes without mapped blocks (fast symlinks, devices)
         self.i_block: bytes | None = None
@@ -233,6 +235,7 @@ class _Planner:
     def plan(self) -> Ext4Plan:
         self._number()
         self._render()
+        del self.ino_of  # only rendering needs names
         geo, alloc_end, jruns, jmap = self._solve()
         return Ext4Plan(self, geo, jruns, jmap, alloc_end)
 
@@ -311,7 +314,7 @@ class _Planner:
                         f"{bs}-byte block")
                 else:
                     node.content = target.ljust(bs, b"\0")
-                    node.ranges = [(0, 1)]
+                    node.ranges = ((0, 1),)
             elif kind in (Kind.CHAR, Kind.BLOCK):
                 node.i_block = _device_i_block(*e.rdev)
             else:
@@ -348,7 +351,7 @@ class _Planner:
                                       min_blocks)
         node.content = content
         node.size = len(content)
-        node.ranges = [(0, len(content) // self.o.block_size)]
+        node.ranges = ((0, len(content) // self.o.block_size),)
         if indexed:
             node.flags |= INDEX_FL
         if node.links > _LINK_MAX:
@@ -684,11 +687,7 @@ class Ext4Plan(Plan):
         bs = self.o.block_size
         if not node.map_runs and len(node.runs) == 1 and len(node.ranges) == 1 and \
                 node.ranges[0][1] <= EXTENT_MAX_LEN and node.flags & EXTENTS_FL:
-            # the common case: one extent in the inode
-            (lblk, n), (pblk, _) = node.ranges[0], node.runs[0]
-            node.i_block = _ONE_EXTENT.pack(EXTENT_MAGIC, 1, EXTENT_ROOT_MAX, 0, 0, lblk, n,
-                                            pblk >> 32, pblk & _M32)
-            return []
+            return []  # one extent in the inode: _inode_bytes packs it
         map_blocks = [b for s, n in node.map_runs for b in range(s, s + n)]
         if self.o.extents and node.flags & EXTENTS_FL:
             extents = mapping.make_extents(node.ranges, node.runs)
@@ -720,7 +719,8 @@ class Ext4Plan(Plan):
         for node in nodes:
             data = node.data
             assert data is not None
-            contiguous = len(node.runs) == 1 and node.ranges == [(0, node.runs[0][1])]
+            contiguous = len(node.runs) == 1 and len(node.ranges) == 1 and \
+                node.ranges[0] == (0, node.runs[0][1])
             if contiguous and node.size <= _SMALL_FILE and small.add(data, node):
                 continue
             if contiguous:
@@ -763,7 +763,14 @@ class Ext4Plan(Plan):
                 raise UnsupportedError(f"/{e.path}: file too large for this filesystem")
         i_block = node.i_block
         if i_block is None:
-            i_block = _empty_extent_root() if flags & EXTENTS_FL else bytes(60)
+            if flags & EXTENTS_FL and len(node.runs) == 1:
+                (lblk, n), (pblk, _) = node.ranges[0], node.runs[0]
+                i_block = _ONE_EXTENT.pack(EXTENT_MAGIC, 1, EXTENT_ROOT_MAX, 0, 0, lblk, n,
+                                           pblk >> 32, pblk & _M32)
+            elif flags & EXTENTS_FL:
+                i_block = _empty_extent_root()
+            else:
+                i_block = bytes(60)
         at, atx = _time(e.atime_ns)
         ct, ctx_ = _time(e.ctime_ns)
         mt, mtx = _time(e.mtime_ns)
