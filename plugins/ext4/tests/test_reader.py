@@ -17,7 +17,7 @@ import pytest
 from conv_ext4.reader import Ext4, decode
 
 from convcore.blockdev import FileVolume
-from convcore.errors import ConvError, CorruptError, NotFoundError
+from convcore.errors import ConvError, CorruptError, NotFoundError, UnsupportedError
 from convcore.testing import (
     is_root,
     make_sample_dir,
@@ -700,6 +700,15 @@ def test_directory_reachable_twice(small_images, tmp_path):
     with pytest.raises(CorruptError,
                        match="^directory inode 2 is reachable twice: / and /a/b/loop$"):
         _decode_file(image)
+
+
+def test_external_journal_device_is_unsupported(tmp_path):
+    require_tool("mke2fs")
+    image = str(tmp_path / "journal.img")
+    run("mke2fs", "-q", "-F", "-O", "journal_dev", "-b", "4096", image, "8M")
+    with _closing(FileVolume(image)) as volume, pytest.raises(
+            UnsupportedError, match="^ext4 feature journal_dev .* is not supported$"):
+        decode(volume, {}, None)
 
 
 def test_truncated_image(small_images, tmp_path):
