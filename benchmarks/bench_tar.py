@@ -80,6 +80,17 @@ def members(path: str) -> int:
     return out.count(b"\n")
 
 
+def extract(conv: str, archive: str, work: str, env: dict) -> tuple[float, int, float, int]:
+    """conv tar -> dir against tar -xpf of the same archive."""
+    ours, theirs = os.path.join(work, "x-conv"), os.path.join(work, "x-tar")
+    c_wall, c_rss = measure([conv, "--quiet", "convert", f"tar:{archive} -> dir:{ours}"], env)
+    os.makedirs(theirs)
+    t_wall, t_rss = measure(["tar", "-xpf", archive, "-C", theirs])
+    shutil.rmtree(ours)
+    shutil.rmtree(theirs)
+    return c_wall, c_rss, t_wall, t_rss
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("tree", nargs="?", help="tree to archive (default: build a synthetic one)")
@@ -88,6 +99,8 @@ def main() -> None:
     ap.add_argument("--flat-entries", type=int, default=20000)
     ap.add_argument("--sparse-size", type=parse_size, default=parse_size("1G"))
     ap.add_argument("--dense-size", type=parse_size, default=parse_size("256M"))
+    ap.add_argument("--no-extract", dest="extract", action="store_false",
+                    help="skip timing tar -> dir extraction")
     ap.add_argument("--compress", default="none,zst,gz",
                     help="comma-separated: none, zst, gz, xz")
     args = ap.parse_args()
@@ -113,6 +126,7 @@ def main() -> None:
         }
         suffix = {"none": ".tar", "zst": ".tar.zst", "gz": ".tar.gz", "xz": ".tar.xz"}
         rows = []
+        extract_rows: list[tuple[float, int, float, int]] = []
         for comp in args.compress.split(","):
             out = os.path.join(work, f"conv{suffix[comp]}")
             c_wall, c_rss = measure([conv, "--quiet", "convert",
@@ -123,6 +137,8 @@ def main() -> None:
                 ref = os.path.join(work, f"gnu{suffix[comp]}")
                 t_wall, t_rss = measure([*base, ref, "-C", tree, "."])
                 t_size, t_members = os.path.getsize(ref), members(ref)
+                if comp == "none" and "-S" in base and args.extract:
+                    extract_rows.append(extract(conv, ref, work, env))
                 os.unlink(ref)
                 if t_members != c_members:
                     print(f"warning: {comp}: conv wrote {c_members} members, "
@@ -137,6 +153,12 @@ def main() -> None:
             print(f"| {comp:6} | {cmd:26} | {cw:6.2f} | {cr / 1024:11.0f} | "
                   f"{cs / 2**20:12.0f} | {tw:5.2f} | {tr / 1024:11.0f} | "
                   f"{ts / 2**20:11.0f} | {cw / tw:10.2f} |")
+        for cw, cr, tw, tr in extract_rows:
+            print(f"\nextract (GNU tar -S archive -> directory)\n"
+                  f"| conv s | conv MiB RSS | tar -xpf s | tar MiB RSS | time ratio |\n"
+                  f"|---|---|---|---|---|\n"
+                  f"| {cw:6.2f} | {cr / 1024:11.0f} | {tw:10.2f} | {tr / 1024:11.0f} | "
+                  f"{cw / tw:10.2f} |")
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -155,6 +155,7 @@ class StreamCursor:
         self._file = open_decompressed(path, compression)
         self._scratch: bytearray | None = None
         self._checked_end = False
+        self._size: int | None = None
 
     def close(self) -> None:
         self._file.close()
@@ -188,8 +189,9 @@ class StreamCursor:
         if n <= 0:
             return 0
         if self.compression == "none":
-            size = os.fstat(self._file.fileno()).st_size
-            step = max(0, min(n, size - self.pos))
+            if self._size is None:
+                self._size = os.fstat(self._file.fileno()).st_size
+            step = max(0, min(n, self._size - self.pos))
             self._file.seek(self.pos + step)
             self.pos += step
             return step

@@ -237,6 +237,7 @@ def _scan(path: str, comp: str, cursor: StreamCursor,
     pax: list[tuple[str, bytes]] | None = None
     long_name: bytes | None = None
     long_link: bytes | None = None
+    archive_size: int | None = None
     while True:
         offset = cursor.pos
         where = f"{path}: member at offset {offset}"
@@ -317,7 +318,8 @@ def _scan(path: str, comp: str, cursor: StreamCursor,
                               else TarMemberData(archive, stored, [(0, stored, data_offset)]))
                 body = stored
             if comp == "none":
-                archive_size = os.path.getsize(path)
+                if archive_size is None:
+                    archive_size = os.path.getsize(path)
                 if data_offset + body > archive_size:
                     raise CorruptError(f"{where}: archive is truncated ({entry.path!r} needs "
                                        f"{body} bytes at {data_offset}, the file has "
