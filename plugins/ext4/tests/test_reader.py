@@ -681,6 +681,17 @@ def test_directory_block_checksum(small_images, tmp_path):
         _decode_file(image)
 
 
+@pytest.mark.parametrize("variant", ["ext4-1k"], indirect=True)
+def test_htree_root_checksum(variant, tmp_path):
+    _name, image, _volume, _fs_type, bs = variant
+    copy = str(tmp_path / "htree.img")
+    shutil.copyfile(image, copy)
+    root_block = _first_block(copy, "/big")
+    _flip(copy, root_block * bs + 44)  # inside the first dx_entry after the count/limit
+    with pytest.raises(CorruptError, match=rf"block {root_block}: checksum mismatch$"):
+        _decode_file(copy)
+
+
 @pytest.mark.parametrize("which", ["nocsum", "ext2"])
 def test_directory_garbage_without_checksum(small_images, tmp_path, which):
     image = _copy(small_images, which, tmp_path)
