@@ -176,7 +176,7 @@ def render_blockmap(ranges: list[Run], runs: list[Run], map_blocks: list[int],
         return t
 
     # Walk the file's blocks run by run; each step fills one table slice.
-    for lblk, pblk, n in _zip_runs(ranges, runs):
+    for lblk, pblk, n in zip_runs(ranges, runs):
         while n:
             if lblk < ind:
                 take = min(n, ind - lblk)
@@ -213,7 +213,7 @@ def render_blockmap(ranges: list[Run], runs: list[Run], map_blocks: list[int],
     return _I_BLOCK.pack(*i_block), out
 
 
-def _zip_runs(ranges: Iterable[Run], runs: list[Run]):
+def zip_runs(ranges: Iterable[Run], runs: list[Run]):
     """(logical, physical, length) pieces of logical ranges laid on runs."""
     ri = 0
     pstart, plen = runs[0] if runs else (0, 0)
