@@ -25,6 +25,9 @@ MAX_PAX_HEADER = 64 << 20
 MAX_LONG_NAME = 1 << 20
 MAX_SPARSE_ENTRIES = 1 << 20
 
+#: _member's answer for PAX sparse 1.0: the map is read from the data.
+SPARSE_MAP_IN_DATA = "map-in-data"
+
 _KINDS = {
     L.REGTYPE: Kind.FILE, L.AREGTYPE: Kind.FILE, L.CONTTYPE: Kind.FILE,
     L.LNKTYPE: Kind.FILE, L.SYMTYPE: Kind.SYMLINK, L.CHRTYPE: Kind.CHAR,
@@ -222,9 +225,10 @@ def _read_exact(cursor: StreamCursor, n: int, where: str, what: str) -> bytes:
 
 
 def _skip_exact(cursor: StreamCursor, n: int, where: str) -> None:
+    start = cursor.pos
     if cursor.skip(n) != n:
-        raise CorruptError(f"{where}: archive is truncated (member data ends at "
-                           f"{cursor.pos} of {cursor.pos - cursor.pos % L.BLOCK + n})")
+        raise CorruptError(f"{where}: archive is truncated ({n} bytes of member data "
+                           f"expected at offset {start}, it ends at {cursor.pos})")
 
 
 def _padded(n: int) -> int:
@@ -304,7 +308,7 @@ def _scan(path: str, comp: str, cursor: StreamCursor,
         data_offset = cursor.pos
         if entry.kind is Kind.FILE and entry.link is None:
             if segments_map is not None:
-                if segments_map == [("1.0",)]:
+                if segments_map == SPARSE_MAP_IN_DATA:
                     segments_map, map_bytes = _read_sparse_1_0(cursor, where, stored)
                     data_offset = cursor.pos
                     stored -= map_bytes
@@ -336,8 +340,8 @@ def _member(header: L.Header, block: bytes, typeflag: bytes, size: int,
             long_name: bytes | None, long_link: bytes | None, where: str,
             cursor: StreamCursor):
     """Build the Entry for one member header; returns it with the stored
-    data size, a sparse map (None when not sparse; ``[("1.0",)]`` when the
-    map is in the data) and the real file size."""
+    data size, a sparse map (None when not sparse; SPARSE_MAP_IN_DATA for
+    PAX sparse 1.0, whose map leads the data) and the real file size."""
     if "path" in records:
         raw_name = records["path"]
     elif long_name is not None:
@@ -369,7 +373,7 @@ def _member(header: L.Header, block: bytes, typeflag: bytes, size: int,
     if major is not None:
         if major != b"1" or records.get("GNU.sparse.minor", b"0") != b"0":
             raise UnsupportedError(f"{where}: GNU sparse format {major!r} is not supported")
-        sparse = [("1.0",)]
+        sparse = SPARSE_MAP_IN_DATA
         realsize = _pax_int(records.get("GNU.sparse.realsize", b"x"), "GNU.sparse.realsize",
                             where)
     elif "GNU.sparse.map" in records:  # 0.1
