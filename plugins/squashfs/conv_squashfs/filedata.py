@@ -12,18 +12,16 @@ import os
 import threading
 from array import array
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from itertools import accumulate
 
 from conv_squashfs.decompress import Decompressor
 from conv_squashfs.layout import DATA_SIZE_MASK, DATA_UNCOMPRESSED, MAX_BLOCK_SIZE
+from conv_squashfs.prefetch import TASK_BYTES, BlockRef, Prefetcher, read_scratch
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError
 from convcore.tree import Data
-
-#: decompressed bytes one pool task handles: small blocks go in groups so
-#: the pool's per-task cost stays small next to the codec's work
-_TASK_BYTES = 256 << 10
 
 #: zeros for sparse blocks, sliced through a memoryview (no copy)
 _ZEROS = memoryview(bytes(MAX_BLOCK_SIZE))
@@ -42,22 +40,6 @@ def decompress_pool() -> Executor:
         return _pool
 
 
-_scratch = threading.local()
-
-
-def _read_scratch(volume: Volume, length: int, offset: int, what: str) -> memoryview:
-    """``length`` bytes at ``offset`` in this thread's reused buffer (valid
-    until the thread's next call): compressed blocks need no bytes object."""
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or len(buf) < length:
-        buf = _scratch.buf = bytearray(max(length, MAX_BLOCK_SIZE))
-    view = memoryview(buf)[:length]
-    if offset < 0 or offset + length > volume.size or volume.readinto(view, offset) != length:
-        raise CorruptError(f"{what} at offset {offset} (+{length}) lies outside the "
-                           f"{volume.size}-byte image")
-    return view
-
-
 class FragmentCache:
     """The fragment table and a few decompressed fragment blocks (many small
     files share one, and are read one after another)."""
@@ -65,8 +47,10 @@ class FragmentCache:
     KEEP = 8
 
     def __init__(self, volume: Volume, decompress: Decompressor, block_size: int,
-                 entries: list[tuple[int, int]], bytes_used: int) -> None:
+                 entries: list[tuple[int, int]], bytes_used: int,
+                 prefetcher: Prefetcher | None = None) -> None:
         self.volume = volume
+        self.prefetcher = prefetcher
         self.decompress = decompress
         self.block_size = block_size
         #: (absolute start, size field) per fragment
@@ -74,6 +58,8 @@ class FragmentCache:
         self.bytes_used = bytes_used
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        if prefetcher is not None:
+            prefetcher.add(lambda: ((start, word, 0) for start, word in self.entries))
 
     def block_start(self, index: int) -> int:
         return self.entries[index][0]
@@ -92,8 +78,14 @@ class FragmentCache:
             raise CorruptError(f"{what}: bad size field {field:#x}")
         if start + length > self.bytes_used:
             raise CorruptError(f"{what} at offset {start} (+{length}) lies past the filesystem end")
-        raw = self.volume.read_exact(length, start, what)
-        data = raw if field & DATA_UNCOMPRESSED else self.decompress(raw, self.block_size, what)
+        data = None
+        if self.prefetcher is not None and not field & DATA_UNCOMPRESSED:
+            data = self.prefetcher.take(start)
+            self.prefetcher.ahead(start)
+        if data is None:
+            raw = self.volume.read_exact(length, start, what)
+            data = raw if field & DATA_UNCOMPRESSED else self.decompress(raw, self.block_size,
+                                                                         what)
         with self._lock:
             self._cache[index] = data
             while len(self._cache) > self.KEEP:
@@ -107,7 +99,7 @@ class SquashFileData(Data):
     def __init__(self, volume: Volume, decompress: Decompressor, block_size: int,
                  inode: int, size: int, start: int, blocks: array,
                  fragments: FragmentCache | None = None, fragment: int = -1,
-                 fragment_offset: int = 0) -> None:
+                 fragment_offset: int = 0, prefetcher: Prefetcher | None = None) -> None:
         self.volume = volume
         self.decompress = decompress
         self.block_size = block_size
@@ -119,6 +111,9 @@ class SquashFileData(Data):
         self.fragments = fragments
         self.fragment = fragment
         self.fragment_offset = fragment_offset
+        self.prefetcher = prefetcher
+        if prefetcher is not None and blocks:
+            prefetcher.add(self._compressed_blocks)
         self._offsets: array | None = None
         self._last: tuple[int, bytes] | None = None
 
@@ -153,6 +148,13 @@ class SquashFileData(Data):
                                f"{len(block)}-byte fragment block")
         return block[self.fragment_offset : end]
 
+    def _compressed_blocks(self) -> Iterator[BlockRef]:
+        """(disk offset, size word, decompressed size) of every block, for
+        the prefetcher's image-order index."""
+        offsets = self._block_offsets()
+        for index, word in enumerate(self.blocks):
+            yield self.start + offsets[index], word, self._block_length(index)
+
     def _what(self, index: int) -> str:
         return f"inode {self.inode} data block {index}"
 
@@ -163,8 +165,12 @@ class SquashFileData(Data):
         if length == 0:
             return None
         disk = self.start + self._block_offsets()[index]
-        raw = _read_scratch(self.volume, length, disk, self._what(index))
         want = self._block_length(index)
+        if self.prefetcher is not None and not entry & DATA_UNCOMPRESSED:
+            data = self.prefetcher.take(disk)
+            if data is not None and len(data) == want:
+                return data
+        raw = read_scratch(self.volume, length, disk, self._what(index))
         data = bytes(raw) if entry & DATA_UNCOMPRESSED else self.decompress(
             raw, want, self._what(index))
         if len(data) != want:
@@ -177,7 +183,14 @@ class SquashFileData(Data):
             return last[1]
         data = self._read_block(index)
         self._last = (index, data)  # one tuple: a concurrent reader sees old or new
+        self._read_ahead(index)
         return data
+
+    def _read_ahead(self, index: int) -> None:
+        """A lone block was read: let the prefetcher start on what follows
+        it in the image (the next files' blocks)."""
+        if self.prefetcher is not None:
+            self.prefetcher.ahead(self.start + self._block_offsets()[index])
 
     # -- Data
     def extents(self) -> list[tuple[int, int]]:
@@ -255,7 +268,7 @@ class SquashFileData(Data):
         if len(todo) < 2:
             return {}
         cores = os.cpu_count() or 1
-        per_task = max(1, min(_TASK_BYTES // self.block_size, -(-len(todo) // cores)))
+        per_task = max(1, min(TASK_BYTES // self.block_size, -(-len(todo) // cores)))
         pool = decompress_pool()
         ahead: dict[int, tuple[Future, int]] = {}
         for k in range(0, len(todo), per_task):
@@ -275,10 +288,11 @@ class SquashFileData(Data):
         nblocks = len(self.blocks)
         if nblocks == 1:
             self._write_blocks(range(1), None, fd, dst_offset, buf)
+            self._read_ahead(0)
         elif nblocks > 1:
             pool = decompress_pool()
             window = 2 * (os.cpu_count() or 1)
-            per_task = max(1, _TASK_BYTES // self.block_size)
+            per_task = max(1, TASK_BYTES // self.block_size)
             pending: deque = deque()
             for first in range(0, nblocks, per_task):
                 group = range(first, min(first + per_task, nblocks))

@@ -31,6 +31,7 @@ from conv_squashfs.layout import (
     decode_dev,
 )
 from conv_squashfs.metadata_reader import MAX_TABLE_BYTES, MetadataTable
+from conv_squashfs.prefetch import Prefetcher
 from conv_squashfs.xattr_reader import XattrReader
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError
@@ -74,7 +75,8 @@ class InodeReader:
 
     def __init__(self, table: MetadataTable, volume: Volume, decompress: Decompressor,
                  block_size: int, bytes_used: int, inode_count: int, ids: list[int],
-                 xattrs: XattrReader | None, fragments: FragmentCache | None) -> None:
+                 xattrs: XattrReader | None, fragments: FragmentCache | None,
+                 prefetcher: Prefetcher | None = None) -> None:
         self.table = table
         self.volume = volume
         self.decompress = decompress
@@ -84,6 +86,7 @@ class InodeReader:
         self.ids = ids
         self.xattrs = xattrs
         self.fragments = fragments
+        self.prefetcher = prefetcher
 
     def read(self, ref: int, what: str = "") -> Inode:
         """The inode at a 48-bit reference (block << 16 | offset)."""
@@ -180,7 +183,7 @@ class InodeReader:
         inode.data = SquashFileData(
             self.volume, self.decompress, bs, inode.number, size, start, blocks,
             fragments if has_fragment else None,
-            fragment if has_fragment else -1, frag_offset)
+            fragment if has_fragment else -1, frag_offset, self.prefetcher)
 
     def _bad_blocks(self, blocks: array, start: int) -> bool:
         """A block list is sane when every word is a length up to the block

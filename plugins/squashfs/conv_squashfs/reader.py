@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from conv_squashfs.decompress import Decompressor, decompressor_for, options_block_stored
 from conv_squashfs.directory_reader import DirEntry, read_listing
-from conv_squashfs.filedata import FragmentCache
+from conv_squashfs.filedata import FragmentCache, decompress_pool
 from conv_squashfs.inode_reader import Inode, InodeReader
 from conv_squashfs.layout import (
     COMPRESSOR_NAMES,
@@ -38,6 +38,7 @@ from conv_squashfs.layout import (
     VERSION_MINOR,
 )
 from conv_squashfs.metadata_reader import MetadataTable, read_indexed_table, read_metadata_block
+from conv_squashfs.prefetch import Prefetcher
 from conv_squashfs.xattr_reader import XattrReader
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError, NotFoundError, UnsupportedError, UsageError
@@ -71,6 +72,7 @@ class SquashFS:
         self.decompress: Decompressor = decompressor_for(
             sb.compression_id, self._compressor_options(), sb.block_size)
         self.ids = self._read_ids()
+        self.prefetcher = Prefetcher(volume, self.decompress, sb.block_size, decompress_pool)
         self.fragments = self._read_fragments()
         self.xattrs: XattrReader | None = None
         if sb.xattr_id_table_start != INVALID_TABLE:
@@ -83,7 +85,7 @@ class SquashFS:
                                          self._directory_table_end(), "directory table")
         self._inode_reader = InodeReader(self.inodes, volume, self.decompress, sb.block_size,
                                          sb.bytes_used, sb.inode_count, self.ids, self.xattrs,
-                                         self.fragments)
+                                         self.fragments, self.prefetcher)
 
     # -- superblock and lookup tables
     def _check_superblock(self) -> None:
@@ -140,7 +142,8 @@ class SquashFS:
                                  sb.fragment_count, FRAGMENT_ENTRY.size, sb.bytes_used,
                                  "fragment table")
         entries = [(start, size) for start, size, _ in FRAGMENT_ENTRY.iter_unpack(raw)]
-        return FragmentCache(self.volume, self.decompress, sb.block_size, entries, sb.bytes_used)
+        return FragmentCache(self.volume, self.decompress, sb.block_size, entries, sb.bytes_used,
+                             self.prefetcher)
 
     def _directory_table_end(self) -> int:
         """Where the directory table stops: the next thing mksquashfs puts

@@ -717,3 +717,32 @@ def test_out_of_line_xattr_values(tmp_path, monkeypatch):
     for i in range(3):
         assert tree.get(f"f{i}").xattrs == {"user.shared": b"S" * 500,
                                             "user.own": b"value %d" % i}
+
+
+def test_prefetcher_reads_ahead_in_image_order(tmp_path):
+    """Reading one file starts decompressing the next files' blocks; their
+    readers take those results (and get exactly their own bytes)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(5)
+    contents = {}
+    for i in range(12):
+        contents[f"f{i:02d}"] = b"".join(b"%d " % rng.randrange(1000) for _ in range(700))
+        (src / f"f{i:02d}").write_bytes(contents[f"f{i:02d}"])
+    img = mksquashfs(str(src), str(tmp_path / "img.sqfs"), "-b", "4K", "-no-fragments")
+    fs = reader.SquashFS(FileVolume(img))
+    files = fs.tree().data_order()
+    assert files[0].data.read() == contents[files[0].path]
+    pending = dict(fs.prefetcher._pending)
+    assert files[1].data.start in pending
+    for future, _ in pending.values():
+        future.result()  # let read-ahead finish, so the next read must take it
+    taken: list[bool] = []
+    real_take = fs.prefetcher.take
+    fs.prefetcher.take = lambda disk: (lambda got: taken.append(got is not None) or got)(
+        real_take(disk))
+    assert files[1].data.read() == contents[files[1].path]
+    assert taken == [True]
+    for entry in files[1:]:
+        assert entry.data.read() == contents[entry.path]
+        assert entry.data.start not in fs.prefetcher._pending
