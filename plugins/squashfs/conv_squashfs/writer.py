@@ -17,7 +17,9 @@ the same order, the root's is the highest.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import gc
 import os
 import sys
 import tempfile
@@ -38,6 +40,7 @@ _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
                Kind.CHAR: layout.INODE_CHRDEV, Kind.FIFO: layout.INODE_FIFO,
                Kind.SOCKET: layout.INODE_SOCKET}
 _U32 = 0xFFFFFFFF
+_DIR = Kind.DIR
 _INODE_HEADER_PACK = layout.INODE_HEADER.pack
 _FILE_INODE_PACK = layout.FILE_INODE.pack
 _DIR_ENTRY_PACK = layout.DIR_ENTRY.pack
@@ -120,12 +123,27 @@ def encode(tree: Tree, opts: dict, ctx: Context) -> SquashfsPlan:
     settings = Settings.from_options(opts)
     image = tempfile.TemporaryFile(prefix="conv-squashfs-")
     try:
-        bytes_used = ImageWriter(tree, settings, ctx, image.fileno()).write()
+        with _gc_paused():
+            bytes_used = ImageWriter(tree, settings, ctx, image.fileno()).write()
     except BaseException:
         image.close()
         raise
     padded = -(-bytes_used // layout.PAD_SIZE) * layout.PAD_SIZE
     return SquashfsPlan(image, bytes_used, padded)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection while writing: the writer makes a few
+    objects per entry and no cycles, and with a large tree alive every
+    collection walks it all (measured ~15% of the time for 100k files)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class ImageWriter:
@@ -172,7 +190,7 @@ class ImageWriter:
             while i < len(kids):
                 child = kids[i]
                 i += 1
-                if child.is_dir():
+                if child.kind is _DIR and child.link is None:
                     stack[-1] = (entry, kids, i)
                     stack.append((child, self._children(child.path), 0))
                     break
@@ -196,7 +214,8 @@ class ImageWriter:
         inode_of = self.inode_of
         for entry, kids in order:
             if kids is not None:
-                nlinks[entry.path] = 2 + sum(1 for k in kids if k.is_dir())
+                nlinks[entry.path] = 2 + sum(1 for k in kids
+                                             if k.kind is _DIR and k.link is None)
                 numbers[entry.path] = len(numbers) + 1
                 inode_of[entry.path] = entry
             elif entry.link is None:
