@@ -135,6 +135,6 @@ class Prefetcher:
                     raise CorruptError("block longer than the block size")
                 raw = read_scratch(self.volume, length, offset, "read-ahead block")
                 out.append(self.decompress(raw, size or self.block_size, "read-ahead block"))
-            except ConvError:
-                out.append(None)  # its reader meets the damage itself
+            except (ConvError, OSError):
+                out.append(None)  # its reader meets the damage (or closed image) itself
         return out
