@@ -14,7 +14,7 @@ import pytest
 
 from convcore.builtin import dirfmt, tar_codec, tarfmt
 from convcore.builtin.tar_reader import TarMemberData
-from convcore.errors import CorruptError, NoSpaceError, NotFoundError
+from convcore.errors import ConvError, CorruptError, NoSpaceError, NotFoundError
 from convcore.format import Context
 from convcore.testing import (
     make_sample_dir,
@@ -606,3 +606,15 @@ def test_dir_sink_streams_a_compressed_archive_once(tmp_path, monkeypatch):
     assert len(opened) == 1
     for info, data in members:
         assert (tmp_path / "out" / info.name).read_bytes() == data
+
+
+@pytest.mark.parametrize("size", [1, 1 << 20], ids=["buffered", "copy_file_range"])
+def test_source_file_vanished_is_one_line(tmp_path, size):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "gone").write_bytes(b"x" * size)
+    tree = dirfmt.source(str(src), {"owner": None, "exclude": ()}, ctx())
+    os.unlink(src / "gone")
+    with pytest.raises(ConvError, match="gone.*No such file") as info:
+        write(tree, tmp_path / "out.tar")
+    assert "\n" not in str(info.value)

@@ -290,7 +290,14 @@ class _Extractor:
     def create_at(self, cursor: _DirCursor, tree: Tree, entry: Entry, root_fd: int) -> None:
         parts = _parts(entry.path, "entry")
         parent_fd = cursor.get(parts[:-1], entry.path)
-        self.create(tree, entry, parts, parent_fd, root_fd)
+        try:
+            self.create(tree, entry, parts, parent_fd, root_fd)
+        except ConvError:
+            raise
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"{self.dest}: no space left on the device") from None
+            raise ConvError(f"{entry.path!r}: cannot extract: {e.strerror}") from None
 
     def create(self, tree: Tree, entry: Entry, parts: tuple[str, ...], parent_fd: int,
                root_fd: int) -> None:

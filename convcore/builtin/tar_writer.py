@@ -11,6 +11,7 @@ headers depend only on the entry.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -284,14 +285,19 @@ def write_tar(tree: Tree, path: str | os.PathLike, compression: str = "none",
         try:
             with _progress(ctx, tree, f"tar {os.path.basename(path)}") as bar:
                 for entry in tree:
-                    writer.add(tree, entry)
+                    try:
+                        writer.add(tree, entry)
+                    except OSError as e:
+                        if e.errno in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, ConvError):
+                            raise
+                        # a source file that vanished or cannot be read
+                        raise ConvError(f"{entry.path!r}: cannot archive: {e.strerror}") from None
                     if entry.data is not None and entry.link is None:
                         bar.update(entry.data.size)
                 writer.finish()
         finally:
             out.close()
     except OSError as e:
-        import errno
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpaceError(f"{path}: no space left on the output device") from None
         raise
