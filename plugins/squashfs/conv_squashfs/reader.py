@@ -4,8 +4,13 @@ Every table offset, count, size and reference comes from a possibly hostile
 image, so each is checked against ``bytes_used`` and the table it points into
 before use; any failure is one CorruptError naming the table, inode or
 offset. Metadata is read eagerly (the whole tree is built up front); file
-contents stay in the image and are decompressed block by block when read
-(``conv_squashfs.filedata``).
+contents stay in the image and are decompressed block by block when read.
+
+The pieces: ``metadata_reader`` (metadata blocks and lookup tables),
+``inode_reader``, ``directory_reader``, ``xattr_reader``, ``filedata`` (lazy
+file contents, fragments) and ``prefetch`` (image-order read-ahead on the
+decompression pool); this module checks the superblock, wires the tables
+together and walks the directories into a Tree.
 
 A small dissect-style API sits beside ``decode``::
 
