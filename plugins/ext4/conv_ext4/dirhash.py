@@ -16,76 +16,81 @@ _K2 = 0o13240474631
 _K3 = 0o15666365641
 _DEFAULT_SEED = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476)
 _SEED = struct.Struct("<4I")
+_BE_WORDS = [struct.Struct(f">{n}I") for n in range(9)]
 
 
 def _str2hashbuf(msg: bytes, num: int) -> list[int]:
-    """Pack up to ``num`` words of ``msg`` big-end-first, padded with the length."""
+    """Up to ``num`` big-endian words of ``msg``, padded with its length.
+    (e2fsprogs shifts chars into a register seeded with the padding; after
+    four chars the padding is gone, so whole words are plain big-endian.)"""
     length = len(msg)
     pad = (length | (length << 8)) & _M
     pad = (pad | (pad << 16)) & _M
-    out: list[int] = []
-    val = pad
     msg = msg[: num * 4]
-    for i, c in enumerate(msg):
-        val = (c + (val << 8)) & _M
-        if i % 4 == 3:
-            out.append(val)
-            val = pad
-    if len(out) < num and len(msg) % 4:
-        out.append(val)
-    while len(out) < num:
-        out.append(pad)
+    full, rem = divmod(len(msg), 4)
+    out = list(_BE_WORDS[full].unpack_from(msg)) if full else []
+    if rem:
+        out.append(((pad << (8 * rem)) | int.from_bytes(msg[full * 4:], "big")) & _M)
+    out.extend([pad] * (num - len(out)))
     return out
 
 
-def _rotl(x: int, s: int) -> int:
-    return ((x << s) | (x >> (32 - s))) & _M
-
-
 def _half_md4(buf: list[int], x: list[int]) -> None:
+    # the three MD4 rounds written out: no per-step function calls on this hot path
     a, b, c, d = buf
-
-    def f(x_, y, z):
-        return z ^ (x_ & (y ^ z))
-
-    def g(x_, y, z):
-        return ((x_ & y) + ((x_ ^ y) & z)) & _M
-
-    def h(x_, y, z):
-        return x_ ^ y ^ z
-
-    a = _rotl((a + f(b, c, d) + x[0]) & _M, 3)
-    d = _rotl((d + f(a, b, c) + x[1]) & _M, 7)
-    c = _rotl((c + f(d, a, b) + x[2]) & _M, 11)
-    b = _rotl((b + f(c, d, a) + x[3]) & _M, 19)
-    a = _rotl((a + f(b, c, d) + x[4]) & _M, 3)
-    d = _rotl((d + f(a, b, c) + x[5]) & _M, 7)
-    c = _rotl((c + f(d, a, b) + x[6]) & _M, 11)
-    b = _rotl((b + f(c, d, a) + x[7]) & _M, 19)
-
-    a = _rotl((a + g(b, c, d) + x[1] + _K2) & _M, 3)
-    d = _rotl((d + g(a, b, c) + x[3] + _K2) & _M, 5)
-    c = _rotl((c + g(d, a, b) + x[5] + _K2) & _M, 9)
-    b = _rotl((b + g(c, d, a) + x[7] + _K2) & _M, 13)
-    a = _rotl((a + g(b, c, d) + x[0] + _K2) & _M, 3)
-    d = _rotl((d + g(a, b, c) + x[2] + _K2) & _M, 5)
-    c = _rotl((c + g(d, a, b) + x[4] + _K2) & _M, 9)
-    b = _rotl((b + g(c, d, a) + x[6] + _K2) & _M, 13)
-
-    a = _rotl((a + h(b, c, d) + x[3] + _K3) & _M, 3)
-    d = _rotl((d + h(a, b, c) + x[7] + _K3) & _M, 9)
-    c = _rotl((c + h(d, a, b) + x[2] + _K3) & _M, 11)
-    b = _rotl((b + h(c, d, a) + x[6] + _K3) & _M, 15)
-    a = _rotl((a + h(b, c, d) + x[1] + _K3) & _M, 3)
-    d = _rotl((d + h(a, b, c) + x[5] + _K3) & _M, 9)
-    c = _rotl((c + h(d, a, b) + x[0] + _K3) & _M, 11)
-    b = _rotl((b + h(c, d, a) + x[4] + _K3) & _M, 15)
-
-    buf[0] = (buf[0] + a) & _M
-    buf[1] = (buf[1] + b) & _M
-    buf[2] = (buf[2] + c) & _M
-    buf[3] = (buf[3] + d) & _M
-
+    m = _M
+    a = (a + (d ^ (b & (c ^ d))) + x[0]) & m
+    a = ((a << 3) | (a >> 29)) & m
+    d = (d + (c ^ (a & (b ^ c))) + x[1]) & m
+    d = ((d << 7) | (d >> 25)) & m
+    c = (c + (b ^ (d & (a ^ b))) + x[2]) & m
+    c = ((c << 11) | (c >> 21)) & m
+    b = (b + (a ^ (c & (d ^ a))) + x[3]) & m
+    b = ((b << 19) | (b >> 13)) & m
+    a = (a + (d ^ (b & (c ^ d))) + x[4]) & m
+    a = ((a << 3) | (a >> 29)) & m
+    d = (d + (c ^ (a & (b ^ c))) + x[5]) & m
+    d = ((d << 7) | (d >> 25)) & m
+    c = (c + (b ^ (d & (a ^ b))) + x[6]) & m
+    c = ((c << 11) | (c >> 21)) & m
+    b = (b + (a ^ (c & (d ^ a))) + x[7]) & m
+    b = ((b << 19) | (b >> 13)) & m
+    a = (a + ((b & c) + ((b ^ c) & d)) + x[1] + _K2) & m
+    a = ((a << 3) | (a >> 29)) & m
+    d = (d + ((a & b) + ((a ^ b) & c)) + x[3] + _K2) & m
+    d = ((d << 5) | (d >> 27)) & m
+    c = (c + ((d & a) + ((d ^ a) & b)) + x[5] + _K2) & m
+    c = ((c << 9) | (c >> 23)) & m
+    b = (b + ((c & d) + ((c ^ d) & a)) + x[7] + _K2) & m
+    b = ((b << 13) | (b >> 19)) & m
+    a = (a + ((b & c) + ((b ^ c) & d)) + x[0] + _K2) & m
+    a = ((a << 3) | (a >> 29)) & m
+    d = (d + ((a & b) + ((a ^ b) & c)) + x[2] + _K2) & m
+    d = ((d << 5) | (d >> 27)) & m
+    c = (c + ((d & a) + ((d ^ a) & b)) + x[4] + _K2) & m
+    c = ((c << 9) | (c >> 23)) & m
+    b = (b + ((c & d) + ((c ^ d) & a)) + x[6] + _K2) & m
+    b = ((b << 13) | (b >> 19)) & m
+    a = (a + (b ^ c ^ d) + x[3] + _K3) & m
+    a = ((a << 3) | (a >> 29)) & m
+    d = (d + (a ^ b ^ c) + x[7] + _K3) & m
+    d = ((d << 9) | (d >> 23)) & m
+    c = (c + (d ^ a ^ b) + x[2] + _K3) & m
+    c = ((c << 11) | (c >> 21)) & m
+    b = (b + (c ^ d ^ a) + x[6] + _K3) & m
+    b = ((b << 15) | (b >> 17)) & m
+    a = (a + (b ^ c ^ d) + x[1] + _K3) & m
+    a = ((a << 3) | (a >> 29)) & m
+    d = (d + (a ^ b ^ c) + x[5] + _K3) & m
+    d = ((d << 9) | (d >> 23)) & m
+    c = (c + (d ^ a ^ b) + x[0] + _K3) & m
+    c = ((c << 11) | (c >> 21)) & m
+    b = (b + (c ^ d ^ a) + x[4] + _K3) & m
+    b = ((b << 15) | (b >> 17)) & m
+    buf[0] = (buf[0] + a) & m
+    buf[1] = (buf[1] + b) & m
+    buf[2] = (buf[2] + c) & m
+    buf[3] = (buf[3] + d) & m
 
 def _tea(buf: list[int], x: list[int]) -> None:
     total = 0

@@ -461,3 +461,33 @@ def test_tiny_filesystem_has_no_journal(tmp_path):
     fsck_clean(img)
     info = run("dumpe2fs", "-h", img).stdout
     assert "has_journal" not in re.search(r"Filesystem features:\s+(.*)", info).group(1)
+
+
+def test_htree_with_non_ascii_names(tmp_path):
+    """Names with bytes >= 0x80 hash as unsigned chars, as the superblock says:
+    e2fsck recomputes every hash and checks each leaf's range."""
+    require_tool("e2fsck", "debugfs")
+    tree = Tree()
+    names = [f"naïve-名前-{i:04d}-é" for i in range(600)]
+    for name in names:
+        tree.add(Entry(f"d/{name}", Kind.FILE, data=BytesData(b"")))
+    img = build(tree, tmp_path / "u.img")
+    fsck_clean(img)
+    assert stat_all(img, ["d"])["d"]["flags"] & 0x1000
+    info = run("dumpe2fs", "-h", img).stdout
+    assert re.search(r"Filesystem flags:\s+unsigned_directory_hash", info)
+    assert stat_all(img, [f"d/{names[417]}"])[f"d/{names[417]}"]["links"] == 1
+
+
+def test_dirhash_matches_debugfs(tmp_path):
+    require_tool("debugfs")
+    from conv_ext4.dirhash import DirHasher
+    seed = "2f9ad9d8-84e6-4ed5-ae0a-1f186041651e"
+    img = build(Tree(), tmp_path / "e.img")
+    import uuid
+    for alg, version in (("half_md4", 1), ("tea", 2)):
+        hasher = DirHasher(uuid.UUID(seed).bytes, version)
+        for name in ("hello", "a" * 40, "entry-0001-" + "x" * 60):
+            out = debugfs(img, f"dx_hash -h {alg} -s {seed} {name}")
+            major, minor = re.search(r"is 0x([0-9a-f]+) \(minor 0x([0-9a-f]+)\)", out).groups()
+            assert hasher(name.encode()) == (int(major, 16), int(minor, 16)), (alg, name)
