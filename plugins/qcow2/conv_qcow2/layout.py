@@ -60,9 +60,6 @@ INCOMPAT_EXTL2 = 1 << 4
 INCOMPAT_KNOWN = (INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE
                   | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2)
 
-# compatible / autoclear bits we write
-COMPAT_LAZY_REFCOUNTS = 1 << 0
-
 COMPRESSION_ZLIB = 0
 COMPRESSION_ZSTD = 1
 COMPRESSION_NAMES = {COMPRESSION_ZLIB: "zlib", COMPRESSION_ZSTD: "zstd"}
@@ -84,12 +81,9 @@ FEATURE_NAMES_V3 = (
 # L1 / L2 entries
 L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 L2_OFFSET_MASK = 0x00FFFFFFFFFFFE00
-REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
 OFLAG_COPIED = 1 << 63
 OFLAG_COMPRESSED = 1 << 62
 OFLAG_ZERO = 1 << 0
-L1_RESERVED_MASK = 0x7F000000000001FF
-L2_RESERVED_MASK = 0x3F000000000001FE
 
 #: extended L2 entries: 32 subclusters, bitmap: low 32 bits allocated, high 32 zero.
 SUBCLUSTERS = 32
@@ -104,8 +98,6 @@ MAX_BACKING_NAME = 1023
 
 SECTOR = 512
 
-ENTRY = struct.Struct(">Q")
-
 
 def compressed_layout(cluster_bits: int) -> tuple[int, int]:
     """(csize_shift, csize_mask) of a compressed L2 descriptor: the host
@@ -113,8 +105,3 @@ def compressed_layout(cluster_bits: int) -> tuple[int, int]:
     of additional 512-byte sectors."""
     shift = 62 - (cluster_bits - 8)
     return shift, (1 << (cluster_bits - 8)) - 1
-
-
-def refcount_blocks_needed(clusters: int, cluster_size: int, refcount_bits: int) -> int:
-    per_block = cluster_size * 8 // refcount_bits
-    return -(-clusters // per_block)
