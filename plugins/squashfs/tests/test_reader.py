@@ -160,6 +160,11 @@ def test_info_and_hardlinks(src, tmp_path):
     assert tree.get("var/hostname-link").link == "etc/hostname"
     order = [e.path for e in tree]
     assert order.index("etc/hostname") < order.index("var/hostname-link")
+    # Duplicate files (not hardlinks) share their data blocks in the image.
+    original, copy = tree.get("usr/data.bin"), tree.get("usr/data-copy.bin")
+    assert copy.link is None
+    assert copy.data.start == original.data.start
+    assert copy.data.read() == original.data.read()
 
 
 def _lstat_all(root: str):
