@@ -105,6 +105,12 @@ class Volume:
     def close(self) -> None:
         pass
 
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _is_zero(view: memoryview) -> bool:
     return not any(view) if len(view) < 64 else view.tobytes() == bytes(len(view))

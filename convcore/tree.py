@@ -63,6 +63,7 @@ class Data:
     ``os.copy_file_range``.
     """
 
+    __slots__ = ()
     size: int = 0
 
     def readinto(self, offset: int, buf: memoryview | bytearray) -> int:
@@ -210,6 +211,8 @@ class SegmentData(Data):
     filesystem readers expose file contents). ``segments`` are
     ``(file_offset, length, volume_offset)``, ascending; gaps are holes."""
 
+    __slots__ = ("volume", "size", "segments")
+
     def __init__(self, volume, size: int, segments: list[tuple[int, int, int]]) -> None:
         self.volume = volume
         self.size = size
@@ -225,17 +228,31 @@ class SegmentData(Data):
     def readinto(self, offset: int, buf: memoryview | bytearray) -> int:
         want = max(0, min(len(buf), self.size - offset))
         view = memoryview(buf)[:want]
-        view[:] = bytes(want) if want < 4096 else b"\0" * want
+        end = offset + want
+        filled = offset  # bytes before this are done; gaps between segments are holes
         for f, n, v in self.segments:
-            lo = max(f, offset)
-            hi = min(f + n, offset + want)
+            if f >= end:
+                break
+            lo, hi = max(f, offset), min(f + n, end)
             if lo < hi:
+                _zero(view[filled - offset : lo - offset])
                 self.volume.readinto(view[lo - offset : hi - offset], v + (lo - f))
+                filled = hi
+        _zero(view[filled - offset :])
         return want
 
     def copy_to(self, fd: int, dst_offset: int, buf: bytearray | None = None) -> None:
         for f, n, v in self.segments:
             self.volume.copy_to_fd(v, n, fd, dst_offset + f, buf)
+
+
+_ZEROS = bytes(1 << 16)
+
+
+def _zero(view: memoryview) -> None:
+    for pos in range(0, len(view), len(_ZEROS)):
+        chunk = view[pos : pos + len(_ZEROS)]
+        chunk[:] = _ZEROS[: len(chunk)]
 
 
 def _seek_data_extents(fd: int, base: int, size: int) -> Iterator[tuple[int, int]]:

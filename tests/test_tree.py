@@ -82,3 +82,22 @@ def test_file_range_data_reports_holes_and_copies_sparse(tmp_path):
     assert dst.read_bytes() == src.read_bytes()
     assert os.stat(dst).st_blocks * 512 < 64 * 1024
     assert data.read(4090, 12) == b"AAAAAA" + bytes(6)
+
+
+def test_segment_data_reads_holes_as_zeros_around_segments():
+    import tempfile
+
+    from convcore.blockdev import FileVolume
+    from convcore.tree import SegmentData
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(bytes(range(256)) * 4)
+        f.flush()
+        with FileVolume(f.name) as vol:
+            data = SegmentData(vol, 300, [(10, 20, 100), (200, 50, 0)])
+            expected = bytearray(300)
+            expected[10:30] = (bytes(range(256)) * 4)[100:120]
+            expected[200:250] = bytes(range(50))
+            assert data.read() == bytes(expected)
+            for off, n in ((0, 15), (25, 180), (199, 2), (240, 60), (290, 50)):
+                assert data.read(off, n) == bytes(expected[off:off + n])
+            assert data.extents() == [(10, 20), (200, 50)]
