@@ -21,6 +21,7 @@ import contextlib
 import fnmatch
 import gc
 import os
+import struct
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
 _U32 = 0xFFFFFFFF
 _DIR = Kind.DIR
 _INODE_HEADER_PACK = layout.INODE_HEADER.pack
-_FILE_INODE_PACK = layout.FILE_INODE.pack
+_FILE_INODE_FULL_PACK = struct.Struct(
+    layout.INODE_HEADER.format + layout.FILE_INODE.format.lstrip("<")).pack
 _DIR_ENTRY_PACK = layout.DIR_ENTRY.pack
 _MAX_IDS = 65536
 
@@ -295,6 +297,9 @@ class ImageWriter:
         refs, dirent = self.refs, self.dirent
         inode_of, numbers, files = self.inode_of, self.numbers, self.files
         inodes = self.inodes
+        ids = self.ids
+        force_uid, force_gid, force_mtime = self.s.uid, self.s.gid, self.s.mtime
+        file_type = layout.INODE_FILE
         for entry, kids in order:
             if kids is None:
                 key = entry.path if entry.link is None else entry.link
@@ -304,16 +309,25 @@ class ImageWriter:
                 rec = files.get(key)
                 if (rec is not None and nlinks[key] == 1 and not inode.xattrs
                         and rec.size <= _U32 and rec.blocks_start <= _U32 and not rec.sparse):
-                    # The common case, a plain file, in one pack.
+                    # The common case, a plain file: _header and _file_body inlined,
+                    # since this runs once per file of the tree.
+                    uid = inode.uid if force_uid is None else force_uid
+                    gid = inode.gid if force_gid is None else force_gid
+                    uid_idx = ids[uid] if uid in ids else self._id(uid)
+                    gid_idx = ids[gid] if gid in ids else self._id(gid)
+                    mtime = force_mtime if force_mtime is not None else \
+                        min(max(inode.mtime_ns // 1_000_000_000, 0), _U32)
+                    number = numbers[key]
                     ref = inodes.ref
-                    head = self._header(layout.INODE_FILE, inode, numbers[key])
-                    inodes.write(head + _FILE_INODE_PACK(rec.blocks_start, rec.fragment,
-                                                         rec.fragment_offset, rec.size))
+                    inodes.write(_FILE_INODE_FULL_PACK(
+                        file_type, inode.mode & 0o7777, uid_idx, gid_idx, mtime, number,
+                        rec.blocks_start, rec.fragment, rec.fragment_offset, rec.size))
                     if rec.block_sizes:
                         inodes.write(_block_words(rec))
-                else:
-                    ref = self._write_leaf(inode, key, nlinks[key])
-                refs[key] = ref
+                    refs[key] = ref
+                    dirent[key] = (ref, number, file_type)
+                    continue
+                ref = refs[key] = self._write_leaf(inode, key, nlinks[key])
                 dirent[key] = (ref, numbers[key], _BASIC_TYPE[inode.kind])
             else:
                 ref = refs[entry.path] = self._write_dir(entry, kids, nlinks[entry.path],
