@@ -269,6 +269,8 @@ class ImageWriter:
     def _id(self, value: int) -> int:
         index = self.ids.get(value)
         if index is None:
+            if not 0 <= value <= _U32:
+                raise UnsupportedError(f"uid/gid {value} does not fit squashfs (0 to {_U32})")
             if len(self.ids) >= _MAX_IDS:
                 raise UnsupportedError(f"squashfs holds at most {_MAX_IDS} distinct uids/gids")
             index = self.ids[value] = len(self.ids)

@@ -12,11 +12,13 @@ import logging
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec
 from conv_squashfs.metadata_writer import MetadataWriter, build_table
+from convcore.errors import UnsupportedError
 
 log = logging.getLogger(__name__)
 
 _PREFIXES = [(prefix.encode(), kind) for kind, prefix in layout.XATTR_PREFIXES.items()]
-_TARGET_MAX = 65536  # mksquashfs's XATTR_TARGET_MAX for one set's inline size
+_TARGET_MAX = 65536
+_U32 = 0xFFFFFFFF  # mksquashfs's XATTR_TARGET_MAX for one set's inline size
 
 
 class XattrWriter:
@@ -41,6 +43,9 @@ class XattrWriter:
             raw = name.encode("utf-8", "surrogateescape")
             for prefix, kind in _PREFIXES:
                 if raw.startswith(prefix) and len(raw) > len(prefix):
+                    if len(raw) - len(prefix) > 0xFFFF or len(value) > _U32:
+                        raise UnsupportedError(f"/{path}: xattr {name[:40]!r} is too large "
+                                               f"for squashfs")
                     items.append((kind, raw[len(prefix):], raw, bytes(value)))
                     break
             else:

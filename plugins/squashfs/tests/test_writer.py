@@ -494,6 +494,14 @@ def test_unrepresentable_entries_are_refused():
     tree.add(Entry("n" * 257, Kind.FILE, data=BytesData(b"")))
     with pytest.raises(UnsupportedError, match="longer than"):
         encode(tree, sqfs_opts(), Context())
+    tree = Tree()
+    tree.add(Entry("owner", Kind.FILE, uid=1 << 32, data=BytesData(b"")))
+    with pytest.raises(UnsupportedError, match="4294967296"):
+        encode(tree, sqfs_opts(), Context())
+    tree = Tree()
+    tree.add(Entry("x", Kind.FILE, data=BytesData(b""), xattrs={"user." + "k" * 70000: b""}))
+    with pytest.raises(UnsupportedError, match="too large"):
+        encode(tree, sqfs_opts(), Context())
 
 
 # --------------------------------------------------------------------------
