@@ -109,3 +109,30 @@ def test_third_party_plugin_in_a_chain(tmp_path, sample_dir):
     assert by_path["/etc/hostname"][4] == expected.hexdigest()
     assert by_path["/usr/bin/tool"][1] == "4755"
     assert len(lines) == len(scan_dir(sample_dir))
+
+
+def test_source_date_epoch_clamps_times_in_the_output(tmp_path, sample_dir):
+    import tarfile
+    out = tmp_path / "t.tar"
+    epoch = 1_600_000_000  # before the sample tree's mtimes
+    run_conv("convert", f"dir:{sample_dir} -> tar:{out}", env={"SOURCE_DATE_EPOCH": str(epoch)},
+             check=True)
+    with tarfile.open(out) as tf:
+        mtimes = {m.name: m.mtime for m in tf.getmembers()}
+    assert mtimes and max(mtimes.values()) == epoch
+    later = tmp_path / "u.tar"
+    run_conv("convert", f"dir:{sample_dir} -> tar:{later}",
+             env={"SOURCE_DATE_EPOCH": str(1_800_000_000)}, check=True)
+    with tarfile.open(later) as tf:  # an epoch after every mtime changes none
+        assert {int(m.mtime) for m in tf.getmembers()} == {1_700_000_000}
+
+
+def test_info_json_on_a_directory_and_a_tar(tmp_path, sample_dir):
+    report = json.loads(run_conv("info", "--json", sample_dir, check=True).stdout)
+    assert report["tree"]["format"] == "dir"
+    assert report["tree"]["entries"] == len(scan_dir(sample_dir))
+    out = tmp_path / "t.tar.gz"
+    run_conv("convert", f"dir:{sample_dir} -> tar:{out}", check=True)
+    report = json.loads(run_conv("info", "--json", str(out), check=True).stdout)
+    assert report["tree"]["format"] == "tar"
+    assert report["tree"]["entries"] == len(scan_dir(sample_dir))
