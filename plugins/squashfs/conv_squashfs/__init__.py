@@ -30,15 +30,18 @@ def _uid(text: str) -> int:
 
 OPTIONS = [
     Option("comp", "gzip", "compressor", choices=("gzip", "xz", "lzma", "lz4", "zstd", "lzo")),
-    Option("level", None, "compression level (default: the codec's mksquashfs default)", int),
+    Option("level", None, "compression level; default as mksquashfs: gzip 1-9 (9), zstd 1-22 "
+           "(15), xz/lzma preset 0-9 (6/5), lz4 HC 1-12 (plain lz4), lzo 1 or 8 (8)", int),
     Option("block_size", 128 * 1024, "data block size, 4K to 1M, a power of two", parse_size),
     Option("bcj", "", "xz only: BCJ filters, e.g. x86,arm"),
     Option("all_root", False, "make every file owned by root", parse_bool),
     Option("uid", None, "force this owner uid on every file", _uid),
     Option("gid", None, "force this group gid on every file", _uid),
     Option("mtime", None, "force this modification time (seconds) on every entry", int),
-    Option("exclude", "", "glob of paths to leave out (comma-separated)"),
-    Option("fragments", True, "pack file tails into fragment blocks", parse_bool),
+    Option("exclude", "", "globs of paths to leave out, comma-separated; a glob without '/' "
+           "also matches a name anywhere"),
+    Option("fragments", True, "pack files smaller than a block into fragment blocks",
+           parse_bool),
     Option("dedup", True, "store identical files once", parse_bool),
     Option("xattrs", True, "store extended attributes", parse_bool),
     Option("threads", None, "compression threads (default: all cores)", int),
