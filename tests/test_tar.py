@@ -618,3 +618,22 @@ def test_source_file_vanished_is_one_line(tmp_path, size):
     with pytest.raises(ConvError, match="gone.*No such file") as info:
         write(tree, tmp_path / "out.tar")
     assert "\n" not in str(info.value)
+
+
+def test_link_before_its_inode_holder_is_written_as_the_holder(tmp_path):
+    """A re-ordered tree (link name first) still gives GNU tar a file, then
+    a link to it."""
+    require_tool("tar")
+    tree = Tree()
+    tree.add(Entry("a-link", Kind.FILE, mode=0o600, link="z-file", size=4,
+                   data=BytesData(b"data")))
+    tree.add(Entry("z-file", Kind.FILE, mode=0o600, size=4, data=BytesData(b"data")))
+    archive = tmp_path / "l.tar"
+    write(tree, archive)
+    listing = run("tar", "-tvf", str(archive)).stdout
+    assert "a-link" in listing and "z-file link to a-link" in listing
+    out = tmp_path / "x"
+    out.mkdir()
+    run("tar", "-xpf", str(archive), "-C", str(out))
+    assert (out / "a-link").read_bytes() == b"data"
+    assert os.stat(out / "a-link").st_ino == os.stat(out / "z-file").st_ino

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from dataclasses import replace
 
 from convcore.builtin import tar_layout as L
 from convcore.builtin.tar_codec import ChunkOutput, PlainOutput, open_output
@@ -172,12 +173,25 @@ class TarWriter:
         self.out = out
         self.buf = bytearray(COPY_CHUNK)
         self.sockets_skipped = 0
+        #: paths that hardlinks point at, and the name each inode went out under
+        self.link_targets: set[str] = set()
+        self.inode_names: dict[str, str] = {}
 
     def add(self, tree: Tree, entry: Entry) -> None:
         inode = tree.resolve(entry)
-        if entry.link is not None:
-            self.out.write(member_headers(entry, inode, 0, L.LNKTYPE))
-            return
+        holder = inode.path
+        if holder in self.link_targets:
+            stored_as = self.inode_names.get(holder)
+            if stored_as is not None:  # the inode is already in the archive
+                self.out.write(member_headers(replace(entry, link=stored_as), inode, 0,
+                                              L.LNKTYPE))
+                return
+            if entry.link is not None:
+                # A link name that comes before the name holding its inode
+                # (a re-ordered tree): this name stores the inode, so tar
+                # readers never see a link to a member they have not seen.
+                entry = inode = replace(inode, path=entry.path)
+            self.inode_names[holder] = entry.path
         if entry.kind is Kind.SOCKET:
             self.sockets_skipped += 1  # tar has no socket type (GNU tar skips them too)
             return
@@ -282,6 +296,7 @@ def write_tar(tree: Tree, path: str | os.PathLike, compression: str = "none",
     try:
         out = open_output(fd, compression, level)
         writer = TarWriter(out)
+        writer.link_targets = {e.link for e in tree if e.link is not None}
         try:
             with _progress(ctx, tree, f"tar {os.path.basename(path)}") as bar:
                 for entry in tree:
