@@ -15,13 +15,14 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from conv_oci.blobs import HASH_CHUNK, hash_file
 from conv_oci.model import (
     MAX_JSON_BYTES,
     Descriptor,
     DockerImage,
+    ImageConfig,
     Platform,
     parse_config,
     parse_docker_manifest,
@@ -131,7 +132,7 @@ def _tar_digest(path: str) -> str:
 
 
 def _choose(images: list[DockerImage], ref: str | None, platform: Platform | None,
-            where: str, config_of) -> DockerImage:
+            where: str, config_of: Callable[[DockerImage], ImageConfig]) -> DockerImage:
     if not images:
         raise CorruptError(f"{where}: manifest.json lists no images")
     pool = images
@@ -204,9 +205,9 @@ def read_archive(path: str, opts: dict) -> Tree:
 def read_docker_archive(path: str, outer: OuterArchive, opts: dict) -> Tree:
     images = parse_docker_manifest(outer.read_small("manifest.json", "manifest"),
                                    f"{path}: manifest.json")
-    configs: dict[str, object] = {}
+    configs: dict[str, ImageConfig] = {}
 
-    def config_of(image: DockerImage):
+    def config_of(image: DockerImage) -> ImageConfig:
         if image.config not in configs:
             raw = outer.read_small(image.config, "config")
             m = _HEX_RE.search(image.config)
