@@ -25,8 +25,8 @@ from conv_oci.model import (
     Platform,
     dumps,
 )
-from conv_oci.whiteouts import markers_to_whiteouts
-from convcore.errors import UsageError
+from conv_oci.whiteouts import WHITEOUT_PREFIX, markers_to_whiteouts
+from convcore.errors import UnsupportedError, UsageError
 from convcore.format import Context
 from convcore.tree import Tree
 
@@ -104,6 +104,16 @@ class LayoutWriter:
             f.write(dumps(doc))
 
 
+def refuse_whiteout_names(tree: Tree) -> None:
+    """A file named ``.wh.*`` would delete, not add, in a layer: a runtime
+    would silently drop it (and whatever it names below)."""
+    for entry in tree:
+        if entry.name.startswith(WHITEOUT_PREFIX):
+            raise UnsupportedError(f"/{entry.path}: a name starting with {WHITEOUT_PREFIX} is a "
+                                   "whiteout in an OCI layer (whiteouts=keep writes them as "
+                                   "such on purpose)")
+
+
 def write_layer(tree: Tree, path: str, codec: str, level: int | None, ctx: Context) -> None:
     from convcore.builtin.tarfmt import write_tar
     write_tar(tree, path, codec, ctx, level=level)
@@ -116,6 +126,8 @@ def sink(tree: Tree, path: str, opts: dict, ctx: Context) -> None:
         raise UsageError(f"oci[level={level}]: gzip levels are 1-9")
     if opts.get("whiteouts") in ("keep", "overlay"):
         tree = markers_to_whiteouts(tree)
+    else:
+        refuse_whiteout_names(tree)
     writer = LayoutWriter(path)
     tmp = os.path.join(writer.blob_dir, ".layer.tmp")
     write_layer(tree, tmp, codec, level, ctx)

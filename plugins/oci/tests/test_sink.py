@@ -175,3 +175,15 @@ def test_gzip_level_out_of_range_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match=r"oci\[level=12\]: gzip levels are 1-9"):
         sink(Tree(), str(tmp_path / "out"), {**OPTS, "level": 12}, Context(epoch=0))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_whiteout_names_are_refused_unless_asked_for(tmp_path):
+    from convcore.errors import UnsupportedError
+    from convcore.tree import Entry, Kind, Tree
+    tree = Tree()
+    tree.add(Entry("etc/.wh.passwd", Kind.FILE))
+    with pytest.raises(UnsupportedError, match=r"/etc/\.wh\.passwd: .* is a whiteout"):
+        sink(tree, str(tmp_path / "out"), OPTS, Context(epoch=0))
+    sink(tree, str(tmp_path / "kept"), {**OPTS, "whiteouts": "keep"}, Context(epoch=0))
+    again = source(str(tmp_path / "kept"), {**OPTS, "whiteouts": "keep"}, Context(epoch=0))
+    assert again.get("etc/passwd").kind is Kind.CHAR
