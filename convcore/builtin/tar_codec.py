@@ -371,7 +371,7 @@ class ParallelOutput(ChunkOutput):
 
     def _emit(self, chunk: memoryview) -> None:
         self._pending.append(self._pool.submit(self._job, bytes(chunk), self._level))
-        while len(self._pending) > 2 * self._threads:
+        while len(self._pending) > self._threads:  # the pool busy, memory bounded
             _write_all(self.fd, self._pending.popleft().result())
 
     def close(self) -> None:
