@@ -16,7 +16,8 @@ runs they do not need.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 
 from convcore.errors import CorruptError, NoSpaceError, NotFoundError
 from convcore.tree import COPY_CHUNK, _seek_data_extents, copy_range
@@ -37,8 +38,8 @@ class Volume:
     #: what this volume is, for ``conv info`` ("raw", "qcow2", "partition 2").
     description: str = ""
     #: facts for ``conv info`` (a qcow2's cluster size, backing chain, ...);
-    #: readers set their own dict on the instance.
-    info: dict = {}
+    #: read-only here: readers set their own dict on the instance.
+    info: Mapping = MappingProxyType({})
 
     def readinto(self, buf: memoryview | bytearray, offset: int) -> int:
         """Fill ``buf`` from ``offset``; short only past the end."""
@@ -210,6 +211,10 @@ class Target:
     """A writable byte range that reads as zeros until written.
 
     Offsets are relative to the target. Writers must stay inside ``size``.
+    Writers may call a target from several threads at once (the ext4 writer
+    copies file data on a worker while it builds metadata), always on
+    disjoint byte ranges; a target that allocates as it goes (qcow2) must
+    lock its allocation and still produce the same bytes.
     """
 
     size: int = 0

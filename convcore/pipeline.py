@@ -211,9 +211,15 @@ class Chain:
 
     def identity(self) -> list[str]:
         """The chain's stages and options without paths (paths differ between
-        build machines; the content they hold is fingerprinted instead)."""
+        build machines; the content they hold is fingerprinted instead), and
+        without an output container, so ``-> raw`` and ``-> qcow2`` hold the
+        same filesystem bytes."""
+        stages = self.stages
+        if self.need_sink and stages[-1].name in self.reg.formats and \
+                self.reg.formats[stages[-1].name].layer == "container":
+            stages = stages[:-1]
         return [f"{s.name}[{','.join(f'{k}={v}' for k, v in sorted(s.options.items()))}]"
-                for s in self.stages]
+                for s in stages]
 
     # -- execution
     def open_source(self, ctx: Context) -> tuple[Any, int]:

@@ -216,3 +216,11 @@ def test_default_uuids_follow_the_input_and_seed_overrides(tmp_path):
         uuids[name] = fs_uuid(img)
     assert uuids["a1"] == uuids["a2"] != uuids["b"]
     assert uuids["sa"] == uuids["sb"]
+
+
+def test_raw_and_qcow2_outputs_hold_the_same_filesystem(tmp_path, sample_dir):
+    require_tool("qemu-img")
+    raw, qcow = tmp_path / "a.img", tmp_path / "a.qcow2"
+    run_conv("convert", f"dir:{sample_dir} -> ext4 -> raw:{raw}", check=True)
+    run_conv("convert", f"dir:{sample_dir} -> ext4 -> qcow2:{qcow}", check=True)
+    run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(raw), str(qcow))
