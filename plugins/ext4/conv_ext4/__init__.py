@@ -38,7 +38,7 @@ OPTIONS = [
     Option("label", "", "volume label (up to 16 bytes)"),
     Option("uuid", None, "filesystem UUID (default: derived from the seed)"),
     Option("journal", None, "yes/no: a journal (default: yes for ext3/ext4)", parse_bool),
-    Option("features", "", "add or drop features by mke2fs name, e.g. ^metadata_csum,inline_data"),
+    Option("features", "", "add or drop features by mke2fs name, e.g. ^metadata_csum,^has_journal"),
     Option("reserved", 5.0, "percent of blocks reserved for root", float),
 ]
 
