@@ -196,7 +196,7 @@ class Planner:
         tree = self.tree
         self.ino_of: dict[str, int] = {"": ROOT_INO}
         order: list[Entry] = []
-        lpf = tree._entries.get("lost+found") if "lost+found" in tree else None
+        lpf = tree.get("lost+found") if "lost+found" in tree else None
         self.make_lpf = lpf is None
         nxt = FIRST_INO
         if lpf is None or lpf.is_dir():
