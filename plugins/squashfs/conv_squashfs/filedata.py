@@ -59,7 +59,8 @@ class FragmentCache:
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
         if prefetcher is not None:
-            prefetcher.add(lambda: ((start, word, 0) for start, word in self.entries))
+            # Key -1: no data block starts there, so it never clashes with a file.
+            prefetcher.add(-1, lambda: ((start, word, 0) for start, word in self.entries))
 
     def block_start(self, index: int) -> int:
         return self.entries[index][0]
@@ -113,7 +114,7 @@ class SquashFileData(Data):
         self.fragment_offset = fragment_offset
         self.prefetcher = prefetcher
         if prefetcher is not None and blocks:
-            prefetcher.add(self._compressed_blocks)
+            prefetcher.add(start, self._compressed_blocks)
         self._offsets: array | None = None
         self._last: tuple[int, bytes] | None = None
 

@@ -57,7 +57,9 @@ class Prefetcher:
         self.decompress = decompress
         self.block_size = block_size
         self._pool = pool
-        self._sources: list[Callable[[], Iterable[BlockRef]]] = []
+        #: where blocks are, keyed by first disk offset (a file read again
+        #: through SquashFS.get, or a duplicate, replaces its entry)
+        self._sources: dict[int, Callable[[], Iterable[BlockRef]]] = {}
         self._indexed = -1  # len(_sources) when the index was built
         self._offsets = array("Q")
         self._words = array("I")
@@ -67,10 +69,11 @@ class Prefetcher:
         self._lock = threading.Lock()
         self._tasks = 2 * (os.cpu_count() or 1)
 
-    def add(self, blocks: Callable[[], Iterable[BlockRef]]) -> None:
+    def add(self, key: int, blocks: Callable[[], Iterable[BlockRef]]) -> None:
         """Register where some compressed blocks are (a file's, the
-        fragment table's); listed only when read-ahead first runs."""
-        self._sources.append(blocks)
+        fragment table's), under the disk offset of the first one; listed
+        only when read-ahead first runs."""
+        self._sources[key] = blocks
 
     def take(self, disk: int) -> bytes | None:
         """The block at ``disk`` if read-ahead has it (waiting only for a
@@ -115,7 +118,7 @@ class Prefetcher:
 
     def _build_index(self) -> None:
         seen: dict[int, tuple[int, int]] = {}
-        for source in self._sources:
+        for source in self._sources.values():
             for offset, word, size in source():
                 # Only compressed blocks cost CPU; duplicates share a block.
                 if word & DATA_SIZE_MASK and not word & DATA_UNCOMPRESSED:
