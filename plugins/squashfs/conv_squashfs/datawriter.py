@@ -342,7 +342,10 @@ class DataWriter:
                         off = other.fragment_offset
                         same = content == buf[off:off + size]
                     else:
-                        same = content == other_data.read(0, size)
+                        try:
+                            same = content == other_data.read(0, size)
+                        except OSError:  # the earlier file changed under us: keep both
+                            same = False
                     if same:
                         rec.fragment = other.fragment
                         rec.fragment_offset = other.fragment_offset
