@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import struct
 
+from crc32c import crc32c as _crc32c
+
 from conv_ext4 import journal, mapping
 from conv_ext4.csum import crc32c_raw
 from conv_ext4.geometry import (
@@ -388,21 +390,39 @@ class Ext4Plan(Plan):
                 i_block = _empty_extent_root()
             else:
                 i_block = bytes(60)
-        at, atx = _time(e.atime_ns)
-        ct, ctx_ = _time(e.ctime_ns)
-        mt, mtx = _time(e.mtime_ns)
-        cr, crx = _time(e.crtime_ns if e.crtime_ns is not None else e.ctime_ns)
+        # times: the common 1970-2038 case inline, _time() for the rest
+        at, atx = divmod(e.atime_ns, 1_000_000_000)
+        ct, ctx_ = divmod(e.ctime_ns, 1_000_000_000)
+        mt, mtx = divmod(e.mtime_ns, 1_000_000_000)
+        cr, crx = divmod(e.crtime_ns if e.crtime_ns is not None else e.ctime_ns, 1_000_000_000)
+        if 0 <= at < 0x80000000 and 0 <= ct < 0x80000000 and 0 <= mt < 0x80000000 and \
+                0 <= cr < 0x80000000:
+            atx <<= 2
+            ctx_ <<= 2
+            mtx <<= 2
+            crx <<= 2
+        else:
+            at, atx = _time(e.atime_ns)
+            ct, ctx_ = _time(e.ctime_ns)
+            mt, mtx = _time(e.mtime_ns)
+            cr, crx = _time(e.crtime_ns if e.crtime_ns is not None else e.ctime_ns)
         uid, gid = e.uid, e.gid
         if not (0 <= uid <= _M32 and 0 <= gid <= _M32):
             raise UnsupportedError(f"/{e.path}: uid/gid {uid}/{gid} out of range")
+        size = node.size
         _INODE.pack_into(
-            buf, off, e.st_mode & 0xFFFF, uid & 0xFFFF, node.size & _M32, at, ct, mt, 0,
-            gid & 0xFFFF, node.links, sectors & _M32, flags & ~HUGE_FILE_FL, 0, i_block, 0,
-            xattr_blk & _M32, node.size >> 32, 0, sectors >> 32, xattr_blk >> 32,
+            buf, off, e.kind.value | (e.mode & 0o7777), uid & 0xFFFF, size & _M32, at, ct, mt,
+            0, gid & 0xFFFF, node.links, sectors & _M32, flags & ~HUGE_FILE_FL, 0, i_block, 0,
+            xattr_blk & _M32, size >> 32, 0, sectors >> 32, xattr_blk >> 32,
             uid >> 16, gid >> 16, 0, 0, INODE_EXTRA_ISIZE, 0, ctx_, mtx, atx, cr, crx, 0, 0)
         if node.ibody is not None:
             buf[off + INODE.size:off + INODE_SIZE] = node.ibody
-        self._seal_inode(buf, off, node.ino)
+        if o.csum:
+            # crc32c(seed, ino, generation 0, inode with both checksum halves zero)
+            c = _crc32c(_INO_GEN.pack(node.ino, 0) + buf[off:off + INODE_SIZE],
+                        value=o.csum_seed ^ _M32) ^ _M32
+            _LE16.pack_into(buf, off + INODE_CHECKSUM_LO_OFFSET, c & 0xFFFF)
+            _LE16.pack_into(buf, off + INODE_CHECKSUM_HI_OFFSET, c >> 16)
 
     def _seal_inode(self, buf: bytearray, off: int, ino: int) -> None:
         if not self.o.csum:
