@@ -108,9 +108,18 @@ class Data:
 
     @property
     def order_key(self) -> tuple:
-        """Sort key for the cheapest order to read many files (a streamed
-        source wants its members in archive order)."""
+        """Sort key for the cheapest order to read many files of this class (a
+        streamed source wants its members in archive order). Keys are only
+        compared between Data of the same class: see ``data_order_key``."""
         return ()
+
+
+def data_order_key(data: Data | None) -> tuple:
+    """Sort key putting many files' data in the cheapest order to read: grouped
+    by Data class (their ``order_key`` shapes differ), then by ``order_key``."""
+    if data is None:
+        return ("",)
+    return (type(data).__qualname__, data.order_key)
 
 
 class _DataRaw(io.RawIOBase):
@@ -505,7 +514,7 @@ class Tree:
         their data: streamed sources want archive order."""
         files = [e for e in (self if entries is None else entries)
                  if e.kind is Kind.FILE and e.link is None and e.data is not None]
-        return sorted(files, key=lambda e: e.data.order_key)  # type: ignore[union-attr]
+        return sorted(files, key=lambda e: data_order_key(e.data))
 
     def clamp_times(self, epoch_ns: int) -> None:
         """SOURCE_DATE_EPOCH: no time in the tree is later than ``epoch_ns``."""

@@ -101,3 +101,17 @@ def test_segment_data_reads_holes_as_zeros_around_segments():
             for off, n in ((0, 15), (25, 180), (199, 2), (240, 60), (290, 50)):
                 assert data.read(off, n) == bytes(expected[off:off + n])
             assert data.extents() == [(10, 20), (200, 50)]
+
+
+def test_data_order_groups_mixed_sources_without_comparing_their_keys(tmp_path):
+    from convcore.blockdev import FileVolume
+    from convcore.tree import SegmentData
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 100)
+    t = Tree()
+    with FileVolume(f) as vol:
+        t.add(Entry("b", Kind.FILE, size=10, data=FileRangeData(f, 50, 10)))
+        t.add(Entry("a", Kind.FILE, size=10, data=SegmentData(vol, 10, [(0, 10, 0)])))
+        t.add(Entry("c", Kind.FILE, size=10, data=FileRangeData(f, 0, 10)))
+        t.add(Entry("d", Kind.FILE, size=1, data=BytesData(b"z")))
+        assert [e.path for e in t.data_order()] == ["d", "c", "b", "a"]

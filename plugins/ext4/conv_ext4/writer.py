@@ -62,6 +62,7 @@ from convcore.tree import (
     Kind,
     Tree,
     copy_range,
+    data_order_key,
 )
 
 _M32 = 0xFFFFFFFF
@@ -332,7 +333,7 @@ class Ext4Plan(Plan):
         host_files = [n for n in nodes if isinstance(n.data, FileRangeData)]
         others = [n for n in nodes if not isinstance(n.data, FileRangeData)]
         host_files.sort(key=lambda n: n.runs[0][0])
-        others.sort(key=lambda n: n.data.order_key)  # type: ignore[union-attr]
+        others.sort(key=lambda n: data_order_key(n.data))
         nodes = host_files + others
         small = _SmallFileWriter(target, bs)
         for node in nodes:

@@ -31,7 +31,7 @@ from conv_oci.model import (
 from conv_oci.source import image_info, layer_entries, read_image
 from conv_oci.whiteouts import LayerMerger
 from convcore.errors import CorruptError, NotFoundError, UsageError
-from convcore.tree import Entry, Kind, Tree, normpath
+from convcore.tree import Entry, Kind, Tree, data_order_key, normpath
 
 #: how many symlinks deep a member name may resolve (shared layers are
 #: symlinks to another image's layer.tar).
@@ -106,7 +106,7 @@ def _member_copies(entries: list[Entry]) -> list[str]:
     in archive order (a compressed archive is decompressed once), each
     member once however many layers name it."""
     copies: dict[int, str] = {}
-    for entry in sorted(entries, key=lambda e: e.data.order_key):
+    for entry in sorted(entries, key=lambda e: data_order_key(e.data)):
         if id(entry) in copies:
             continue
         f = tempfile.TemporaryFile(prefix="conv-oci-layer-")

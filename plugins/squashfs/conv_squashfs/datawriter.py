@@ -16,6 +16,7 @@ exactly when the contents are, or the source data for fragments).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zlib
 from array import array
@@ -116,7 +117,10 @@ class DataWriter:
         self._frag_buf: bytearray | None = None
         self._frag_fill = 0
         self._dups_blocks: dict[tuple[int, int], list[FileData]] = {}
-        self._dups_small: dict[tuple[int, int], list[tuple[FileData, Data]]] = {}
+        # Small files are matched by size and a 256-bit BLAKE2b digest: a
+        # byte comparison would mean reading the earlier file again, which for
+        # a compressed tar source restarts its decompressor (quadratic).
+        self._dups_small: dict[tuple[int, bytes], FileData] = {}
 
     # -- work done on the pool
 
@@ -332,25 +336,13 @@ class DataWriter:
             fill = self._frag_fill = 0
         buf = self._frag_buf
         if self.dedup:
-            key = (size, zlib.crc32(content))
-            candidates = self._dups_small.get(key)
-            if candidates is None:
-                self._dups_small[key] = [(rec, data)]
-            else:
-                for other, other_data in candidates:
-                    if other.fragment == self._frag_count:
-                        off = other.fragment_offset
-                        same = content == buf[off:off + size]
-                    else:
-                        try:
-                            same = content == other_data.read(0, size)
-                        except OSError:  # the earlier file changed under us: keep both
-                            same = False
-                    if same:
-                        rec.fragment = other.fragment
-                        rec.fragment_offset = other.fragment_offset
-                        return
-                candidates.append((rec, data))
+            key = (size, hashlib.blake2b(content).digest())
+            other = self._dups_small.get(key)
+            if other is not None:
+                rec.fragment = other.fragment
+                rec.fragment_offset = other.fragment_offset
+                return
+            self._dups_small[key] = rec
         buf[fill:fill + size] = content
         rec.fragment = self._frag_count
         rec.fragment_offset = fill

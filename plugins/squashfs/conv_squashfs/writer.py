@@ -34,7 +34,7 @@ from conv_squashfs.xattr_writer import XattrWriter
 from convcore.blockdev import Plan, Target
 from convcore.errors import UnsupportedError, UsageError
 from convcore.format import Context
-from convcore.tree import Entry, Kind, Tree
+from convcore.tree import Entry, Kind, Tree, data_order_key
 
 _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
                Kind.SYMLINK: layout.INODE_SYMLINK, Kind.BLOCK: layout.INODE_BLKDEV,
@@ -253,7 +253,7 @@ class ImageWriter:
     def _write_data(self, order, pos: int) -> int:
         files = sorted(((key, inode) for key, inode in self.inode_of.items()
                         if inode.kind is Kind.FILE),
-                       key=lambda kv: kv[1].data.order_key if kv[1].data is not None else ())
+                       key=lambda kv: data_order_key(kv[1].data))
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
                             self.s.fragments, self.s.dedup)
         try:
