@@ -11,16 +11,17 @@ success and removed on failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from convcore.blockdev import FileVolume, Volume
-from convcore.errors import ConvError, UsageError
+from convcore.errors import ConvError, CorruptError, NotFoundError, UnsupportedError, UsageError
 from convcore.format import FILE, TREE, VOLUME, Context, Format
 from convcore.plugins import Registry, registry
 from convcore.tree import Tree
@@ -229,19 +230,30 @@ class Chain:
         path = first.path or ""
         if first.name == "image":
             nxt = self.stages[1] if len(self.stages) > 1 else None
-            value, _ = open_container(self.reg, path, ctx)
-            return self._peel(value, nxt, ctx), 1
+            with blame(path):
+                value, _ = open_container(self.reg, path, ctx)
+                value = self._peel(value, nxt, ctx)
+            if isinstance(value, Volume) and nxt is not None and not self._takes_volume(nxt):
+                raise CorruptError(f"{path}: no partition table or filesystem that conv reads "
+                                   f"was found in its {value.size} bytes")
+            return value, 1
         fmt = self._format(first)
         opts = self._options(first, fmt)
         if fmt.source is not None:
-            if not os.path.lexists(path) and fmt.name != "image":
-                from convcore.errors import NotFoundError
+            if not os.path.lexists(path):
                 raise NotFoundError(f"{path}: no such file or directory")
-            return fmt.source(path, opts, ctx), 1
+            with blame(path):
+                return fmt.source(path, opts, ctx), 1
         if fmt.decode is not None:
-            volume, _ = open_container(self.reg, path, ctx)
-            return fmt.decode(volume, opts, ctx), 1
+            with blame(path):
+                volume, _ = open_container(self.reg, path, ctx)
+                return fmt.decode(volume, opts, ctx), 1
         raise UsageError(f"{first.label}: {fmt.name} cannot read an input")
+
+    def _takes_volume(self, stage: Stage) -> bool:
+        fmt = self._format(stage)
+        return bool(fmt.decode or (fmt.encode and fmt.encode_kind == VOLUME)
+                    or (fmt.sink and fmt.sink_kind == VOLUME))
 
     def _peel(self, value: Any, nxt: Stage | None, ctx: Context) -> Any:
         """``image:``: decode the tables and filesystems it detects until the
@@ -285,7 +297,8 @@ class Chain:
                 detected = detect_layer(self.reg, value)
                 decode = picked or (detected is not None and detected.name == fmt.name)
             if decode:
-                value = fmt.decode(value, opts, ctx)  # type: ignore[misc]
+                with blame(self.stages[0].path or ""):
+                    value = fmt.decode(value, opts, ctx)  # type: ignore[misc]
                 if isinstance(value, Tree) and ctx.epoch is not None:
                     value.clamp_times(ctx.epoch * 1_000_000_000)
             elif fmt.encode is not None and fmt.encode_kind == kind:
@@ -313,6 +326,18 @@ class Chain:
             raise _mismatch(stage, fmt, kind)
         assert sink is not None and stage.path is not None
         write_atomically(stage.path, lambda tmp: sink(value, tmp, sink_opts, ctx))
+
+
+@contextlib.contextmanager
+def blame(path: str) -> Iterator[None]:
+    """Name the input in a reader's error when the reader did not (a
+    filesystem reader knows offsets and inodes, not the file it was given)."""
+    try:
+        yield
+    except (CorruptError, UnsupportedError) as e:
+        if not path or path in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None
 
 
 def fingerprint(value: Any) -> str:

@@ -136,3 +136,20 @@ def test_info_json_on_a_directory_and_a_tar(tmp_path, sample_dir):
     report = json.loads(run_conv("info", "--json", str(out), check=True).stdout)
     assert report["tree"]["format"] == "tar"
     assert report["tree"]["entries"] == len(scan_dir(sample_dir))
+
+
+def test_unreadable_inputs_name_the_file(tmp_path):
+    garbage = tmp_path / "garbage.img"
+    garbage.write_bytes(bytes(range(256)) * 4000)
+    empty = tmp_path / "empty.img"
+    empty.write_bytes(b"")
+    for chain, words in ((f"image:{garbage} -> tar:{tmp_path}/o.tar", "no partition table or "
+                          "filesystem"),
+                         (f"image:{empty} -> dir:{tmp_path}/o", "no partition table"),
+                         (f"ext4:{garbage} -> tar:{tmp_path}/o.tar", "not an ext2/3/4"),
+                         (f"squashfs:{garbage} -> tar:{tmp_path}/o.tar", "squashfs")):
+        p = run_conv("convert", chain)
+        assert p.returncode == 1, (chain, p.stderr)
+        line = p.stderr.strip()
+        assert "\n" not in line and words in line and str(tmp_path) in line, line
+    assert sorted(os.listdir(tmp_path)) == ["empty.img", "garbage.img"]
