@@ -6,8 +6,8 @@
     python benchmarks/bench_tar.py --small-files 100000 --flat-entries 100000 \\
         --sparse-size 4G --dense-size 2G             # the big run
 
-Each run is one subprocess (`conv convert 'dir:TREE -> tar:OUT'` or `tar`);
-wall time and peak RSS come from /usr/bin/time. The ratio is
+Each run is one subprocess (`conv convert 'dir:TREE -> tar:OUT'` or `tar`),
+measured by benchmarks/harness.py (wall, CPU, peak RSS). The ratio is
 conv / GNU tar (below 1 means conv is faster). Every output is checked for
 the same member count with `tar -tf`, so a fast wrong answer does not count.
 """
@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
+
+import harness
 
 from convcore.format import parse_size
 
@@ -29,66 +27,20 @@ from convcore.format import parse_size
 def build_tree(root: str, small_files: int, flat_entries: int, sparse_size: int,
                dense_size: int) -> None:
     """Nested small files, one huge directory, sparse and dense big files."""
-    rng = random.Random(1)
-    os.makedirs(root)
-    per_dir = 100
-    for i in range(small_files):
-        d = os.path.join(root, "nested", f"a{i // (per_dir * 50):03d}",
-                         f"b{i // per_dir % 50:02d}")
-        if i % per_dir == 0:
-            os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"f{i:07d}.txt"), "wb") as f:
-            f.write(rng.randbytes(rng.randrange(0, 8192)))
-    flat = os.path.join(root, "flat")
-    os.makedirs(flat)
-    for i in range(flat_entries):
-        with open(os.path.join(flat, f"entry-{i:07d}"), "wb") as f:
-            f.write(b"%d\n" % i)
+    harness.small_files(os.path.join(root, "nested"), small_files,
+                        harness.random_bytes(0, 8192))
+    harness.one_dir(os.path.join(root, "flat"), flat_entries)
     big = os.path.join(root, "big")
     os.makedirs(big)
     if sparse_size:
-        with open(os.path.join(big, "sparse.img"), "wb") as f:
-            step = 64 << 20
-            for off in range(0, sparse_size, step):
-                f.seek(off)
-                f.write(rng.randbytes(1 << 20))
-            f.truncate(sparse_size)
+        harness.sparse_file(os.path.join(big, "sparse.img"), sparse_size)
     if dense_size:
-        block = rng.randbytes(1 << 20)
-        with open(os.path.join(big, "dense.bin"), "wb") as f:
-            for i in range(dense_size >> 20):
-                # half random, half text-like: compressible but not trivially
-                f.write(block[: 1 << 19] + (b"line %09d of dense data\n" % i) * 21845
-                        + bytes((1 << 19) - 21845 * 24))
-
-
-def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
-    """(wall seconds, peak RSS KiB) of one command, from /usr/bin/time (so the
-    RSS is the command's own, not this script's pages in a forked child)."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        proc = subprocess.run(["/usr/bin/time", "-o", report.name, "-f", "%e %M", *cmd],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                     f"{proc.stderr.decode(errors='replace')}")
-        wall, rss = report.read().split()[-2:]
-    return float(wall), int(rss)
+        harness.dense_file(os.path.join(big, "dense.bin"), dense_size)
 
 
 def members(path: str) -> int:
     out = subprocess.run(["tar", "-tf", path], capture_output=True, check=True).stdout
     return out.count(b"\n")
-
-
-def extract(conv: str, archive: str, work: str, env: dict) -> tuple[float, int, float, int]:
-    """conv tar -> dir against tar -xpf of the same archive."""
-    ours, theirs = os.path.join(work, "x-conv"), os.path.join(work, "x-tar")
-    c_wall, c_rss = measure([conv, "--quiet", "convert", f"tar:{archive} -> dir:{ours}"], env)
-    os.makedirs(theirs)
-    t_wall, t_rss = measure(["tar", "-xpf", archive, "-C", theirs])
-    shutil.rmtree(ours)
-    shutil.rmtree(theirs)
-    return c_wall, c_rss, t_wall, t_rss
 
 
 def main() -> None:
@@ -103,20 +55,18 @@ def main() -> None:
                     help="skip timing tar -> dir extraction")
     ap.add_argument("--compress", default="none,zst,gz",
                     help="comma-separated: none, zst, gz, xz")
+    harness.add_repeat(ap)
     args = ap.parse_args()
+    harness.require_tools("tar", "zstd", "gzip", "xz")
 
-    work = args.work or tempfile.mkdtemp(prefix="bench-tar-")
-    os.makedirs(work, exist_ok=True)
-    try:
+    with harness.scratch("bench-tar-", args.work) as work:
         tree = args.tree
         if tree is None:
             tree = os.path.join(work, "tree")
-            t0 = time.perf_counter()
-            build_tree(tree, args.small_files, args.flat_entries, args.sparse_size,
-                       args.dense_size)
-            print(f"built {tree} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        conv = shutil.which("conv") or sys.exit("conv is not installed")
-        env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
+            with harness.built(tree):
+                build_tree(tree, args.small_files, args.flat_entries, args.sparse_size,
+                           args.dense_size)
+        env = harness.reproducible_env()
         cpus = os.cpu_count() or 1
         gnu = {
             "none": [["tar", "-cf"], ["tar", "-S", "-cf"]],
@@ -125,43 +75,40 @@ def main() -> None:
             "xz": [["tar", "-I", f"xz -6 -T{cpus}", "-cf"]],
         }
         suffix = {"none": ".tar", "zst": ".tar.zst", "gz": ".tar.gz", "xz": ".tar.xz"}
-        rows = []
-        extract_rows: list[tuple[float, int, float, int]] = []
+        print(f"tree: {tree}; {harness.machine_line()}")
+        table = harness.Table("dir -> tar (ratio: conv / GNU tar)",
+                              ["output", "GNU tar command", *harness.PAIR_COLUMNS,
+                               "conv MiB out", "tar MiB out"])
+        extract_table = harness.Table(
+            "extract: the GNU tar -S archive -> directory (ratio: conv / tar -xpf)",
+            harness.PAIR_COLUMNS)
         for comp in args.compress.split(","):
             out = os.path.join(work, f"conv{suffix[comp]}")
-            c_wall, c_rss = measure([conv, "--quiet", "convert",
-                                     f"dir:{tree} -> tar:{out}"], env)
-            c_size, c_members = os.path.getsize(out), members(out)
-            os.unlink(out)
             for base in gnu[comp]:
                 ref = os.path.join(work, f"gnu{suffix[comp]}")
-                t_wall, t_rss = measure([*base, ref, "-C", tree, "."])
+                ours, theirs = harness.side_by_side(
+                    harness.conv_cli("--quiet", "convert", f"dir:{tree} -> tar:{out}"),
+                    [*base, ref, "-C", tree, "."], args.repeat,
+                    prepare=harness.clearing(out, ref), env=env)
+                c_size, c_members = os.path.getsize(out), members(out)
                 t_size, t_members = os.path.getsize(ref), members(ref)
-                if comp == "none" and "-S" in base and args.extract:
-                    extract_rows.append(extract(conv, ref, work, env))
-                os.unlink(ref)
                 if t_members != c_members:
                     print(f"warning: {comp}: conv wrote {c_members} members, "
                           f"GNU tar {t_members}", file=sys.stderr)
-                rows.append((comp, " ".join(base[:-1]), c_wall, c_rss, c_size,
-                             t_wall, t_rss, t_size))
-        print(f"\ntree: {tree}")
-        print(f"| {'output':6} | {'GNU tar command':26} | conv s | conv MiB RSS | "
-              f"conv MiB out | tar s | tar MiB RSS | tar MiB out | time ratio |")
-        print("|" + "|".join(["---"] * 9) + "|")
-        for comp, cmd, cw, cr, cs, tw, tr, ts in rows:
-            print(f"| {comp:6} | {cmd:26} | {cw:6.2f} | {cr / 1024:11.0f} | "
-                  f"{cs / 2**20:12.0f} | {tw:5.2f} | {tr / 1024:11.0f} | "
-                  f"{ts / 2**20:11.0f} | {cw / tw:10.2f} |")
-        for cw, cr, tw, tr in extract_rows:
-            print(f"\nextract (GNU tar -S archive -> directory)\n"
-                  f"| conv s | conv MiB RSS | tar -xpf s | tar MiB RSS | time ratio |\n"
-                  f"|---|---|---|---|---|\n"
-                  f"| {cw:6.2f} | {cr / 1024:11.0f} | {tw:10.2f} | {tr / 1024:11.0f} | "
-                  f"{cw / tw:10.2f} |")
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+                table.row(comp, " ".join(base[:-1]), *harness.pair_cells(ours, theirs),
+                          f"{c_size / 2**20:.0f}", f"{t_size / 2**20:.0f}")
+                if comp == "none" and "-S" in base and args.extract:
+                    x_ours, x_theirs = os.path.join(work, "x-conv"), os.path.join(work, "x-tar")
+                    extract_table.row(*harness.pair_cells(*harness.side_by_side(
+                        harness.conv_cli("--quiet", "convert", f"tar:{ref} -> dir:{x_ours}"),
+                        ["tar", "-xpf", ref, "-C", x_theirs], args.repeat,
+                        prepare=harness.clearing(x_ours, mkdirs=[x_theirs]), env=env)))
+                    harness.clearing(x_ours, x_theirs)()
+                harness.clearing(out, ref)()
+        table.print()
+        if extract_table.rows:
+            extract_table.print()
+        print(f"\n{harness.machine_line()}")
 
 
 if __name__ == "__main__":
