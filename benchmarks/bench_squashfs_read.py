@@ -7,8 +7,8 @@
 
 For each codec, mksquashfs builds one image from the tree (not timed); then
 `unsquashfs -d OUT -p N IMG` and `conv convert 'raw:IMG -> squashfs -> dir:OUT'`
-extract it, each as one subprocess whose wall time and peak RSS come from
-os.wait4 (wall and CPU time). Both get the same number of cores. The ratio is conv / unsquashfs
+extract it, each as one subprocess measured by benchmarks/harness.py (wall,
+CPU, peak RSS). Both get the same number of cores. The ratio is conv / unsquashfs
 (below 1 means conv is faster). The two extractions are compared file by
 file (type, mode, size, content), so a fast wrong answer does not count.
 "read-only" is conv's reader alone (decode, then read every file's data into
@@ -21,57 +21,30 @@ import argparse
 import filecmp
 import os
 import random
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-import time
+
+import harness
 
 from convcore.format import parse_size
 
 
+def text_lines(rng: random.Random, i: int) -> bytes:
+    """Up to 600 short numbered lines of three words: the codecs have work to do."""
+    return b"".join(b"%d %s\n" % (j, rng.choice((b"alpha", b"beta", b"gamma")))
+                    for j in range(rng.randrange(0, 600)))
+
+
 def build_tree(root: str, small_files: int, dense_size: int, sparse_size: int) -> None:
     """Nested small files, one big compressible file and a sparse one."""
-    rng = random.Random(1)
-    os.makedirs(root)
-    per_dir = 100
-    for i in range(small_files):
-        d = os.path.join(root, "nested", f"a{i // (per_dir * 50):03d}",
-                         f"b{i // per_dir % 50:02d}")
-        if i % per_dir == 0:
-            os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"f{i:07d}.txt"), "wb") as f:
-            # text-like so the codecs have work to do
-            f.write(b"".join(b"%d %s\n" % (j, rng.choice((b"alpha", b"beta", b"gamma")))
-                             for j in range(rng.randrange(0, 600))))
+    harness.small_files(os.path.join(root, "nested"), small_files, text_lines)
     big = os.path.join(root, "big")
     os.makedirs(big)
     if dense_size:
-        block = rng.randbytes(1 << 19)
-        with open(os.path.join(big, "dense.bin"), "wb") as f:
-            for i in range(dense_size >> 20):
-                f.write(block + (b"line %09d of dense data\n" % i) * 21845
-                        + bytes((1 << 19) - 21845 * 24))
+        harness.dense_file(os.path.join(big, "dense.bin"), dense_size)
     if sparse_size:
-        with open(os.path.join(big, "sparse.img"), "wb") as f:
-            for off in range(0, sparse_size, 64 << 20):
-                f.seek(off)
-                f.write(rng.randbytes(1 << 20))
-            f.truncate(sparse_size)
-
-
-def measure(cmd: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds (user + system), peak RSS KiB) of one
-    subprocess. CPU time is the steadier figure on a shared machine."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{err}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        harness.sparse_file(os.path.join(big, "sparse.img"), sparse_size)
 
 
 #: conv's reader alone, through its Python API: decode the image and read
@@ -118,43 +91,40 @@ def main() -> None:
     ap.add_argument("--dense-size", type=parse_size, default=parse_size("64M"))
     ap.add_argument("--sparse-size", type=parse_size, default=parse_size("1G"))
     ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
+    harness.add_repeat(ap)
     args = ap.parse_args()
-    for tool in ("mksquashfs", "unsquashfs", "conv"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed")
+    harness.require_tools("mksquashfs", "unsquashfs")
     cores = os.cpu_count() or 1
-    work = tempfile.mkdtemp(prefix="bench-sqfs-read-")
-    print(f"squashfs -> dir, block size {args.block_size}, {cores} cores, "
-          f"tree: {args.tree or 'synthetic'}")
-    print(f"{'codec':6} {'image MiB':>9} {'unsquashfs s':>12} {'conv s':>8} {'ratio':>6} "
-          f"{'unsq CPU s':>10} {'conv CPU s':>10} {'unsq RSS MiB':>12} {'conv RSS MiB':>12} "
-          f"{'read-only s':>11}  output", flush=True)
-    try:
+    print(f"squashfs -> dir, block size {args.block_size}, tree: {args.tree or 'synthetic'}; "
+          f"{harness.machine_line()}", flush=True)
+    table = harness.Table("squashfs -> dir (ratio: conv / unsquashfs, same number of cores)",
+                          ["codec", "image MiB", *harness.PAIR_COLUMNS, "read-only s",
+                           "output"])
+    with harness.scratch("bench-sqfs-read-", args.work) as work:
         tree = args.tree
         if tree is None:
             tree = os.path.join(work, "tree")
-            build_tree(tree, args.small_files, args.dense_size, args.sparse_size)
+            with harness.built(tree):
+                build_tree(tree, args.small_files, args.dense_size, args.sparse_size)
         for comp in args.comp.split(","):
             img = os.path.join(work, f"{comp}.sqfs")
             subprocess.run(["mksquashfs", tree, img, "-noappend", "-quiet", "-no-progress",
                             "-comp", comp, "-b", args.block_size, "-processors", str(cores)],
                            check=True, stdout=subprocess.DEVNULL)
             ref_out, conv_out = os.path.join(work, "ref"), os.path.join(work, "conv")
-            rw, rc, rr = measure(["unsquashfs", "-q", "-n", "-p", str(cores), "-d", ref_out, img])
-            chain = f"raw:{img} -> squashfs -> dir:{conv_out}"
-            cw, cc, cr = measure(["conv", "-q", "convert", chain])
-            read_only, _, _ = measure([sys.executable, "-c", READ_ONLY, img])
+            ours, theirs = harness.side_by_side(
+                harness.conv_cli("-q", "convert", f"raw:{img} -> squashfs -> dir:{conv_out}"),
+                ["unsquashfs", "-q", "-n", "-p", str(cores), "-d", ref_out, img], args.repeat,
+                prepare=harness.clearing(ref_out, conv_out))
+            read_only = harness.repeat([sys.executable, "-c", READ_ONLY, img], args.repeat)
             verdict = "not checked" if args.no_verify else (same_trees(ref_out, conv_out)
                                                              or "same")
-            print(f"{comp:6} {os.path.getsize(img) / 2**20:9.1f} {rw:12.2f} {cw:8.2f} "
-                  f"{cw / rw:6.2f} {rc:10.2f} {cc:10.2f} {rr / 1024:12.0f} {cr / 1024:12.0f} "
-                  f"{read_only:11.2f}  "
-                  f"{verdict}", flush=True)
-            shutil.rmtree(ref_out, ignore_errors=True)
-            shutil.rmtree(conv_out, ignore_errors=True)
-            os.unlink(img)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            table.row(comp, f"{os.path.getsize(img) / 2**20:.1f}",
+                      *harness.pair_cells(ours, theirs), f"{read_only.wall:.2f}", verdict)
+            harness.clearing(ref_out, conv_out, img)()
+    table.print()
+    print(f"\n{harness.machine_line()}")
 
 
 if __name__ == "__main__":
