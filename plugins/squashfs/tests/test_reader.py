@@ -610,7 +610,7 @@ def test_cli_corrupt_image_is_one_line(small, tmp_path):
     p = conv("convert", f"raw:{bad} -> squashfs -> tar:{tmp_path / 'o.tar'}", check=False)
     assert p.returncode == 1
     assert p.stderr.strip().count("\n") == 0
-    assert p.stderr.startswith("conv: superblock: inode table")
+    assert p.stderr.startswith(f"conv: {bad}: superblock: inode table")
     assert not (tmp_path / "o.tar").exists()
 
 
