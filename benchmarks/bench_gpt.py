@@ -15,9 +15,8 @@ Cases (inputs built once, not timed):
   extract      conv convert 'raw:DISK -> gpt[part=1] -> raw:P1'
                vs  dd skip=... count=... conv=sparse
 
-Each step is one subprocess; wall time is measured around it and peak RSS
-comes from /usr/bin/time (the reference's time is the sum of its steps, its
-RSS the largest). Ratios are
+Each step is one subprocess measured by benchmarks/harness.py (the
+reference's time is the sum of its steps, its RSS the largest). Ratios are
 conv / reference (below 1: conv is faster or smaller). Outputs are judged:
 sgdisk -v on every disk, and the partitions compared byte for byte.
 """
@@ -27,45 +26,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
+
+import harness
 
 from convcore.format import parse_size
 
-MiB = 1 << 20
-
-
-def build_tree(root: str, size: int) -> None:
-    """A synthetic root: config-like text, random binaries, one large file."""
-    rng = random.Random(1)
-    written = 0
-    i = 0
-    while written < size:
-        d = os.path.join(root, "usr", f"d{i // 200:04d}")
-        os.makedirs(d, exist_ok=True)
-        if i % 3 == 0:
-            data = rng.randbytes(rng.randrange(1000, 200_000))
-        else:
-            data = b"".join(b"config line %d = value %d\n" % (i, j)
-                            for j in range(rng.randrange(10, 3000)))
-        with open(os.path.join(d, f"f{i:06d}"), "wb") as f:
-            f.write(data)
-        written += len(data)
-        i += 1
-
-
-def tree_bytes(root: str) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
+MiB = harness.MiB
 
 
 def build_sparse(out: str, size: int = 1 << 30, runs: int = 64) -> None:
@@ -77,30 +45,8 @@ def build_sparse(out: str, size: int = 1 << 30, runs: int = 64) -> None:
             f.write(rng.randbytes(MiB))
 
 
-class Timed:
-    """Wall time and peak RSS of a sequence of subprocesses.
-
-    Peak RSS comes from /usr/bin/time -f %M: a child forked straight from this
-    Python process would count the parent's pages it started with."""
-
-    def __init__(self, scratch: str) -> None:
-        self.wall = 0.0
-        self.rss_kib = 0
-        self.report = os.path.join(scratch, "time.out")
-
-    def run(self, *cmd: str, env: dict | None = None) -> None:
-        start = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", self.report, *cmd],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        self.wall += time.perf_counter() - start
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode()}")
-        with open(self.report) as f:
-            self.rss_kib = max(self.rss_kib, int(f.read().split()[-1]))
-
-
 def conv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "convcore.cli", "--quiet", *args]
+    return harness.conv_cli("--quiet", *args)
 
 
 def sgdisk_ok(path: str) -> None:
@@ -125,42 +71,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("tree", nargs="?", help="a directory tree (default: synthetic)")
     parser.add_argument("--synthetic-size", default="128M")
-    parser.add_argument("--workdir", default=None, help="scratch directory (default: /tmp)")
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
+    harness.add_repeat(parser)
     args = parser.parse_args()
-    for tool in ("mke2fs", "sgdisk", "dd", "truncate", "/usr/bin/time"):
-        if shutil.which(tool) is None:
-            sys.exit(f"needs {tool}")
-
-    work = tempfile.mkdtemp(prefix="bench-gpt-", dir=args.workdir)
-    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
-    rows: list[tuple[str, Timed, Timed, str]] = []
-    try:
+    harness.require_tools("mke2fs", "sgdisk", "dd", "truncate")
+    env = harness.reproducible_env()
+    table = harness.Table("gpt (ratio: conv / the reference steps, summed)",
+                          ["case", *harness.PAIR_COLUMNS, "check"])
+    with harness.scratch("bench-gpt-", args.workdir) as work:
         tree = args.tree
         if tree is None:
             tree = os.path.join(work, "tree")
-            build_tree(tree, parse_size(args.synthetic_size))
-        data = tree_bytes(tree)
+            with harness.built(tree):
+                harness.mixed_root(tree, parse_size(args.synthetic_size), max_lines=3000)
+        data = harness.file_bytes(tree)
         fs_size = max(64 * MiB, (data * 3 // 2 + 64 * MiB) // MiB * MiB)
         fs_mib = fs_size // MiB
-        print(f"tree: {tree} ({data / MiB:.0f} MiB of files); ext4 size {fs_mib} MiB",
-              flush=True)
+        print(f"tree: {tree} ({data / MiB:.0f} MiB of files); ext4 size {fs_mib} MiB; "
+              f"{harness.machine_line()}", flush=True)
 
         # tree -> ext4 -> gpt disk
-        ours, ref = Timed(work), Timed(work)
         conv_disk = os.path.join(work, "conv-disk.img")
-        ours.run(*conv("convert", f"dir:{tree} -> ext4[size={fs_mib}M] -> gpt -> "
-                       f"raw:{conv_disk}"), env=env)
         ref_fs = os.path.join(work, "ref-fs.img")
         ref_disk = os.path.join(work, "ref-disk.img")
         disk_mib = fs_mib + 2
-        ref.run("mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, ref_fs, f"{fs_mib}M", env=env)
-        ref.run("truncate", "-s", f"{disk_mib}M", ref_disk)
-        ref.run("sgdisk", "-n", f"1:2048:+{fs_mib}M", "-t", "1:8304", ref_disk)
-        ref.run("dd", f"if={ref_fs}", f"of={ref_disk}", "bs=1M", "seek=1",
-                "conv=notrunc,sparse", "status=none")
+        ours, ref = harness.side_by_side(
+            conv("convert", f"dir:{tree} -> ext4[size={fs_mib}M] -> gpt -> raw:{conv_disk}"),
+            harness.Steps(
+                ["mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, ref_fs, f"{fs_mib}M"],
+                ["truncate", "-s", f"{disk_mib}M", ref_disk],
+                ["sgdisk", "-n", f"1:2048:+{fs_mib}M", "-t", "1:8304", ref_disk],
+                ["dd", f"if={ref_fs}", f"of={ref_disk}", "bs=1M", "seek=1",
+                 "conv=notrunc,sparse", "status=none"]),
+            args.repeat, prepare=harness.clearing(conv_disk, ref_fs, ref_disk),
+            env=env, ref_env=env)
         sgdisk_ok(conv_disk)
         sgdisk_ok(ref_disk)
-        rows.append(("tree->ext4->gpt", ours, ref, "sgdisk -v clean"))
+        table.row("tree->ext4->gpt", *harness.pair_cells(ours, ref), "sgdisk -v clean")
 
         # build: two existing images into one disk
         sparse = os.path.join(work, "sparse.img")
@@ -172,48 +119,45 @@ def main() -> None:
                     f'content = {{ type = "raw", source = "{ref_fs}" }}\n\n'
                     f'[[partition]]\nname = "data"\ntype = "linux"\n'
                     f'content = {{ type = "raw", source = "{sparse}" }}\n')
-        ours, ref = Timed(work), Timed(work)
-        ours.run(*conv("build", spec), env=env)
         built = os.path.join(work, "built.img")
         ref_built = os.path.join(work, "ref-built.img")
-        ref.run("truncate", "-s", f"{fs_mib + 1024 + 3}M", ref_built)
-        ref.run("sgdisk", "-n", f"1:2048:+{fs_mib}M", "-n", "2:0:+1G", ref_built)
-        ref.run("dd", f"if={ref_fs}", f"of={ref_built}", "bs=1M", "seek=1",
-                "conv=notrunc,sparse", "status=none")
-        ref.run("dd", f"if={sparse}", f"of={ref_built}", "bs=1M", f"seek={fs_mib + 1}",
-                "conv=notrunc,sparse", "status=none")
+        ours, ref = harness.side_by_side(
+            conv("build", spec),
+            harness.Steps(
+                ["truncate", "-s", f"{fs_mib + 1024 + 3}M", ref_built],
+                ["sgdisk", "-n", f"1:2048:+{fs_mib}M", "-n", "2:0:+1G", ref_built],
+                ["dd", f"if={ref_fs}", f"of={ref_built}", "bs=1M", "seek=1",
+                 "conv=notrunc,sparse", "status=none"],
+                ["dd", f"if={sparse}", f"of={ref_built}", "bs=1M", f"seek={fs_mib + 1}",
+                 "conv=notrunc,sparse", "status=none"]),
+            args.repeat, prepare=harness.clearing(built, ref_built), env=env)
         sgdisk_ok(built)
         sgdisk_ok(ref_built)
         ok = (same_range(built, MiB, ref_fs, 0, fs_size)
               and same_range(built, (fs_mib + 1) * MiB, sparse, 0, 1 << 30))
-        rows.append(("build (2 images)", ours, ref, "partitions equal" if ok else "MISMATCH"))
+        table.row("build (2 images)", *harness.pair_cells(ours, ref),
+                  "partitions equal" if ok else "MISMATCH")
 
         # extract partition 1
-        ours, ref = Timed(work), Timed(work)
         p1 = os.path.join(work, "p1.img")
-        ours.run(*conv("convert", f"raw:{built} -> gpt[part=1] -> raw:{p1}"), env=env)
         ref_p1 = os.path.join(work, "ref-p1.img")
-        ref.run("dd", f"if={built}", f"of={ref_p1}", "bs=1M", "skip=1", f"count={fs_mib}",
-                "conv=sparse", "status=none")
+        ours, ref = harness.side_by_side(
+            conv("convert", f"raw:{built} -> gpt[part=1] -> raw:{p1}"),
+            ["dd", f"if={built}", f"of={ref_p1}", "bs=1M", "skip=1", f"count={fs_mib}",
+             "conv=sparse", "status=none"],
+            args.repeat, prepare=harness.clearing(p1, ref_p1), env=env)
         ok = os.path.getsize(p1) == os.path.getsize(ref_p1) and same_range(
             p1, 0, ref_p1, 0, fs_size)
-        rows.append(("extract part=1", ours, ref, "equal to dd" if ok else "MISMATCH"))
+        table.row("extract part=1", *harness.pair_cells(ours, ref),
+                  "equal to dd" if ok else "MISMATCH")
 
         # What any conv run costs before it does work, for reading the rows above.
-        ours, ref = Timed(work), Timed(work)
-        ours.run(*conv("formats"), env=env)
-        ref.run("sgdisk", "--version")
-        rows.append(("startup only", ours, ref, "conv formats vs sgdisk --version"))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    print()
-    print(f"{'case':<18} {'conv s':>8} {'ref s':>8} {'ratio':>6} {'conv MiB':>9} "
-          f"{'ref MiB':>8} {'ratio':>6}  check")
-    for name, ours, ref, check in rows:
-        print(f"{name:<18} {ours.wall:8.2f} {ref.wall:8.2f} {ours.wall / ref.wall:6.2f} "
-              f"{ours.rss_kib / 1024:9.1f} {ref.rss_kib / 1024:8.1f} "
-              f"{ours.rss_kib / max(ref.rss_kib, 1):6.2f}  {check}")
+        ours, ref = harness.side_by_side(conv("formats"), ["sgdisk", "--version"], args.repeat,
+                                         env=env)
+        table.row("startup only", *harness.pair_cells(ours, ref),
+                  "conv formats vs sgdisk --version")
+    table.print()
+    print(f"\n{harness.machine_line()}")
 
 
 if __name__ == "__main__":

@@ -64,11 +64,28 @@ def best(runs: Sequence[Run]) -> Run:
                max(r.rss_kib for r in runs), any(r.timed_out for r in runs))
 
 
-def measure(cmd: Sequence[str], *, env: dict[str, str] | None = None,
+class Steps(tuple):
+    """Commands run one after the other and measured as one (the reference
+    way of doing in several tools what conv does in one command)."""
+
+    def __new__(cls, *cmds: Sequence[str]) -> Steps:
+        return super().__new__(cls, cmds)
+
+
+Command = Sequence[str] | Steps
+
+
+def measure(cmd: Command, *, env: dict[str, str] | None = None,
             limit: float | None = None, cwd: str | None = None) -> Run:
     """Run ``cmd`` once, output discarded. A non-zero exit stops the benchmark
     with the command's stderr (a fast failure is not a result). Past ``limit``
-    seconds the command is killed and the run is marked ``timed_out``."""
+    seconds the command is killed and the run is marked ``timed_out``.
+    ``Steps`` add up (see ``Run.then``); ``limit`` applies to each step."""
+    if isinstance(cmd, Steps):
+        total = Run(0.0, 0.0, 0)
+        for step in cmd:
+            total = total.then(measure(step, env=env, limit=limit, cwd=cwd))
+        return total
     if not os.path.exists(TIME):
         sys.exit(f"{TIME} is needed to measure peak RSS (Debian package: time)")
     # stderr goes to a file: a chatty command must not block on a full pipe
@@ -106,7 +123,7 @@ def measure(cmd: Sequence[str], *, env: dict[str, str] | None = None,
     return Run(wall, usage.ru_utime + usage.ru_stime, rss)
 
 
-def repeat(cmd: Sequence[str], times: int, *, prepare: Callable[[], None] | None = None,
+def repeat(cmd: Command, times: int, *, prepare: Callable[[], None] | None = None,
            env: dict[str, str] | None = None, limit: float | None = None) -> Run:
     """``best`` of ``times`` runs of ``cmd``; ``prepare`` (e.g. removing the last
     output) runs before each one, untimed."""
@@ -118,7 +135,7 @@ def repeat(cmd: Sequence[str], times: int, *, prepare: Callable[[], None] | None
     return best(runs)
 
 
-def side_by_side(conv: Sequence[str], ref: Sequence[str], times: int = 1, *,
+def side_by_side(conv: Command, ref: Command, times: int = 1, *,
                  prepare: Callable[[], None] | None = None,
                  env: dict[str, str] | None = None, ref_env: dict[str, str] | None = None,
                  limit: float | None = None) -> tuple[Run, Run]:
