@@ -13,8 +13,8 @@ read into a filesystem: conv in one step against the two-step way
     conv convert 'oci[ref=t]:LAYOUT -> ext4 -> raw:OUT'      vs   umoci unpack + mke2fs -d
     conv convert 'oci[ref=t]:LAYOUT -> squashfs -> raw:OUT'  vs   umoci unpack + mksquashfs
 
-Each run is one subprocess; wall time and peak RSS come from os.wait4 of
-that process. The ratio is conv / umoci (below 1 means conv is faster). The
+Each run is one subprocess measured by benchmarks/harness.py (wall, CPU, peak
+RSS). The ratio is conv / umoci (below 1 means conv is faster). The
 outputs are checked for the same number of entries, so a fast wrong answer
 does not count.
 """
@@ -24,48 +24,24 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
+
+import harness
 
 from convcore.format import parse_size
 
 
+def mixed_text(rng: random.Random, i: int) -> bytes:
+    """Up to 4 KB of noise and then up to 10 KB of one repeated word."""
+    return rng.randbytes(rng.randrange(0, 4096)) + b"text " * rng.randrange(0, 2000)
+
+
 def build_tree(root: str, small_files: int, dense_size: int) -> None:
     """Nested small files plus one big, partly compressible file."""
-    rng = random.Random(1)
-    per_dir = 100
-    os.makedirs(root)
-    for i in range(small_files):
-        d = os.path.join(root, "usr", f"a{i // (per_dir * 50):03d}", f"b{i // per_dir % 50:02d}")
-        if i % per_dir == 0:
-            os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"f{i:07d}.txt"), "wb") as f:
-            f.write(rng.randbytes(rng.randrange(0, 4096)) + b"text " * rng.randrange(0, 2000))
+    harness.small_files(os.path.join(root, "usr"), small_files, mixed_text)
     os.makedirs(os.path.join(root, "big"))
-    block = rng.randbytes(1 << 19)
-    with open(os.path.join(root, "big", "dense.bin"), "wb") as f:
-        for i in range(dense_size >> 20):
-            f.write(block + (b"line %09d of dense data\n" % i) * 21845
-                    + bytes((1 << 19) - 21845 * 24))
-
-
-def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
-    """(wall seconds, peak RSS KiB) of one subprocess."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{err}")
-    return wall, usage.ru_maxrss
-
-
-def count_entries(root: str) -> int:
-    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
+    harness.dense_file(os.path.join(root, "big", "dense.bin"), dense_size)
 
 
 def main() -> None:
@@ -74,74 +50,74 @@ def main() -> None:
     ap.add_argument("--work", help="work directory (default: a temp dir, removed after)")
     ap.add_argument("--small-files", type=int, default=10000)
     ap.add_argument("--dense-size", type=parse_size, default=parse_size("128M"))
+    harness.add_repeat(ap)
     args = ap.parse_args()
-
-    conv = shutil.which("conv") or sys.exit("conv is not installed")
-    umoci = shutil.which("umoci") or sys.exit("umoci is not installed")
-    work = args.work or tempfile.mkdtemp(prefix="bench-oci-")
-    os.makedirs(work, exist_ok=True)
-    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
-    j = lambda *p: os.path.join(work, *p)  # noqa: E731
-    try:
+    harness.require_tools("umoci", "mke2fs", "mksquashfs", "cp")
+    env = harness.reproducible_env()
+    times = args.repeat
+    table = harness.Table("OCI (ratio: conv / the reference)",
+                          ["conversion", "reference", *harness.PAIR_COLUMNS])
+    with harness.scratch("bench-oci-", args.work) as work:
+        j = lambda *p: os.path.join(work, *p)  # noqa: E731
         tree = args.tree
         if tree is None:
             tree = j("tree")
-            t0 = time.perf_counter()
-            build_tree(tree, args.small_files, args.dense_size)
-            print(f"built {tree} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        rows = []
+            with harness.built(tree):
+                build_tree(tree, args.small_files, args.dense_size)
+        print(f"tree: {tree} ({harness.count_entries(tree)} entries); "
+              f"{harness.machine_line()}", flush=True)
+        layout = j("umoci-layout")
+
+        def umoci_bundle() -> None:
+            """umoci's way to write: unpack an empty image, fill the bundle's
+            rootfs (not timed), then repack. (umoci 0.4.7's `insert` writes a
+            truncated layer.)"""
+            harness.clearing(j("conv-layout"), layout, j("umoci-work"))()
+            subprocess.run(["umoci", "init", "--layout", layout], check=True)
+            subprocess.run(["umoci", "new", "--image", f"{layout}:t"], check=True)
+            subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:t",
+                            j("umoci-work")], check=True, capture_output=True)
+            os.rmdir(j("umoci-work", "rootfs"))
+            subprocess.run(["cp", "-a", tree, j("umoci-work", "rootfs")], check=True)
 
         # write: a directory into a one-layer image
-        c = measure([conv, "--quiet", "convert", f"dir:{tree} -> oci[ref=t]:{j('conv-layout')}"],
-                    env)
-        # umoci's way: unpack an empty image, fill the bundle's rootfs (not
-        # timed), repack. (umoci 0.4.7's `insert` writes a truncated layer.)
-        subprocess.run([umoci, "init", "--layout", j("umoci-layout")], check=True)
-        subprocess.run([umoci, "new", "--image", f"{j('umoci-layout')}:t"], check=True)
-        subprocess.run([umoci, "unpack", "--rootless", "--image", f"{j('umoci-layout')}:t",
-                        j("umoci-work")], check=True, capture_output=True)
-        os.rmdir(j("umoci-work", "rootfs"))
-        subprocess.run(["cp", "-a", tree, j("umoci-work", "rootfs")], check=True)
-        u = measure([umoci, "repack", "--image", f"{j('umoci-layout')}:t", j("umoci-work")])
-        rows.append(("dir -> oci (gzip layer)", "umoci repack", c, u))
+        c, u = harness.side_by_side(
+            harness.conv_cli("--quiet", "convert", f"dir:{tree} -> oci[ref=t]:{j('conv-layout')}"),
+            ["umoci", "repack", "--image", f"{layout}:t", j("umoci-work")], times,
+            prepare=umoci_bundle, env=env)
+        table.row("dir -> oci (gzip layer)", "umoci repack", *harness.pair_cells(c, u))
 
         # read: umoci's image into a directory
-        c = measure([conv, "--quiet", "convert",
-                     f"oci[ref=t]:{j('umoci-layout')} -> dir:{j('conv-out')}"], env)
-        u = measure([umoci, "unpack", "--rootless", "--image", f"{j('umoci-layout')}:t",
-                     j("umoci-bundle")])
-        rows.append(("oci -> dir", "umoci unpack --rootless", c, u))
-        n_conv, n_umoci = count_entries(j("conv-out")), count_entries(j("umoci-bundle", "rootfs"))
+        c, unpack = harness.side_by_side(
+            harness.conv_cli("--quiet", "convert", f"oci[ref=t]:{layout} -> dir:{j('conv-out')}"),
+            ["umoci", "unpack", "--rootless", "--image", f"{layout}:t", j("umoci-bundle")],
+            times, prepare=harness.clearing(j("conv-out"), j("umoci-bundle")), env=env)
+        table.row("oci -> dir", "umoci unpack --rootless", *harness.pair_cells(c, unpack))
+        rootfs = j("umoci-bundle", "rootfs")
+        n_conv, n_umoci = harness.count_entries(j("conv-out")), harness.count_entries(rootfs)
         if n_conv != n_umoci:
             print(f"warning: conv unpacked {n_conv} entries, umoci {n_umoci}", file=sys.stderr)
 
         # read into a filesystem: conv in one step; the classic way is
         # umoci unpack, then mke2fs -d / mksquashfs over the unpacked rootfs
         # (the reference time adds the unpack measured above).
-        rootfs = j("umoci-bundle", "rootfs")
-        c = measure([conv, "--quiet", "convert",
-                     f"oci[ref=t]:{j('umoci-layout')} -> ext4 -> raw:{j('conv.ext4')}"], env)
+        c = harness.repeat(harness.conv_cli(
+            "--quiet", "convert", f"oci[ref=t]:{layout} -> ext4 -> raw:{j('conv.ext4')}"),
+            times, prepare=harness.clearing(j("conv.ext4")), env=env)
         size = os.path.getsize(j("conv.ext4"))
-        m = measure(["mke2fs", "-q", "-F", "-t", "ext4", "-d", rootfs, j("ref.ext4"),
-                     f"{size // 1024}k"], env)
-        rows.append(("oci -> ext4", "umoci unpack + mke2fs -d", c, (u[0] + m[0], max(u[1], m[1]))))
-        c = measure([conv, "--quiet", "convert",
-                     f"oci[ref=t]:{j('umoci-layout')} -> squashfs -> raw:{j('conv.sqfs')}"],
-                    env)
-        m = measure(["mksquashfs", rootfs, j("ref.sqfs"), "-no-progress", "-quiet"], env)
-        rows.append(("oci -> squashfs (gzip)", "umoci unpack + mksquashfs", c,
-                     (u[0] + m[0], max(u[1], m[1]))))
-
-        print(f"\ntree: {tree} ({count_entries(tree)} entries)")
-        print("| conversion | reference | conv s | conv MiB RSS | ref s | ref MiB RSS | "
-              "time ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for what, ref, (cw, cr), (uw, ur) in rows:
-            print(f"| {what} | {ref} | {cw:.2f} | {cr / 1024:.0f} | {uw:.2f} | "
-                  f"{ur / 1024:.0f} | {cw / uw:.2f} |")
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+        m = harness.repeat(["mke2fs", "-q", "-F", "-t", "ext4", "-d", rootfs, j("ref.ext4"),
+                            f"{size // 1024}k"], times, env=env)
+        table.row("oci -> ext4", "umoci unpack + mke2fs -d",
+                  *harness.pair_cells(c, unpack.then(m)))
+        c = harness.repeat(harness.conv_cli(
+            "--quiet", "convert", f"oci[ref=t]:{layout} -> squashfs -> raw:{j('conv.sqfs')}"),
+            times, prepare=harness.clearing(j("conv.sqfs")), env=env)
+        m = harness.repeat(["mksquashfs", rootfs, j("ref.sqfs"), "-no-progress", "-quiet"],
+                           times, prepare=harness.clearing(j("ref.sqfs")), env=env)
+        table.row("oci -> squashfs (gzip)", "umoci unpack + mksquashfs",
+                  *harness.pair_cells(c, unpack.then(m)))
+    table.print()
+    print(f"\n{harness.machine_line()}")
 
 
 if __name__ == "__main__":
