@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 
 import harness
@@ -79,14 +78,8 @@ def main() -> None:
             ("large", f"{args.gib} GiB of large files", lambda root: harness.large_files(
                 root, args.gib << 30, 512 * MiB)),
         ]
-        for key, name, build in builders:
-            if key not in only:
-                continue
-            src = os.path.join(work, key)
-            with harness.built(name):
-                build(src)
+        for name, src in harness.synthetic_trees(work, builders, only):
             run_pair(table, name, src, work, args.mke2fs_limit, args.repeat)
-            shutil.rmtree(src)
     table.print()
     print(f"\n{harness.machine_line()}")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import stat
 import subprocess
 
@@ -105,14 +104,8 @@ def main() -> None:
             ("large", f"{args.gib} GiB of large files", lambda root: harness.large_files(
                 root, args.gib << 30, 256 * MiB)),
         ]
-        for key, name, build in builders:
-            if key not in only:
-                continue
-            src = os.path.join(work, key)
-            with harness.built(name):
-                build(src)
+        for name, src in harness.synthetic_trees(work, builders, only):
             run_pair(table, name, src, work, args.repeat)
-            shutil.rmtree(src)
     table.print()
     print(f"\n{harness.machine_line()}")
 

@@ -39,12 +39,7 @@ def text_lines(rng: random.Random, i: int) -> bytes:
 def build_tree(root: str, small_files: int, dense_size: int, sparse_size: int) -> None:
     """Nested small files, one big compressible file and a sparse one."""
     harness.small_files(os.path.join(root, "nested"), small_files, text_lines)
-    big = os.path.join(root, "big")
-    os.makedirs(big)
-    if dense_size:
-        harness.dense_file(os.path.join(big, "dense.bin"), dense_size)
-    if sparse_size:
-        harness.sparse_file(os.path.join(big, "sparse.img"), sparse_size)
+    harness.big_files(os.path.join(root, "big"), dense_size=dense_size, sparse_size=sparse_size)
 
 
 #: conv's reader alone, through its Python API: decode the image and read

@@ -30,12 +30,7 @@ def build_tree(root: str, small_files: int, flat_entries: int, sparse_size: int,
     harness.small_files(os.path.join(root, "nested"), small_files,
                         harness.random_bytes(0, 8192))
     harness.one_dir(os.path.join(root, "flat"), flat_entries)
-    big = os.path.join(root, "big")
-    os.makedirs(big)
-    if sparse_size:
-        harness.sparse_file(os.path.join(big, "sparse.img"), sparse_size)
-    if dense_size:
-        harness.dense_file(os.path.join(big, "dense.bin"), dense_size)
+    harness.big_files(os.path.join(root, "big"), dense_size=dense_size, sparse_size=sparse_size)
 
 
 def members(path: str) -> int:

@@ -315,6 +315,36 @@ def mixed_root(root: str, size: int, *, max_lines: int = 5000, seed: int = 1) ->
         i += 1
 
 
+def big_files(root: str, *, dense_size: int = 0, sparse_size: int = 0) -> None:
+    """``root``/dense.bin and ``root``/sparse.img, each when its size is not 0."""
+    os.makedirs(root, exist_ok=True)
+    if dense_size:
+        dense_file(os.path.join(root, "dense.bin"), dense_size)
+    if sparse_size:
+        sparse_file(os.path.join(root, "sparse.img"), sparse_size)
+
+
+Builder = Callable[[str], None]
+"""builds a synthetic tree at the path it is given"""
+
+
+def synthetic_trees(work: str, builders: Sequence[tuple[str, str, Builder]],
+                    only: set[str]) -> Iterator[tuple[str, str]]:
+    """For each (key, label, builder) whose key is in ``only``: build the tree
+    in ``work`` (untimed), yield (label, path), and remove it once the caller
+    is done with it, so one synthetic tree is on disk at a time."""
+    for key, label, build in builders:
+        if key not in only:
+            continue
+        path = os.path.join(work, key)
+        with built(label):
+            build(path)
+        try:
+            yield label, path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def tree_usage(root: str) -> tuple[int, int]:
     """(bytes the tree occupies on disk plus 256 per entry, number of entries
     below ``root``): what a filesystem image of it needs, roughly."""
