@@ -33,34 +33,17 @@ _UNCOMPRESSED = layout.DATA_UNCOMPRESSED
 _SIZE_MASK = layout.DATA_SIZE_MASK
 _BLOCK, _FRAGMENT = 0, 1
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
-_BATCH_FILES = 64  # small files read in one go
-_BATCH_BYTES = 1 << 20  # (bounds the small-file contents held at once)
 
 
-def _read_batch(batch: list[tuple[str, Data, int]]) -> list[bytes]:
-    """Read a batch of small files whole."""
-    out = []
-    for path, data, size in batch:
-        if type(data) is FileRangeData:
-            try:
-                fd = os.open(data.path, _O_READ)
-            except OSError as e:
-                raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") from None
-            try:
-                content = os.pread(fd, size, data.offset)
-                while 0 < len(content) < size:
-                    more = os.pread(fd, size - len(content), data.offset + len(content))
-                    if not more:
-                        break
-                    content += more
-            finally:
-                os.close(fd)
-        else:
-            content = data.read(0, size)
-        if len(content) != size:
-            raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
-        out.append(content)
-    return out
+def _pread_rest(fd: int, content: bytes, size: int, offset: int) -> bytes:
+    """Finish a short read of a small file (the rare case: a read interrupted,
+    or a file shrinking under us, which the caller then reports)."""
+    while len(content) < size:
+        more = os.pread(fd, size - len(content), offset + len(content))
+        if not more:
+            break
+        content += more
+    return content
 
 
 class FileData:
@@ -205,39 +188,68 @@ class DataWriter:
         """Queue many files' contents, in order; records are complete after
         ``finish``.
 
-        Small files are read here, on this thread, a batch at a time. (Reading
-        them ahead on the pool measured slower: between its syscalls a reader
-        thread waits for the GIL this thread holds while packing.)"""
+        Small files are read here, on this thread, and packed at once: this
+        loop runs once per file of the tree, so reading, dedup and packing are
+        inlined. (Reading them ahead on the pool measured slower: between its
+        syscalls a reader thread waits for the GIL this thread holds.)"""
         records: dict[str, FileData] = {}
         small_max = self.block_size if self.fragments_enabled else 0
-        batch: list[tuple[str, Data, int]] = []
-        batch_bytes = 0
+        block_size = self.block_size
+        dedup = self.dedup
+        dups = self._dups_small
+        sha256 = hashlib.sha256
+        file_range = FileRangeData
+        open_, pread, close = os.open, os.pread, os.close
         for path, data in files:
             size = data.size if data is not None else 0
             if size == 0 or data is None:
                 records[path] = FileData(0)
-            elif size < small_max:
-                batch.append((path, data, size))
-                batch_bytes += size
-                if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
-                    self._add_small_batch(batch, records)
-                    batch, batch_bytes = [], 0
-            else:
-                if batch:
-                    self._add_small_batch(batch, records)
-                    batch, batch_bytes = [], 0
-                rec = records[path] = FileData(size)
+                continue
+            if size >= small_max:
+                records[path] = rec = FileData(size)
                 self._add_blocks(rec, data, path)
-        if batch:
-            self._add_small_batch(batch, records)
+                continue
+            if type(data) is file_range:
+                try:
+                    fd = open_(data.path, _O_READ)
+                except OSError as e:
+                    raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") \
+                        from None
+                try:
+                    content = pread(fd, size, data.offset)
+                    if len(content) < size:
+                        content = _pread_rest(fd, content, size, data.offset)
+                finally:
+                    close(fd)
+            else:
+                content = data.read(0, size)
+            if len(content) != size:
+                raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
+            records[path] = rec = FileData(size)
+            if dedup:
+                # A 256-bit digest, not a byte comparison: comparing would mean
+                # reading the earlier file again, which for a compressed tar
+                # source restarts its decompressor (quadratic). SHA-256 is
+                # hardware-accelerated (SHA-NI) where BLAKE2b is not.
+                key = (size, sha256(content).digest())
+                other = dups.get(key)
+                if other is not None:
+                    rec.fragment = other.fragment
+                    rec.fragment_offset = other.fragment_offset
+                    continue
+                dups[key] = rec
+            fill = self._frag_fill
+            buf = self._frag_buf
+            if buf is None or fill + size > block_size:
+                if buf is not None:
+                    self._flush_fragment()
+                buf = self._frag_buf = self._take_buffer()
+                fill = 0
+            buf[fill:fill + size] = content
+            rec.fragment = self._frag_count
+            rec.fragment_offset = fill
+            self._frag_fill = fill + size
         return records
-
-    def _add_small_batch(self, batch: list[tuple[str, Data, int]],
-                         records: dict[str, FileData]) -> None:
-        add = self._add_small
-        for (path, data, size), content in zip(batch, _read_batch(batch), strict=True):
-            rec = records[path] = FileData(size)
-            add(rec, data, content, path)
 
     def _reader(self, data: Data, path: str) -> tuple[Callable[[int, memoryview], int], int]:
         """A readinto(offset, view) for ``data`` and a descriptor to close (-1)."""
@@ -325,28 +337,6 @@ class DataWriter:
                 return False
             done += n
         return True
-
-    def _add_small(self, rec: FileData, data: Data, content: bytes, path: str) -> None:
-        size = rec.size
-        fill = self._frag_fill
-        if self._frag_buf is None or fill + size > self.block_size:
-            if self._frag_buf is not None:
-                self._flush_fragment()
-            self._frag_buf = self._take_buffer()
-            fill = self._frag_fill = 0
-        buf = self._frag_buf
-        if self.dedup:
-            key = (size, hashlib.blake2b(content).digest())
-            other = self._dups_small.get(key)
-            if other is not None:
-                rec.fragment = other.fragment
-                rec.fragment_offset = other.fragment_offset
-                return
-            self._dups_small[key] = rec
-        buf[fill:fill + size] = content
-        rec.fragment = self._frag_count
-        rec.fragment_offset = fill
-        self._frag_fill = fill + size
 
     def _flush_fragment(self) -> None:
         buf, n = self._frag_buf, self._frag_fill
