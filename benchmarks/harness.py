@@ -44,6 +44,8 @@ class Run:
     """peak resident set of the largest single process, KiB"""
     timed_out: bool = False
     """stopped at its time limit: ``wall`` and ``cpu`` are lower bounds"""
+    output: bytes = b""
+    """the command's stdout, when ``measure`` was asked to keep it"""
 
     @property
     def rss_mib(self) -> float:
@@ -53,7 +55,8 @@ class Run:
         """A two-step pipeline run one step after the other: times add up, the
         peak is the larger of the two."""
         return Run(self.wall + other.wall, self.cpu + other.cpu,
-                   max(self.rss_kib, other.rss_kib), self.timed_out or other.timed_out)
+                   max(self.rss_kib, other.rss_kib), self.timed_out or other.timed_out,
+                   self.output + other.output)
 
 
 def best(runs: Sequence[Run]) -> Run:
@@ -76,25 +79,30 @@ Command = Sequence[str] | Steps
 
 
 def measure(cmd: Command, *, env: dict[str, str] | None = None,
-            limit: float | None = None, cwd: str | None = None) -> Run:
+            limit: float | None = None, cwd: str | None = None, keep_output: bool = False) -> Run:
     """Run ``cmd`` once, output discarded. A non-zero exit stops the benchmark
     with the command's stderr (a fast failure is not a result). Past ``limit``
     seconds the command is killed and the run is marked ``timed_out``.
-    ``Steps`` add up (see ``Run.then``); ``limit`` applies to each step."""
+    ``Steps`` add up (see ``Run.then``); ``limit`` applies to each step.
+    ``keep_output``: the command's stdout is kept in ``Run.output`` (it goes
+    to a file, not a pipe, so the command never waits on us)."""
     if isinstance(cmd, Steps):
         total = Run(0.0, 0.0, 0)
         for step in cmd:
-            total = total.then(measure(step, env=env, limit=limit, cwd=cwd))
+            total = total.then(measure(step, env=env, limit=limit, cwd=cwd,
+                                       keep_output=keep_output))
         return total
     if not os.path.exists(TIME):
         sys.exit(f"{TIME} is needed to measure peak RSS (Debian package: time)")
     # stderr goes to a file: a chatty command must not block on a full pipe
     with (tempfile.NamedTemporaryFile("r", prefix="bench-", suffix=".time") as report,
-          tempfile.TemporaryFile(prefix="bench-", suffix=".err") as errors):
+          tempfile.TemporaryFile(prefix="bench-", suffix=".err") as errors,
+          tempfile.TemporaryFile(prefix="bench-", suffix=".out") as output):
         start = time.perf_counter()
         # a session of its own, so a time limit can stop time and the command together
         proc = subprocess.Popen([TIME, "-q", "-f", "%M", "-o", report.name, *cmd],
-                                stdout=subprocess.DEVNULL, stderr=errors,
+                                stdout=output if keep_output else subprocess.DEVNULL,
+                                stderr=errors,
                                 env=env, cwd=cwd, start_new_session=True)
         timed_out = False
         if limit is None:
@@ -119,8 +127,10 @@ def measure(cmd: Command, *, env: dict[str, str] | None = None,
             err = errors.read().decode(errors="replace")
             sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
         lines = report.read().split()
+        output.seek(0)
+        kept = output.read() if keep_output else b""
     rss = int(lines[-1]) if lines else 0
-    return Run(wall, usage.ru_utime + usage.ru_stime, rss)
+    return Run(wall, usage.ru_utime + usage.ru_stime, rss, output=kept)
 
 
 def repeat(cmd: Command, times: int, *, prepare: Callable[[], None] | None = None,
