@@ -23,18 +23,18 @@ class MetadataWriter:
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
         self.out = bytearray()
-        self._pending = bytearray()
+        self.pending = bytearray()
         self._starts: list[int] = []  # compressed start of each flushed block
 
     @property
     def ref(self) -> int:
         """Reference (block start << 16 | offset) of the next byte written."""
-        return (len(self.out) << 16) | len(self._pending)
+        return (len(self.out) << 16) | len(self.pending)
 
     @property
     def position(self) -> int:
         """Uncompressed stream position of the next byte written."""
-        return len(self._starts) * _BLOCK + len(self._pending)
+        return len(self._starts) * _BLOCK + len(self.pending)
 
     def block_start(self, position: int) -> int:
         """Compressed start of the block holding an already-written stream
@@ -43,8 +43,15 @@ class MetadataWriter:
         return self._starts[k] if k < len(self._starts) else len(self.out)
 
     def write(self, data: bytes | bytearray) -> None:
-        pending = self._pending
-        pending += data
+        self.pending += data
+        if len(self.pending) >= _BLOCK:
+            self.flush_full()
+
+    def flush_full(self) -> None:
+        """Compress the full blocks of ``pending``. A hot loop may append to
+        ``pending`` itself (``out`` and ``pending`` stay the same objects) and
+        call this once ``len(pending) >= METADATA_SIZE``."""
+        pending = self.pending
         if len(pending) >= _BLOCK:
             full = len(pending) // _BLOCK * _BLOCK
             view = memoryview(pending)
@@ -65,9 +72,9 @@ class MetadataWriter:
 
     def finish(self) -> bytearray:
         """Flush the last partial block; returns the compressed stream."""
-        if self._pending:
-            self._emit(bytes(self._pending))
-            self._pending.clear()
+        if self.pending:
+            self._emit(bytes(self.pending))
+            self.pending.clear()
         return self.out
 
 

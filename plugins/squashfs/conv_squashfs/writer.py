@@ -47,6 +47,7 @@ _FILE_INODE_FULL_PACK = struct.Struct(
     layout.INODE_HEADER.format + layout.FILE_INODE.format.lstrip("<")).pack
 _DIR_ENTRY_PACK = layout.DIR_ENTRY.pack
 _MAX_IDS = 65536
+_METADATA_SIZE = layout.METADATA_SIZE
 
 
 def _block_words(rec: FileData) -> bytes:
@@ -160,7 +161,6 @@ class ImageWriter:
         self.inodes = MetadataWriter(self.codec)
         self.dirs = MetadataWriter(self.codec)
         self.numbers: dict[str, int] = {}  # inode key -> inode number
-        self.refs: dict[str, int] = {}  # inode key -> inode reference
         self.files: dict[str, FileData] = {}
         self.inode_of: dict[str, Entry] = {}  # inode key -> entry holding its metadata
         self.dirent: dict[str, tuple[int, int, int]] = {}  # inode key -> (ref, number, type)
@@ -296,46 +296,57 @@ class ImageWriter:
         return self.xattrs.add(inode.xattrs, inode.path)
 
     def _write_inodes(self, order, nlinks: dict[str, int], inode_count: int) -> int:
-        refs, dirent = self.refs, self.dirent
+        dirent = self.dirent
         inode_of, numbers, files = self.inode_of, self.numbers, self.files
+        # The common case, a plain file, is packed here straight into the
+        # inode stream (_header and _file_body inlined): this runs once per
+        # file of the tree. ``pending`` and ``out`` stay the same objects.
         inodes = self.inodes
+        pending, out, flush = inodes.pending, inodes.out, inodes.flush_full
         ids = self.ids
         force_uid, force_gid, force_mtime = self.s.uid, self.s.gid, self.s.mtime
         file_type = layout.INODE_FILE
+        file_pack = _FILE_INODE_FULL_PACK
         for entry, kids in order:
             if kids is None:
                 key = entry.path if entry.link is None else entry.link
-                if key in refs:
+                if key in dirent:
                     continue
                 inode = inode_of[key]
                 rec = files.get(key)
                 if (rec is not None and nlinks[key] == 1 and not inode.xattrs
                         and rec.size <= _U32 and rec.blocks_start <= _U32 and not rec.sparse):
-                    # The common case, a plain file: _header and _file_body inlined,
-                    # since this runs once per file of the tree.
                     uid = inode.uid if force_uid is None else force_uid
                     gid = inode.gid if force_gid is None else force_gid
-                    uid_idx = ids[uid] if uid in ids else self._id(uid)
-                    gid_idx = ids[gid] if gid in ids else self._id(gid)
-                    mtime = force_mtime if force_mtime is not None else \
-                        min(max(inode.mtime_ns // 1_000_000_000, 0), _U32)
+                    uid_idx = ids.get(uid)
+                    if uid_idx is None:
+                        uid_idx = self._id(uid)
+                    gid_idx = ids.get(gid)
+                    if gid_idx is None:
+                        gid_idx = self._id(gid)
+                    if force_mtime is None:
+                        mtime = inode.mtime_ns // 1_000_000_000
+                        if not 0 <= mtime <= _U32:
+                            mtime = 0 if mtime < 0 else _U32
+                    else:
+                        mtime = force_mtime
                     number = numbers[key]
-                    ref = inodes.ref
-                    inodes.write(_FILE_INODE_FULL_PACK(
+                    ref = (len(out) << 16) | len(pending)
+                    pending += file_pack(
                         file_type, inode.mode & 0o7777, uid_idx, gid_idx, mtime, number,
-                        rec.blocks_start, rec.fragment, rec.fragment_offset, rec.size))
+                        rec.blocks_start, rec.fragment, rec.fragment_offset, rec.size)
                     if rec.block_sizes:
-                        inodes.write(_block_words(rec))
-                    refs[key] = ref
+                        pending += _block_words(rec)
+                    if len(pending) >= _METADATA_SIZE:
+                        flush()
                     dirent[key] = (ref, number, file_type)
                     continue
-                ref = refs[key] = self._write_leaf(inode, key, nlinks[key])
+                ref = self._write_leaf(inode, key, nlinks[key])
                 dirent[key] = (ref, numbers[key], _BASIC_TYPE[inode.kind])
             else:
-                ref = refs[entry.path] = self._write_dir(entry, kids, nlinks[entry.path],
-                                                         inode_count)
+                ref = self._write_dir(entry, kids, nlinks[entry.path], inode_count)
                 dirent[entry.path] = (ref, numbers[entry.path], layout.INODE_DIR)
-        return refs[""]
+        return dirent[""][0]
 
     def _write_leaf(self, inode: Entry, key: str, nlink: int) -> int:
         ref = self.inodes.ref
@@ -467,7 +478,7 @@ class ImageWriter:
 
         export = bytearray(8 * inode_count)
         for key, number in self.numbers.items():
-            layout.EXPORT_ENTRY.pack_into(export, 8 * (number - 1), self.refs[key])
+            layout.EXPORT_ENTRY.pack_into(export, 8 * (number - 1), self.dirent[key][0])
         blocks, index = build_table(codec, export, pos)
         put(blocks)
         export_table_start = pos
