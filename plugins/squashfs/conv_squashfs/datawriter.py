@@ -1,17 +1,19 @@
 """Writing squashfs file data: blocks and fragments, compressed on a thread pool.
 
 The main thread reads each file block by block into a reusable buffer and
-submits it to the pool; results are retired strictly in submission order and
-written sequentially to the image file, so the bytes do not depend on the
-number of threads. At most ``inflight`` blocks (and their buffers) are alive
-at any time: memory is bounded by ``block_size * (inflight + 2)`` plus the
-compressed results waiting to be written.
+submits it to the pool, a few blocks per task; results are retired strictly in
+submission order and written sequentially to the image file, so the bytes do
+not depend on the number of threads. At most ``inflight`` blocks (and their
+buffers) are alive at any time: memory is bounded by
+``block_size * (inflight + 2)`` plus the compressed results waiting to be
+written.
 
 Files smaller than a block are packed into fragment blocks (mksquashfs's
 default: tails of larger files keep their own last block). Identical files
-are stored once: a candidate is found by size and CRC32s, and confirmed by
-comparing bytes (the stored blocks, which a deterministic codec makes equal
-exactly when the contents are, or the source data for fragments).
+are stored once. Files of whole blocks: a candidate is found by size and
+CRC32s, and confirmed by comparing the stored blocks (which a deterministic
+codec makes equal exactly when the contents are). Small files: by size and
+SHA-256 of the contents.
 """
 
 from __future__ import annotations
@@ -66,15 +68,35 @@ class FileData:
 
 
 class _Done:
-    """A Future-alike for work done inline (threads=1, holes)."""
+    """Results of work done inline (threads=1, holes), shaped like a _Batch."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_values",)
 
     def __init__(self, value) -> None:
-        self._value = value
+        self._values = [value]
 
-    def result(self):
-        return self._value
+    def result(self) -> list:
+        return self._values
+
+
+_HOLE = _Done((None, 0, 0))
+
+
+class _Batch:
+    """Several blocks compressed by one pool task: a task per block costs a
+    Future and two thread wake-ups, a tenth of an LZ4 block's compression."""
+
+    __slots__ = ("calls", "future")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable, memoryview]] = []
+        self.future: Future | None = None
+
+    def run(self) -> list:
+        return [fn(view) for fn, view in self.calls]
+
+    def result(self) -> list:
+        return self.future.result()  # type: ignore[union-attr]
 
 
 class DataWriter:
@@ -90,7 +112,11 @@ class DataWriter:
         self.dedup = dedup
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="squashfs") \
             if threads > 1 else None
-        self.inflight = max(2, 3 * threads)
+        # Up to 512 KiB of blocks per pool task, and enough tasks in flight
+        # to keep every thread busy while this thread reads the next ones.
+        self.batch_max = max(1, (512 * 1024) // block_size) if threads > 1 else 1
+        self.inflight = max(2, 3 * threads) * self.batch_max
+        self._open_batch: _Batch | None = None
         self._free = [bytearray(block_size) for _ in range(self.inflight + 2)]
         self._queue: deque = deque()
         self._zero_bytes = bytes(block_size)
@@ -132,10 +158,25 @@ class DataWriter:
             return packed, len(packed), 0
         return None, n | _UNCOMPRESSED, 0
 
-    def _submit(self, fn: Callable, view: memoryview) -> Future | _Done:
+    def _submit(self, kind: int, rec, fn: Callable, view: memoryview, buf: bytearray,
+                n: int) -> None:
+        """Queue ``fn(view)`` for the pool (or run it now without one)."""
         if self.pool is None:
-            return _Done(fn(view))
-        return self.pool.submit(fn, view)
+            self._enqueue(kind, rec, _Done(fn(view)), 0, buf, n)
+            return
+        batch = self._open_batch
+        if batch is None:
+            batch = self._open_batch = _Batch()
+        batch.calls.append((fn, view))
+        index = len(batch.calls) - 1
+        if index + 1 >= self.batch_max:
+            self._submit_batch()
+        self._enqueue(kind, rec, batch, index, buf, n)
+
+    def _submit_batch(self) -> None:
+        batch = self._open_batch
+        self._open_batch = None
+        batch.future = self.pool.submit(batch.run)  # type: ignore[union-attr]
 
     # -- buffers and the in-order retirement of results
 
@@ -145,8 +186,10 @@ class DataWriter:
         return self._free.pop()
 
     def _retire(self) -> None:
-        kind, rec, future, buf, n = self._queue.popleft()
-        packed, word, crc = future.result()
+        kind, rec, work, index, buf, n = self._queue.popleft()
+        if work is self._open_batch:
+            self._submit_batch()
+        packed, word, crc = work.result()[index]
         if kind == _BLOCK:
             if rec._blocks_done == 0:
                 rec.blocks_start = self.pos
@@ -177,8 +220,8 @@ class DataWriter:
             view = view[written:]
             offset += written
 
-    def _enqueue(self, kind: int, rec, future, buf, n: int) -> None:
-        self._queue.append((kind, rec, future, buf, n))
+    def _enqueue(self, kind: int, rec, work: _Batch | _Done, index: int, buf, n: int) -> None:
+        self._queue.append((kind, rec, work, index, buf, n))
         if len(self._queue) >= self.inflight:
             self._retire()
 
@@ -301,8 +344,7 @@ class DataWriter:
                         ext_i += 1
                     if ext_i == len(extents) or extents[ext_i][0] >= start + n:
                         rec.sparse += n
-                        self._enqueue(_BLOCK, rec, _Done((None, 0, 0)),
-                                      None, n)
+                        self._enqueue(_BLOCK, rec, _HOLE, 0, None, n)
                         continue
                 buf = self._take_buffer()
                 view = memoryview(buf)[:n]
@@ -310,7 +352,7 @@ class DataWriter:
                     self._free.append(buf)
                     raise CorruptError(f"{path}: file data ended before its size of {size} "
                                        f"bytes (at offset {start})")
-                self._enqueue(_BLOCK, rec, self._submit(self._pack_block, view), buf, n)
+                self._submit(_BLOCK, rec, self._pack_block, view, buf, n)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -343,7 +385,7 @@ class DataWriter:
         self._frag_buf = None
         self._frag_count += 1
         view = memoryview(buf)[:n]  # type: ignore[arg-type]
-        self._enqueue(_FRAGMENT, None, self._submit(self._pack_fragment, view), buf, n)
+        self._submit(_FRAGMENT, None, self._pack_fragment, view, buf, n)
 
     def finish(self) -> int:
         """Flush the last fragment and every block in flight; returns the end
