@@ -18,15 +18,17 @@ derived by ``Tree.link_counts()``.
 
 from __future__ import annotations
 
+import codecs
 import enum
 import errno
 import io
 import os
 import stat
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from convcore.errors import CorruptError, NotFoundError, UsageError
+from convcore.errors import ConvError, CorruptError, NotFoundError, UsageError
 
 COPY_CHUNK = 1 << 20
 
@@ -42,12 +44,26 @@ class Kind(enum.Enum):
     FIFO = stat.S_IFIFO
     SOCKET = stat.S_IFSOCK
 
+    # Members are singletons compared with ``is``: identity hashing runs in C,
+    # where Enum's default hashes the member name in Python (Kind keys dicts
+    # in every writer's per-entry loop).
+    __hash__ = object.__hash__
+
     @classmethod
     def from_mode(cls, mode: int) -> Kind:
-        try:
-            return cls(stat.S_IFMT(mode))
-        except ValueError:
-            raise CorruptError(f"unknown file type in mode {mode:#o}") from None
+        kind = KIND_BY_IFMT.get(mode & 0o170000)
+        if kind is None:
+            raise CorruptError(f"unknown file type in mode {mode:#o}")
+        return kind
+
+
+# Module-level names for hot loops: attribute access on an Enum class goes
+# through EnumType.__getattr__ in Python 3.11 (several times slower than a
+# global).
+_FILE, _DIR, _SYMLINK = Kind.FILE, Kind.DIR, Kind.SYMLINK
+KIND_BY_IFMT: dict[int, Kind] = {kind._value_: kind for kind in Kind}
+#: S_IFMT bits of each kind, without Enum's Python-level ``value`` property.
+IFMT_BITS: dict[Kind, int] = {kind: kind._value_ for kind in Kind}
 
 
 # --------------------------------------------------------------------------
@@ -154,6 +170,8 @@ class _DataRaw(io.RawIOBase):
 class BytesData(Data):
     """Contents held in memory (small files, generated files, tests)."""
 
+    __slots__ = ("_bytes", "size")
+
     def __init__(self, data: bytes) -> None:
         self._bytes = bytes(data)
         self.size = len(self._bytes)
@@ -173,9 +191,13 @@ class FileRangeData(Data):
     member of a plain tar, a file inside an uncompressed image).
 
     ``holes=True`` asks SEEK_DATA/SEEK_HOLE for the extents, for sparse host
-    files. The host file is opened per call so thousands of entries hold no
-    descriptors.
+    files; nothing is asked before a writer wants the data. The host file is
+    opened per call so thousands of entries hold no descriptors. A host file
+    that no longer holds the recorded range (it shrank after the scan, or an
+    archive is truncated) is a CorruptError naming the file, never zeros.
     """
+
+    __slots__ = ("path", "offset", "size", "holes")
 
     def __init__(self, path: str | os.PathLike, offset: int = 0, size: int | None = None,
                  holes: bool = False) -> None:
@@ -188,31 +210,74 @@ class FileRangeData(Data):
     def order_key(self) -> tuple:
         return (self.path, self.offset)
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise NotFoundError(f"{self.path}: {e.strerror} (removed since it was "
+                                "listed?)") from None
+        except OSError as e:
+            raise ConvError(f"{self.path}: cannot read: {e.strerror}") from None
+
+    def _check_length(self, fd: int) -> None:
+        """CorruptError unless the host file still holds the whole range."""
+        host_size = os.fstat(fd).st_size
+        if host_size >= self.offset + self.size:
+            return
+        if self.offset == 0:
+            raise CorruptError(f"{self.path}: file is shorter than its recorded size "
+                               f"({host_size} bytes, {self.size} recorded: it shrank after "
+                               "the scan)")
+        raise CorruptError(f"{self.path}: file is shorter than its recorded size (ends at "
+                           f"byte {host_size}, inside the {self.size} bytes recorded at "
+                           f"offset {self.offset}: truncated?)")
+
     def readinto(self, offset: int, buf: memoryview | bytearray) -> int:
         want = max(0, min(len(buf), self.size - offset))
         if not want:
             return 0
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.offset + offset)
-            return f.readinto(memoryview(buf)[:want]) or 0
+        view = memoryview(buf)[:want]
+        fd = self._open()
+        try:
+            got = 0
+            while got < want:
+                n = os.preadv(fd, [view[got:]], self.offset + offset + got)
+                if n == 0:
+                    self._check_length(fd)
+                    raise _short_input(self.path, self.offset + offset + got)
+                got += n
+        finally:
+            os.close(fd)
+        return got
 
     def extents(self) -> list[tuple[int, int]]:
         if not self.size:
             return []
         if not self.holes:
             return [(0, self.size)]
-        with open(self.path, "rb", buffering=0) as f:
-            return list(_seek_data_extents(f.fileno(), self.offset, self.size))
+        fd = self._open()
+        try:
+            # a shrunk file's lost tail would otherwise look like a hole
+            self._check_length(fd)
+            return list(_seek_data_extents(fd, self.offset, self.size))
+        finally:
+            os.close(fd)
 
     def copy_to(self, fd: int, dst_offset: int, buf: bytearray | None = None) -> None:
         if not self.size:
             return
-        with open(self.path, "rb", buffering=0) as f:
-            src = f.fileno()
+        src = self._open()
+        try:
+            self._check_length(src)
             ranges = (_seek_data_extents(src, self.offset, self.size) if self.holes
-                      else [(0, self.size)])
+                      else ((0, self.size),))
             for start, length in ranges:
-                copy_range(src, self.offset + start, fd, dst_offset + start, length, buf)
+                copy_range(src, self.offset + start, fd, dst_offset + start, length, buf,
+                           name=self.path)
+            # shrunk while copying: SEEK_DATA past the new end reads as a hole
+            self._check_length(src)
+        finally:
+            os.close(src)
 
 
 class SegmentData(Data):
@@ -284,9 +349,10 @@ def _seek_data_extents(fd: int, base: int, size: int) -> Iterator[tuple[int, int
 
 
 def copy_range(src: int, src_off: int, dst: int, dst_off: int, length: int,
-               buf: bytearray | None = None) -> None:
+               buf: bytearray | None = None, name: str | None = None) -> None:
     """Copy ``length`` bytes between host fds at offsets, in the kernel when it
-    can (``copy_file_range``), else ``readinto`` + ``pwrite`` with one buffer."""
+    can (``copy_file_range``), else ``readinto`` + ``pwrite`` with one buffer.
+    ``name`` (the source file's path) names the input in errors."""
     while length > 0:
         try:
             n = os.copy_file_range(src, dst, length, src_off, dst_off)
@@ -299,7 +365,7 @@ def copy_range(src: int, src_off: int, dst: int, dst_off: int, length: int,
                 raise
             break
         if n == 0:
-            raise CorruptError("input file is shorter than its recorded size")
+            raise _short_input(name, src_off)
         src_off += n
         dst_off += n
         length -= n
@@ -311,11 +377,18 @@ def copy_range(src: int, src_off: int, dst: int, dst_off: int, length: int,
     while length > 0:
         n = os.preadv(src, [view[: min(len(view), length)]], src_off)
         if n == 0:
-            raise CorruptError("input file is shorter than its recorded size")
+            raise _short_input(name, src_off)
         os.pwrite(dst, view[:n], dst_off)
         src_off += n
         dst_off += n
         length -= n
+
+
+def _short_input(name: str | None, offset: int) -> CorruptError:
+    if name is None:
+        return CorruptError("input file is shorter than its recorded size")
+    return CorruptError(f"{name}: file is shorter than its recorded size (ends at byte "
+                        f"{offset})")
 
 
 # --------------------------------------------------------------------------
@@ -358,10 +431,10 @@ class Entry:
 
     @property
     def st_mode(self) -> int:
-        return self.kind.value | (self.mode & 0o7777)
+        return self.kind._value_ | (self.mode & 0o7777)
 
     def is_dir(self) -> bool:
-        return self.kind is Kind.DIR and self.link is None
+        return self.kind is _DIR and self.link is None
 
 
 def normpath(path: str) -> str:
@@ -377,6 +450,41 @@ def normpath(path: str) -> str:
     return "/".join(parts)
 
 
+# os.fsencode's codec: str order is byte order for it (see _sort_bytewise)
+_FS_UTF8 = codecs.lookup(sys.getfilesystemencoding()).name == "utf-8" and \
+    sys.getfilesystemencodeerrors() == "surrogateescape"
+
+
+def _sort_bytewise(names: list[str]) -> None:
+    """Sort names in place in byte order of their filesystem encoding."""
+    if len(names) < 2:
+        return
+    if _FS_UTF8:
+        # UTF-8 keeps code point order, so plain str order is byte order
+        # unless a name holds surrogate-escaped bytes; one C-level check for
+        # the whole list instead of an os.fsencode call per name.
+        joined = "".join(names)
+        if joined.isascii():
+            names.sort()
+            return
+        try:
+            joined.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            names.sort()
+            return
+    names.sort(key=os.fsencode)
+
+
+def bytewise_sorted(names: Iterable[str]) -> list[str]:
+    """Names in byte order of their filesystem encoding (what ``os.fsencode``
+    gives), the order reproducible writers and the dir source use."""
+    out = list(names)
+    _sort_bytewise(out)
+    return out
+
+
 class Tree:
     """An ordered set of entries keyed by path, parents before children.
 
@@ -386,58 +494,91 @@ class Tree:
     ``default_dir`` metadata.
     """
 
+    # _entries: path -> Entry, every entry.
+    # _children: directory path -> {name: Entry} in child order; holding the
+    # Entry (not just the name) lets iteration and children() skip building
+    # each child's path and looking it up again.
+
     def __init__(self, root: Entry | None = None) -> None:
         self._entries: dict[str, Entry] = {}
-        self._children: dict[str, dict[str, None]] = {"": {}}
+        self._children: dict[str, dict[str, Entry]] = {"": {}}
         self.default_dir_mode = 0o755
         #: facts for ``conv info`` (an OCI image config, a filesystem's label).
         self.info: dict = {}
-        self.add(root or Entry("", Kind.DIR, mode=0o755))
+        self.add(root or Entry("", _DIR, mode=0o755))
 
     # -- building
     def add(self, entry: Entry) -> Entry:
         path = entry.path
-        old = self._entries.get(path)
+        entries = self._entries
+        is_dir = entry.kind is _DIR and entry.link is None
+        old = entries.get(path)
         if old is not None:
-            if old.is_dir() and not entry.is_dir():
+            if old.kind is _DIR and old.link is None and not is_dir:
                 self._remove_children(path)
-            self._entries[path] = entry
-            if entry.is_dir():
+                self._children.pop(path, None)
+            entries[path] = entry
+            if path:
+                parent, _, name = path.rpartition("/")
+                self._children[parent][name] = entry
+            if is_dir:
                 self._children.setdefault(path, {})
             return entry
         if path:
-            parent = entry.parent
-            if parent not in self._entries:
-                self.add(Entry(parent, Kind.DIR, mode=self.default_dir_mode,
-                               mtime_ns=entry.mtime_ns, atime_ns=entry.mtime_ns,
-                               ctime_ns=entry.mtime_ns))
-            elif not self._entries[parent].is_dir():
+            parent, _, name = path.rpartition("/")
+            parent_entry = entries.get(parent)
+            if parent_entry is None:
+                self._add_parents(parent, entry.mtime_ns)
+            elif parent_entry.kind is not _DIR or parent_entry.link is not None:
                 raise CorruptError(f"{path!r}: parent {parent!r} is not a directory")
-            self._children[parent][entry.name] = None
-        self._entries[path] = entry
-        if entry.is_dir():
+            self._children[parent][name] = entry
+        entries[path] = entry
+        if is_dir:
             self._children.setdefault(path, {})
         return entry
+
+    def _add_parents(self, path: str, mtime_ns: int) -> None:
+        """Create the missing directory ``path`` and its missing ancestors
+        (iteratively: a hostile archive may name a path thousands deep)."""
+        missing = []
+        while path not in self._entries:
+            missing.append(path)
+            if not path:
+                break
+            path = path.rpartition("/")[0]
+        for path in reversed(missing):
+            self.add(Entry(path, _DIR, mode=self.default_dir_mode, mtime_ns=mtime_ns,
+                           atime_ns=mtime_ns, ctime_ns=mtime_ns))
 
     def remove(self, path: str) -> None:
         """Remove an entry and, for a directory, everything below it."""
         if path not in self._entries or not path:
             return
-        if self._entries[path].is_dir():
-            self._remove_children(path)
-            self._children.pop(path, None)
+        self._remove_children(path)
+        self._children.pop(path, None)
         del self._entries[path]
-        self._children[path.rpartition("/")[0]].pop(path.rpartition("/")[2], None)
+        parent, _, name = path.rpartition("/")
+        self._children[parent].pop(name, None)
 
     def clear_dir(self, path: str) -> None:
         """Remove every child of a directory (an OCI opaque whiteout)."""
         self._remove_children(path)
 
     def _remove_children(self, path: str) -> None:
-        for name in list(self._children.get(path, ())):
-            self.remove(f"{path}/{name}" if path else name)
-        if path in self._children:
-            self._children[path] = {}
+        kids = self._children.get(path)
+        if not kids:
+            return
+        entries, children = self._entries, self._children
+        stack = [(f"{path}/" if path else "", kids)]
+        while stack:
+            prefix, names = stack.pop()
+            for name in names:
+                child = prefix + name
+                entries.pop(child, None)
+                below = children.pop(child, None)
+                if below:
+                    stack.append((child + "/", below))
+        children[path] = {}
 
     # -- reading
     def __len__(self) -> int:
@@ -459,20 +600,31 @@ class Tree:
 
     def children(self, path: str) -> list[Entry]:
         """Direct children of a directory, in insertion order."""
-        prefix = f"{path}/" if path else ""
-        return [self._entries[prefix + n] for n in self._children.get(path, ())]
+        kids = self._children.get(path)
+        return list(kids.values()) if kids else []
 
     def __iter__(self) -> Iterator[Entry]:
         """Every entry, depth first, parents before children, insertion order."""
-        stack = [""]
+        children = self._children
+        root = self._entries[""]
+        yield root
+        kids = children.get("")
+        if not kids:
+            return
+        # one iterator per open directory; each directory's children are
+        # taken when it is entered, as a list, so the walk never iterates a
+        # dict that a caller changes meanwhile
+        stack = [iter(list(kids.values()))]
         while stack:
-            path = stack.pop()
-            entry = self._entries[path]
-            yield entry
-            if entry.is_dir():
-                kids = self._children.get(path, {})
-                prefix = f"{path}/" if path else ""
-                stack.extend(prefix + n for n in reversed(list(kids)))
+            for entry in stack[-1]:
+                yield entry
+                # only directories have children (add refuses others)
+                kids = children.get(entry.path)
+                if kids:
+                    stack.append(iter(list(kids.values())))
+                    break
+            else:
+                stack.pop()
 
     def sorted(self) -> Tree:
         """A copy whose directories list children in byte order of name
@@ -481,23 +633,30 @@ class Tree:
         out._entries = self._entries
         out.default_dir_mode = self.default_dir_mode
         out.info = self.info
-        out._children = {p: dict.fromkeys(sorted(k, key=os.fsencode))
-                         for p, k in self._children.items()}
+        sorted_children = {}
+        for path, kids in self._children.items():
+            names = list(kids)
+            _sort_bytewise(names)
+            sorted_children[path] = dict(zip(names, map(kids.__getitem__, names), strict=True))
+        out._children = sorted_children
         return out
 
     def link_counts(self) -> dict[str, int]:
         """nlink for each inode-holding path: names pointing at it, and for a
         directory 2 + its subdirectories."""
         counts: dict[str, int] = {}
-        for entry in self._entries.values():
-            if entry.link is not None:
-                counts[entry.link] = counts.get(entry.link, 1) + 1
-            elif entry.kind is Kind.DIR:
-                counts[entry.path] = counts.get(entry.path, 0) + 2
-                if entry.path:
-                    counts[entry.parent] = counts.get(entry.parent, 0) + 1
-            else:
-                counts.setdefault(entry.path, 1)
+        get = counts.get
+        for path, entry in self._entries.items():
+            link = entry.link
+            if link is not None:
+                counts[link] = get(link, 1) + 1
+            elif entry.kind is _DIR:
+                counts[path] = get(path, 0) + 2
+                if path:
+                    parent = path.rpartition("/")[0]
+                    counts[parent] = get(parent, 0) + 1
+            elif path not in counts:
+                counts[path] = 1
         return counts
 
     def resolve(self, entry: Entry) -> Entry:
@@ -512,9 +671,24 @@ class Tree:
     def data_order(self, entries: Iterable[Entry] | None = None) -> list[Entry]:
         """Regular files (not hardlink names) in the cheapest order to read
         their data: streamed sources want archive order."""
-        files = [e for e in (self if entries is None else entries)
-                 if e.kind is Kind.FILE and e.link is None and e.data is not None]
-        return sorted(files, key=lambda e: data_order_key(e.data))
+        # The order of sorting by data_order_key, without a key tuple per
+        # file: group by Data class name (groups in name order), then a
+        # stable sort of each group by its order_key.
+        groups: dict[str, list[Entry]] = {}
+        for e in (self if entries is None else entries):
+            data = e.data
+            if data is not None and e.kind is _FILE and e.link is None:
+                name = type(data).__qualname__
+                group = groups.get(name)
+                if group is None:
+                    groups[name] = group = []
+                group.append(e)
+        out: list[Entry] = []
+        for name in sorted(groups):
+            group = groups[name]
+            group.sort(key=_order_key_of_data)
+            out += group
+        return out
 
     def clamp_times(self, epoch_ns: int) -> None:
         """SOURCE_DATE_EPOCH: no time in the tree is later than ``epoch_ns``."""
@@ -524,3 +698,7 @@ class Tree:
             e.ctime_ns = min(e.ctime_ns, epoch_ns)
             if e.crtime_ns is not None:
                 e.crtime_ns = min(e.crtime_ns, epoch_ns)
+
+
+def _order_key_of_data(entry: Entry) -> tuple:
+    return entry.data.order_key  # type: ignore[union-attr]

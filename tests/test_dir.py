@@ -222,3 +222,89 @@ def test_owner_option_through_format(sample):
     assert "many" not in tree and "var" not in tree
     with pytest.raises(UsageError, match="owner"):
         fmt.parse_options({"owner": "nobody"})
+
+
+# -- what the fast scan keeps
+
+
+def test_source_reads_no_data_and_asks_no_holes(sample, monkeypatch):
+    """The scan is metadata only: SEEK_DATA waits until a writer wants the
+    extents, and getxattr runs only for names listxattr gave."""
+    calls = {"lseek": 0, "getxattr": 0, "open": 0}
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    for name in calls:
+        monkeypatch.setattr(os, name, counting(name, getattr(os, name)))
+    tree = dir_source(sample)
+    with_xattrs = sum(len(e.xattrs) for e in tree if e.link is None)
+    assert calls["lseek"] == 0 and calls["open"] == 0
+    assert with_xattrs > 0 and calls["getxattr"] == with_xattrs
+    monkeypatch.undo()
+    sparse = tree.get("var/sparse.img").data
+    assert sum(n for _, n in sparse.extents()) <= 64 << 10 < sparse.size
+
+
+def test_source_byte_order_with_undecodable_names(tmp_path):
+    raw = [b"\xff", b"\xc3\xa9", b"z", b"\x80a", b"A", b"e\xcc\x81", b"\xe6\x97\xa5"]
+    for name in raw:
+        with open(os.path.join(os.fsencode(tmp_path), name), "wb") as f:
+            f.write(name)
+    tree = dir_source(tmp_path)
+    assert [os.fsencode(e.name) for e in tree.children("")] == sorted(raw)
+    for entry in tree.children(""):
+        assert entry.data.read() == os.fsencode(entry.name)
+    assert [os.fsencode(e.name) for e in tree.sorted().children("")] == sorted(raw)
+
+
+def test_source_root_with_trailing_slash(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"data")
+    tree = dir_source(f"{tmp_path}/")
+    assert [e.path for e in tree] == ["", "d", "d/f"]
+    assert tree.get("d/f").data.path == f"{tmp_path}/d/f"
+    assert tree.get("d/f").data.read() == b"data"
+
+
+def test_source_hardlinks_share_the_first_name_in_tree_order(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_bytes(b"1")
+    os.link(tmp_path / "b" / "x", tmp_path / "a")
+    os.link(tmp_path / "b" / "x", tmp_path / "c")
+    os.setxattr(tmp_path / "a", "user.k", b"v")
+    tree = dir_source(tmp_path)
+    first = tree.get("a")
+    assert first.link is None and first.xattrs == {"user.k": b"v"}
+    for path in ("b/x", "c"):
+        entry = tree.get(path)
+        assert entry.link == "a" and entry.data is first.data and entry.xattrs == first.xattrs
+    assert tree.link_counts()["a"] == 3
+
+
+def test_source_exclude_globs_several_forms(tmp_path):
+    for path in ("keep/a.txt", "keep/b.log", "skip/x", "deep/er/c.tmp", "deep/er/d", "x1", "x2"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(path)
+    tree = dir_source(tmp_path, exclude=dirfmt._parse_globs("skip,*.tmp,keep/[b]*,x?"))
+    assert [e.path for e in tree] == ["", "deep", "deep/er", "deep/er/d", "keep", "keep/a.txt"]
+
+
+def test_sink_refuses_a_source_file_that_shrank(tmp_path):
+    """A file cut short after the scan is a one-line error naming it, not an
+    extracted file padded with zeros."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.write(b"A" * 4096)
+        f.seek((1 << 20) - 4096)
+        f.write(b"B" * 4096)
+    tree = dir_source(src)
+    os.truncate(src / "sparse", 4096)
+    with pytest.raises(CorruptError, match=f"^{src}/sparse: file is shorter than its "
+                       "recorded size") as info:
+        dirfmt.sink(tree, str(tmp_path / "out"), {}, Context())
+    assert "\n" not in str(info.value)

@@ -16,13 +16,22 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import re
 import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from convcore.errors import ConvError, CorruptError, NoSpaceError, NotFoundError
 from convcore.format import Context, Option
-from convcore.tree import COPY_CHUNK, Entry, FileRangeData, Kind, Tree
+from convcore.tree import (
+    COPY_CHUNK,
+    KIND_BY_IFMT,
+    Entry,
+    FileRangeData,
+    Kind,
+    Tree,
+    bytewise_sorted,
+)
 
 
 def _parse_owner(text: str) -> tuple[int, int]:
@@ -53,11 +62,7 @@ OPTIONS: list[Option] = [
 # Source
 
 
-def _read_xattrs(path: str) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
+def _read_xattrs(path: str, names: list[str]) -> dict[str, bytes]:
     out = {}
     for name in sorted(names):
         try:
@@ -67,48 +72,69 @@ def _read_xattrs(path: str) -> dict[str, bytes]:
     return out
 
 
+def _exclude_matcher(globs: Iterable[str]) -> Callable[[str], object] | None:
+    """One compiled regex for every glob (fnmatchcase semantics), or None."""
+    globs = tuple(globs)
+    if not globs:
+        return None
+    return re.compile("|".join(fnmatch.translate(g) for g in globs)).match
+
+
+_FILE, _DIR, _SYMLINK = Kind.FILE, Kind.DIR, Kind.SYMLINK
+_CHAR, _BLOCK = Kind.CHAR, Kind.BLOCK
+
+
 class _Scanner:
     def __init__(self, root: str, owner: tuple[int, int] | None,
                  excludes: Iterable[str]) -> None:
         self.root = root
         self.owner = owner
-        self.excludes = tuple(excludes)
+        self.excluded = _exclude_matcher(excludes)
         self.inodes: dict[tuple[int, int], Entry] = {}
 
     def entry(self, full: str, rel: str, st: os.stat_result) -> Entry:
-        kind = Kind.from_mode(st.st_mode)
-        if kind is not Kind.DIR and st.st_nlink > 1:
+        mode = st.st_mode
+        kind = KIND_BY_IFMT.get(mode & 0o170000)
+        if kind is None:
+            raise CorruptError(f"{full}: unknown file type in mode {mode:#o}")
+        linked = st.st_nlink > 1 and kind is not _DIR
+        if linked:
             first = self.inodes.get((st.st_dev, st.st_ino))
             if first is not None:
-                return Entry(rel, first.kind, mode=first.mode, uid=first.uid, gid=first.gid,
-                             mtime_ns=first.mtime_ns, atime_ns=first.atime_ns,
-                             ctime_ns=first.ctime_ns, size=first.size, target=first.target,
-                             rdev=first.rdev, link=first.path, xattrs=first.xattrs,
-                             data=first.data)
+                return Entry(rel, first.kind, first.mode, first.uid, first.gid,
+                             first.mtime_ns, first.atime_ns, first.ctime_ns, None, first.size,
+                             first.target, first.rdev, first.path, first.xattrs, first.data)
         uid, gid = self.owner if self.owner is not None else (st.st_uid, st.st_gid)
-        entry = Entry(rel, kind, mode=stat.S_IMODE(st.st_mode), uid=uid, gid=gid,
-                      mtime_ns=st.st_mtime_ns, atime_ns=st.st_atime_ns,
-                      ctime_ns=st.st_ctime_ns, xattrs=_read_xattrs(full))
-        if kind is Kind.FILE:
-            entry.size = st.st_size
-            entry.data = FileRangeData(full, 0, st.st_size, holes=True)
-        elif kind is Kind.SYMLINK:
-            entry.target = os.readlink(full)
-        elif kind in (Kind.CHAR, Kind.BLOCK):
-            entry.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        if kind is not Kind.DIR and st.st_nlink > 1:
+        try:
+            names = os.listxattr(full, follow_symlinks=False)
+        except OSError:
+            names = None
+        # most files have no xattrs: no getxattr, no sort
+        xattrs = _read_xattrs(full, names) if names else {}
+        size = 0
+        target = ""
+        rdev = _NO_RDEV
+        data = None
+        if kind is _FILE:
+            size = st.st_size
+            data = FileRangeData(full, 0, size, holes=True)
+        elif kind is _SYMLINK:
+            target = os.readlink(full)
+        elif kind is _CHAR or kind is _BLOCK:
+            rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        # positional: a dataclass __init__ takes keywords several times slower
+        entry = Entry(rel, kind, mode & 0o7777, uid, gid, st.st_mtime_ns, st.st_atime_ns,
+                      st.st_ctime_ns, None, size, target, rdev, None, xattrs, data)
+        if linked:
             self.inodes[(st.st_dev, st.st_ino)] = entry
         return entry
 
-    def excluded(self, rel: str) -> bool:
-        return any(fnmatch.fnmatchcase(rel, pat) for pat in self.excludes)
-
-    def listing(self, full: str) -> list[os.DirEntry]:
+    def listing(self, full: str) -> list[str]:
         try:
-            with os.scandir(full) as it:
-                return sorted(it, key=lambda d: os.fsencode(d.name))
+            names = os.listdir(full)
         except OSError as e:
             raise ConvError(f"{full}: cannot list directory: {e.strerror}") from None
+        return bytewise_sorted(names)
 
     def scan(self) -> Tree:
         try:
@@ -120,29 +146,42 @@ class _Scanner:
         if not stat.S_ISDIR(st.st_mode):
             raise NotFoundError(f"{self.root}: not a directory")
         tree = Tree(self.entry(self.root, "", st))
+        # Every child comes from one directory listing, so its name is new
+        # and its parent is a directory already in the tree: the scan fills
+        # Tree's maps directly instead of paying Tree.add's checks per entry.
+        entries, children = tree._entries, tree._children
+        excluded = self.excluded
+        lstat = os.lstat
+        full_root = self.root.rstrip("/") + "/"
         # Depth first with children in byte order: the same order Tree
         # iterates, so the first name of a hardlinked inode comes first.
-        stack = [("", iter(self.listing(self.root)))]
+        stack = [("", full_root, iter(self.listing(self.root)), children[""])]
         while stack:
-            parent, it = stack[-1]
-            child = next(it, None)
-            if child is None:
+            rel_prefix, full_prefix, names, kids = stack[-1]
+            for name in names:
+                rel = rel_prefix + name
+                if excluded is not None and excluded(rel):
+                    continue
+                full = full_prefix + name
+                try:
+                    entry = self.entry(full, rel, lstat(full))
+                except FileNotFoundError:
+                    continue  # removed while we walked
+                except OSError as e:
+                    raise ConvError(f"{full}: {e.strerror}") from None
+                entries[rel] = entry
+                kids[name] = entry
+                if entry.kind is _DIR:
+                    below: dict[str, Entry] = {}
+                    children[rel] = below
+                    stack.append((rel + "/", full + "/", iter(self.listing(full)), below))
+                    break
+            else:
                 stack.pop()
-                continue
-            rel = f"{parent}/{child.name}" if parent else child.name
-            if self.excluded(rel):
-                continue
-            try:
-                st = child.stat(follow_symlinks=False)
-                entry = self.entry(child.path, rel, st)
-            except FileNotFoundError:
-                continue  # removed while we walked
-            except OSError as e:
-                raise ConvError(f"{child.path}: {e.strerror}") from None
-            tree.add(entry)
-            if entry.is_dir():
-                stack.append((rel, iter(self.listing(child.path))))
         return tree
+
+
+_NO_RDEV = (0, 0)
 
 
 def source(path: str, opts: dict, ctx: Context) -> Tree:

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""dir scan: conv's `dir:` source and Tree walk against `find -printf`, per entry.
+
+    python benchmarks/bench_dir.py                      # synthetic tree, moderate sizes
+    python benchmarks/bench_dir.py /work/rootfs         # a real root filesystem
+    python benchmarks/bench_dir.py --nested 100000 --flat 100000    # the big run
+
+What is timed (each in its own subprocess, so peak RSS is that process's own):
+
+- conv: ``convcore.builtin.dirfmt.source`` (lstat, listxattr, readlink per
+  entry), then one pass over ``tree.sorted()`` and ``tree.link_counts()``,
+  i.e. the per-entry work every tree writer pays before writing a byte;
+- reference: ``find TREE -printf '%s %m %u %T@\\n' >/dev/null`` (an lstat per
+  entry and a uid lookup, in C).
+
+The page cache is warmed with one untimed ``find`` first; each side runs
+``--repeat`` times and the fastest run counts. Per-entry µs is wall time over
+the entry count; the ratio is conv / find (below 1 means conv is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def build_tree(root: str, nested: int, flat: int) -> None:
+    """``nested`` small files 100 to a directory two levels deep, ``flat``
+    tiny files in one directory, and a few hardlinks and symlinks."""
+    os.makedirs(root)
+    per_dir = 100
+    payload = b"x" * 100
+    for i in range(nested):
+        d = os.path.join(root, "nested", f"a{i // (per_dir * 50):03d}",
+                         f"b{i // per_dir % 50:02d}")
+        if i % per_dir == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:07d}.txt"), "wb") as f:
+            f.write(payload)
+    flat_dir = os.path.join(root, "flat")
+    os.makedirs(flat_dir)
+    for i in range(flat):
+        with open(os.path.join(flat_dir, f"entry-{i:07d}"), "wb") as f:
+            f.write(b"%d\n" % i)
+    links = os.path.join(root, "links")
+    os.makedirs(links)
+    for i in range(min(1000, flat)):
+        os.link(os.path.join(flat_dir, f"entry-{i:07d}"), os.path.join(links, f"hard-{i}"))
+        os.symlink(f"../flat/entry-{i:07d}", os.path.join(links, f"soft-{i}"))
+
+
+def measure_conv(tree: str) -> None:
+    """Child mode: time the scan and the walks in this process; print JSON."""
+    from convcore.builtin import dirfmt
+    from convcore.format import Context
+
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    scanned = dirfmt.source(tree, {"owner": None, "exclude": ()}, Context())
+    t1 = time.perf_counter()
+    count = 0
+    size = 0
+    for entry in scanned.sorted():
+        count += 1
+        size += entry.size
+    t2 = time.perf_counter()
+    counts = scanned.link_counts()
+    t3 = time.perf_counter()
+    cpu = time.process_time() - c0
+    print(json.dumps({"entries": count, "bytes": size, "links": len(counts),
+                      "scan": t1 - t0, "sorted": t2 - t1, "link_counts": t3 - t2,
+                      "cpu": cpu}))
+
+
+def timed(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int, bytes]:
+    """(wall seconds, peak RSS KiB, stdout) of one command via /usr/bin/time."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-o", report.name, "-f", "%M", *cmd],
+                              stdout=stdout, stderr=subprocess.PIPE)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                     f"{proc.stderr.decode(errors='replace')}")
+        rss = int(report.read().split()[-1])
+    return wall, rss, proc.stdout or b""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("tree", nargs="?", help="tree to scan (default: build a synthetic one)")
+    ap.add_argument("--work", help="work directory (default: a temp dir, removed after)")
+    ap.add_argument("--nested", type=int, default=20000, help="small files in nested dirs")
+    ap.add_argument("--flat", type=int, default=20000, help="files in one directory")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per side; the fastest counts")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        measure_conv(args.child)
+        return
+
+    work = args.work or tempfile.mkdtemp(prefix="bench-dir-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        tree = args.tree
+        if tree is None:
+            tree = os.path.join(work, "tree")
+            t0 = time.perf_counter()
+            build_tree(tree, args.nested, args.flat)
+            print(f"built {tree} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        find = ["find", tree, "-printf", r"%s %m %u %T@\n"]
+        subprocess.run(find, stdout=subprocess.DEVNULL, check=True)  # warm the cache
+
+        best_conv: dict | None = None
+        conv_rss = 0
+        for _ in range(args.repeat):
+            wall, rss, out = timed([sys.executable, os.path.abspath(__file__),
+                                    "--child", tree], stdout=subprocess.PIPE)
+            result = json.loads(out)
+            result["wall"] = wall
+            conv_rss = max(conv_rss, rss)
+            if best_conv is None or result["scan"] < best_conv["scan"]:
+                best_conv = result
+        assert best_conv is not None
+        find_wall, find_rss = min((timed(find)[:2] for _ in range(args.repeat)),
+                                  key=lambda r: r[0])
+        # the same entries are counted, or the comparison means nothing
+        found = subprocess.run(["find", tree], capture_output=True, check=True).stdout
+        n_find = found.count(b"\n")
+        if n_find != best_conv["entries"]:
+            sys.exit(f"entry counts differ: conv {best_conv['entries']}, find {n_find}")
+
+        n = best_conv["entries"]
+        conv_walk = best_conv["scan"] + best_conv["sorted"] + best_conv["link_counts"]
+        print(f"\ntree: {tree} ({n} entries)")
+        print(f"{'step':<34} {'wall s':>8} {'µs/entry':>9} {'RSS MiB':>8}")
+        rows = [
+            ("conv dir source (scan)", best_conv["scan"], None),
+            ("conv tree.sorted() iteration", best_conv["sorted"], None),
+            ("conv tree.link_counts()", best_conv["link_counts"], None),
+            ("conv total (in process)", conv_walk, conv_rss),
+            ("conv process (python start incl.)", best_conv["wall"], conv_rss),
+            ("find -printf (reference)", find_wall, find_rss),
+        ]
+        for name, secs, rss in rows:
+            rss_text = f"{rss / 1024:8.1f}" if rss is not None else f"{'':>8}"
+            print(f"{name:<34} {secs:8.3f} {secs / n * 1e6:9.2f} {rss_text}")
+        print(f"conv CPU in process: {best_conv['cpu']:.3f} s "
+              f"({best_conv['cpu'] / n * 1e6:.2f} µs/entry)")
+        print(f"ratio conv total / find: {conv_walk / find_wall:.2f}")
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
