@@ -308,3 +308,23 @@ def test_sink_refuses_a_source_file_that_shrank(tmp_path):
                        "recorded size") as info:
         dirfmt.sink(tree, str(tmp_path / "out"), {}, Context())
     assert "\n" not in str(info.value)
+
+
+def test_source_restores_the_garbage_collector(tmp_path):
+    """The scan pauses gc (it allocates only acyclic objects) and gives the
+    caller's setting back, also when the scan fails."""
+    import gc
+
+    (tmp_path / "f").write_bytes(b"x")
+    assert gc.isenabled()
+    assert [e.path for e in dir_source(tmp_path)] == ["", "f"]
+    assert gc.isenabled()
+    with pytest.raises(NotFoundError):
+        dir_source(tmp_path / "missing")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        dir_source(tmp_path)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

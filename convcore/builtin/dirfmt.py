@@ -13,13 +13,15 @@ destination.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
+import gc
 import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from convcore.errors import ConvError, CorruptError, NoSpaceError, NotFoundError
 from convcore.format import Context, Option
@@ -184,9 +186,25 @@ class _Scanner:
 _NO_RDEV = (0, 0)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The scan allocates a few acyclic objects per entry (Entry, dicts,
+    strings) and keeps them all: each generational collection would walk the
+    whole growing tree to free nothing (~10% of the scan time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def source(path: str, opts: dict, ctx: Context) -> Tree:
     """The directory at ``path`` as a Tree."""
-    return _Scanner(os.fspath(path), opts.get("owner"), opts.get("exclude") or ()).scan()
+    scanner = _Scanner(os.fspath(path), opts.get("owner"), opts.get("exclude") or ())
+    with _gc_paused():
+        return scanner.scan()
 
 
 # --------------------------------------------------------------------------
