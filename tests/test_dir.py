@@ -328,3 +328,25 @@ def test_source_restores_the_garbage_collector(tmp_path):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_source_root_may_be_a_symlink(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_bytes(b"x")
+    os.symlink("real", tmp_path / "link")
+    tree = dir_source(tmp_path / "link")
+    assert [e.path for e in tree] == ["", "f"] and tree.get("f").data.read() == b"x"
+
+
+def test_source_deep_tree(tmp_path):
+    """A tree far deeper than any fd or recursion budget scans whole."""
+    depth = 300
+    deep = tmp_path / "/".join(["d"] * depth)
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"bottom")
+    os.link(deep / "f", tmp_path / "a-link")
+    tree = dir_source(tmp_path)
+    rel = "/".join(["d"] * depth)
+    assert len(tree) == depth + 3
+    assert tree.get(f"{rel}/f").link == "a-link" and tree.get("a-link").data.read() == b"bottom"
+    assert [e.path for e in tree][-1] == f"{rel}/f"
