@@ -60,10 +60,10 @@ class Kind(enum.Enum):
 # Module-level names for hot loops: attribute access on an Enum class goes
 # through EnumType.__getattr__ in Python 3.11 (several times slower than a
 # global).
-_FILE, _DIR, _SYMLINK = Kind.FILE, Kind.DIR, Kind.SYMLINK
+_FILE, _DIR = Kind.FILE, Kind.DIR
+#: the Kind of each S_IFMT value (``mode & 0o170000``), for per-entry lookups
+#: without Enum's Python-level constructor.
 KIND_BY_IFMT: dict[int, Kind] = {kind._value_: kind for kind in Kind}
-#: S_IFMT bits of each kind, without Enum's Python-level ``value`` property.
-IFMT_BITS: dict[Kind, int] = {kind: kind._value_ for kind in Kind}
 
 
 # --------------------------------------------------------------------------
@@ -450,7 +450,8 @@ def normpath(path: str) -> str:
     return "/".join(parts)
 
 
-# os.fsencode's codec: str order is byte order for it (see _sort_bytewise)
+# os.fsencode is UTF-8 with surrogateescape (Linux): str order is then byte
+# order for every name without escaped bytes (see _sort_bytewise).
 _FS_UTF8 = codecs.lookup(sys.getfilesystemencoding()).name == "utf-8" and \
     sys.getfilesystemencodeerrors() == "surrogateescape"
 
