@@ -84,7 +84,8 @@ _HOLE = _Done((None, 0, 0))
 
 class _Batch:
     """Several blocks compressed by one pool task: a task per block costs a
-    Future and two thread wake-ups, a tenth of an LZ4 block's compression."""
+    Future, a lock hand-over and a thread wake-up each, against ~0.3 ms of
+    compression for a 128 KiB LZ4 block."""
 
     __slots__ = ("calls", "future")
 
