@@ -1,9 +1,11 @@
 """dir: a host directory as a tree, and a tree extracted into a new directory.
 
-Source: walks with ``os.scandir`` without following symlinks, children in
-byte order of name (reproducible), hardlinks by (st_dev, st_ino), every
-xattr ``listxattr`` shows, file data referenced as FileRangeData (holes found
-with SEEK_DATA when a writer asks), nothing read at scan time.
+Source: walks with ``os.listdir`` and ``os.lstat`` without following
+symlinks, children in byte order of name (reproducible), hardlinks by
+(st_dev, st_ino), every xattr ``listxattr`` shows, file data referenced as
+FileRangeData (holes found with SEEK_DATA when a writer asks), nothing read
+at scan time. Per entry that is two syscalls (lstat, listxattr; getxattr only
+for names listed) and a few small objects.
 
 Sink: creates every entry relative to an open parent directory fd, each
 parent opened component by component with O_NOFOLLOW, so neither a path in
