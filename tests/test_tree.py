@@ -319,3 +319,22 @@ def test_kind_lookups():
         Kind.from_mode(0o170644)
     assert {Kind.FILE: 1, Kind.DIR: 2}[Kind.DIR] == 2 and Kind(stat.S_IFLNK) is Kind.SYMLINK
     assert Entry("x", Kind.BLOCK, mode=0o4660).st_mode == stat.S_IFBLK | 0o4660
+
+
+def test_gc_paused_restores_the_callers_setting():
+    import gc
+
+    from convcore.tree import gc_paused
+    assert gc.isenabled()
+    with pytest.raises(CorruptError):
+        with gc_paused():
+            assert not gc.isenabled()
+            raise CorruptError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -15,15 +15,13 @@ destination.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fnmatch
-import gc
 import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from convcore.errors import ConvError, CorruptError, NoSpaceError, NotFoundError
 from convcore.format import Context, Option
@@ -35,6 +33,7 @@ from convcore.tree import (
     Kind,
     Tree,
     bytewise_sorted,
+    gc_paused,
 )
 
 
@@ -188,24 +187,10 @@ class _Scanner:
 _NO_RDEV = (0, 0)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The scan allocates a few acyclic objects per entry (Entry, dicts,
-    strings) and keeps them all: each generational collection would walk the
-    whole growing tree to free nothing (~10% of the scan time)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def source(path: str, opts: dict, ctx: Context) -> Tree:
     """The directory at ``path`` as a Tree."""
     scanner = _Scanner(os.fspath(path), opts.get("owner"), opts.get("exclude") or ())
-    with _gc_paused():
+    with gc_paused():
         return scanner.scan()
 
 
