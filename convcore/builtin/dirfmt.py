@@ -120,7 +120,9 @@ class _Scanner:
         data = None
         if kind is _FILE:
             size = st.st_size
-            data = FileRangeData(full, 0, size, holes=True)
+            # Only a file with fewer blocks than bytes can have holes: the
+            # rest need no SEEK_DATA probe when a writer copies them.
+            data = FileRangeData(full, 0, size, holes=st.st_blocks * 512 < size)
         elif kind is _SYMLINK:
             target = os.readlink(full)
         elif kind is _CHAR or kind is _BLOCK:

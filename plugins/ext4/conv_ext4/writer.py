@@ -352,7 +352,8 @@ class Ext4Plan(Plan):
                 fd, base = host
                 with open(data.path, "rb", buffering=0) as f:
                     for src, dst, length in pieces:
-                        copy_range(f.fileno(), data.offset + src, fd, base + dst, length, buf)
+                        copy_range(f.fileno(), data.offset + src, fd, base + dst, length, buf,
+                                   name=data.path)
                 continue
             view = memoryview(buf)
             for src, dst, length in pieces:

@@ -179,7 +179,8 @@ class Qcow2Target(Target):
         if isinstance(data, FileRangeData):
             with open(data.path, "rb", buffering=0) as f:
                 for file_off, n, host in _pieces(extents, runs, offset):
-                    copy_range(f.fileno(), data.offset + file_off, self.fd, host, n, buf)
+                    copy_range(f.fileno(), data.offset + file_off, self.fd, host, n, buf,
+                               name=data.path)
             return
         if isinstance(data, SegmentData):
             for f, length, v in data.segments:
