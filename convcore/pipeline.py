@@ -280,7 +280,8 @@ class Chain:
         """Execute the chain; returns the final value (a Tree or Volume when
         the chain has no sink)."""
         value, start = self.open_source(ctx)
-        ctx.derive_seed(*self.identity(), fingerprint(value))
+        if not ctx.seed_given:
+            ctx.derive_seed(*self.identity(), fingerprint(value))
         if isinstance(value, Tree) and ctx.epoch is not None:
             value.clamp_times(ctx.epoch * 1_000_000_000)
         encoding = False
@@ -346,9 +347,10 @@ def fingerprint(value: Any) -> str:
     import hashlib
     h = hashlib.sha256()
     if isinstance(value, Tree):
-        for e in value:
-            h.update(f"{e.path}\0{e.kind.value}\0{e.mode}\0{e.size}\0{e.mtime_ns}\0"
-                     f"{e.target}\0{e.link}\0".encode("utf-8", "surrogateescape"))
+        # One repr of plain tuples and one update: a formatted string per
+        # entry cost ~2 us each.
+        h.update(repr([(e.path, e.kind._value_, e.mode, e.size, e.mtime_ns, e.target, e.link)
+                       for e in value]).encode("utf-8", "surrogateescape"))
     elif isinstance(value, Volume):
         h.update(str(value.size).encode())
         h.update(_head(value))
