@@ -247,8 +247,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _click_errors():
-    import click
-    return click.ClickException
+    # typer 0.26+ carries its own copy of click; older ones use click itself.
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click import ClickException
+    return ClickException
 
 
 def run() -> None:
