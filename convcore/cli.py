@@ -210,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors are one line and a non-zero exit."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    # File names are bytes: print undecodable ones as their bytes (as ls
+    # does), whatever the locale's encoding would refuse.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     try:
         app(args=args, prog_name="conv", standalone_mode=False)
     except ConvError as e:

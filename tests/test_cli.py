@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 from convcore.testing import run_conv, scan_dir
@@ -153,3 +155,16 @@ def test_unreadable_inputs_name_the_file(tmp_path):
         line = p.stderr.strip()
         assert "\n" not in line and words in line and str(tmp_path) in line, line
     assert sorted(os.listdir(tmp_path)) == ["empty.img", "garbage.img"]
+
+
+def test_ls_prints_undecodable_names_as_bytes_in_any_locale(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    name = b"latin1-\xe9t\xe9"
+    open(os.path.join(os.fsencode(root), name), "w").close()
+    for env in ({"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""},
+                {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}):
+        p = subprocess.run([sys.executable, "-m", "convcore.cli", "ls", str(root)],
+                           capture_output=True, env={**os.environ, **env})
+        assert p.returncode == 0, p.stderr
+        assert name in p.stdout

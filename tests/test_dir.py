@@ -369,7 +369,8 @@ def test_cli_dir_to_tar_lists_undecodable_names_in_byte_order(tmp_path):
     out = tmp_path / "out.tar"
     run_conv("convert", f"dir:{src} -> tar:{out}", env={"SOURCE_DATE_EPOCH": "1700000000"},
              check=True)
-    listing = subprocess.run(["tar", "--quoting-style=literal", "-tf", str(out)], capture_output=True, check=True).stdout
+    listing = subprocess.run(["tar", "--quoting-style=literal", "-tf", str(out)],
+                             capture_output=True, check=True).stdout
     members = [m.rstrip(b"/").removeprefix(b"./") for m in listing.splitlines()]
     files = [m.split(b"/", 1)[1] for m in members if m.count(b"/") == 1]
     assert files == sorted(raw)
