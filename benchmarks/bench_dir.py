@@ -23,31 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+
+import harness
 
 
 def build_tree(root: str, nested: int, flat: int) -> None:
     """``nested`` small files 100 to a directory two levels deep, ``flat``
     tiny files in one directory, and a few hardlinks and symlinks."""
-    os.makedirs(root)
-    per_dir = 100
-    payload = b"x" * 100
-    for i in range(nested):
-        d = os.path.join(root, "nested", f"a{i // (per_dir * 50):03d}",
-                         f"b{i // per_dir % 50:02d}")
-        if i % per_dir == 0:
-            os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"f{i:07d}.txt"), "wb") as f:
-            f.write(payload)
+    harness.small_files(os.path.join(root, "nested"), nested, lambda rng, i: b"x" * 100)
     flat_dir = os.path.join(root, "flat")
-    os.makedirs(flat_dir)
-    for i in range(flat):
-        with open(os.path.join(flat_dir, f"entry-{i:07d}"), "wb") as f:
-            f.write(b"%d\n" % i)
+    harness.one_dir(flat_dir, flat)
     links = os.path.join(root, "links")
     os.makedirs(links)
     for i in range(min(1000, flat)):
@@ -78,20 +66,6 @@ def measure_conv(tree: str) -> None:
                       "cpu": cpu}))
 
 
-def timed(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int, bytes]:
-    """(wall seconds, peak RSS KiB, stdout) of one command via /usr/bin/time."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        t0 = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-o", report.name, "-f", "%M", *cmd],
-                              stdout=stdout, stderr=subprocess.PIPE)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                     f"{proc.stderr.decode(errors='replace')}")
-        rss = int(report.read().split()[-1])
-    return wall, rss, proc.stdout or b""
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("tree", nargs="?", help="tree to scan (default: build a synthetic one)")
@@ -105,41 +79,39 @@ def main() -> None:
         measure_conv(args.child)
         return
 
-    work = args.work or tempfile.mkdtemp(prefix="bench-dir-")
-    os.makedirs(work, exist_ok=True)
-    try:
+    with harness.scratch("bench-dir-", args.work) as work:
         tree = args.tree
         if tree is None:
             tree = os.path.join(work, "tree")
-            t0 = time.perf_counter()
-            build_tree(tree, args.nested, args.flat)
-            print(f"built {tree} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            with harness.built(tree):
+                build_tree(tree, args.nested, args.flat)
         find = ["find", tree, "-printf", r"%s %m %u %T@\n"]
         subprocess.run(find, stdout=subprocess.DEVNULL, check=True)  # warm the cache
 
         best_conv: dict | None = None
         conv_rss = 0
         for _ in range(args.repeat):
-            wall, rss, out = timed([sys.executable, os.path.abspath(__file__),
-                                    "--child", tree], stdout=subprocess.PIPE)
-            result = json.loads(out)
-            result["wall"] = wall
-            conv_rss = max(conv_rss, rss)
+            run = harness.measure([sys.executable, os.path.abspath(__file__), "--child", tree],
+                                  keep_output=True)
+            result = json.loads(run.output)
+            result["wall"] = run.wall
+            conv_rss = max(conv_rss, run.rss_kib)
             if best_conv is None or result["scan"] < best_conv["scan"]:
                 best_conv = result
         assert best_conv is not None
-        find_wall, find_rss = min((timed(find)[:2] for _ in range(args.repeat)),
-                                  key=lambda r: r[0])
+        found = harness.repeat(find, args.repeat)
+        find_wall, find_rss = found.wall, found.rss_kib
         # the same entries are counted, or the comparison means nothing
-        found = subprocess.run(["find", tree], capture_output=True, check=True).stdout
-        n_find = found.count(b"\n")
+        listed = subprocess.run(["find", tree], capture_output=True, check=True).stdout
+        n_find = listed.count(b"\n")
         if n_find != best_conv["entries"]:
             sys.exit(f"entry counts differ: conv {best_conv['entries']}, find {n_find}")
 
         n = best_conv["entries"]
         conv_walk = best_conv["scan"] + best_conv["sorted"] + best_conv["link_counts"]
-        print(f"\ntree: {tree} ({n} entries)")
-        print(f"{'step':<34} {'wall s':>8} {'µs/entry':>9} {'RSS MiB':>8}")
+        print(f"tree: {tree} ({n} entries); {harness.machine_line()}")
+        table = harness.Table("dir scan (ratio: conv in-process total / find -printf)",
+                              ["step", "wall s", "µs/entry", "RSS MiB"])
         rows = [
             ("conv dir source (scan)", best_conv["scan"], None),
             ("conv tree.sorted() iteration", best_conv["sorted"], None),
@@ -149,14 +121,12 @@ def main() -> None:
             ("find -printf (reference)", find_wall, find_rss),
         ]
         for name, secs, rss in rows:
-            rss_text = f"{rss / 1024:8.1f}" if rss is not None else f"{'':>8}"
-            print(f"{name:<34} {secs:8.3f} {secs / n * 1e6:9.2f} {rss_text}")
-        print(f"conv CPU in process: {best_conv['cpu']:.3f} s "
-              f"({best_conv['cpu'] / n * 1e6:.2f} µs/entry)")
-        print(f"ratio conv total / find: {conv_walk / find_wall:.2f}")
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+            table.row(name, f"{secs:.3f}", f"{secs / n * 1e6:.2f}",
+                      "" if rss is None else f"{rss / 1024:.1f}")
+        table.print()
+        print(f"\nconv CPU in process: {best_conv['cpu']:.3f} s "
+              f"({best_conv['cpu'] / n * 1e6:.2f} µs/entry); "
+              f"ratio conv total / find: {harness.ratio(conv_walk, find_wall)}")
 
 
 if __name__ == "__main__":
