@@ -14,6 +14,7 @@ import uuid as uuidlib
 from conv_ext4 import layout as L
 from conv_ext4 import xattrs as X
 from conv_ext4.csum import crc16, crc32c_raw
+from conv_ext4.geometry import is_backup_group
 from conv_ext4.inode import INode
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError, NotFoundError, UnsupportedError
@@ -158,17 +159,7 @@ class Ext4:
             return True
         if self.compat & L.COMPAT_SPARSE_SUPER2:
             return group in _BACKUP_BGS.unpack(self.sb.s_backup_bgs)
-        if group <= 1 or not self.ro_compat & L.RO_COMPAT_SPARSE_SUPER:
-            return True
-        if not group & 1:
-            return False
-        for base in (3, 5, 7):
-            n = base
-            while n < group:
-                n *= base
-            if n == group:
-                return True
-        return False
+        return is_backup_group(group, bool(self.ro_compat & L.RO_COMPAT_SPARSE_SUPER))
 
     def _desc_block(self, index: int) -> int:
         """Block of the ``index``-th group descriptor block."""

@@ -101,6 +101,20 @@ class GzipCodec(Codec):
         return cls(block_size, opts.compression_level)
 
 
+def _lzma_decompress(codec: Codec, fmt: int, data, max_size: int) -> bytes:
+    """xz and lzma blocks: at most ``max_size`` bytes out, one whole stream."""
+    lzma = codec._lzma  # type: ignore[attr-defined]
+    d = lzma.LZMADecompressor(format=fmt)
+    try:
+        out = d.decompress(data, max_size)
+    except lzma.LZMAError as e:
+        raise codec._bad(e) from None
+    if not d.eof:
+        raise codec._too_big(max_size) if not d.needs_input else codec._bad(
+            ValueError("stream is truncated"))
+    return out
+
+
 class XzCodec(Codec):
     """xz streams with CRC32 check and an LZMA2 dictionary of one block; with
     BCJ filters, every filter is tried and the smallest result kept (and the
@@ -158,16 +172,7 @@ class XzCodec(Codec):
         return best  # type: ignore[return-value]
 
     def decompress(self, data, max_size: int) -> bytes:
-        lzma = self._lzma
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        try:
-            out = d.decompress(data, max_size)
-        except lzma.LZMAError as e:
-            raise self._bad(e) from None
-        if not d.eof:
-            raise self._too_big(max_size) if not d.needs_input else self._bad(
-                ValueError("stream is truncated"))
-        return out
+        return _lzma_decompress(self, self._lzma.FORMAT_XZ, data, max_size)
 
     def options(self) -> bytes | None:
         if self.dictionary_size == self.block_size and not self.filter_mask:
@@ -212,16 +217,7 @@ class LzmaCodec(Codec):
         return bytes(out)
 
     def decompress(self, data, max_size: int) -> bytes:
-        lzma = self._lzma
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
-        try:
-            out = d.decompress(data, max_size)
-        except lzma.LZMAError as e:
-            raise self._bad(e) from None
-        if not d.eof:
-            raise self._too_big(max_size) if not d.needs_input else self._bad(
-                ValueError("stream is truncated"))
-        return out
+        return _lzma_decompress(self, self._lzma.FORMAT_ALONE, data, max_size)
 
 
 class Lz4Codec(Codec):
