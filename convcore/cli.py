@@ -85,15 +85,7 @@ def formats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
     from convcore.plugins import registry
     rows = []
     for name, fmt in sorted(registry().formats.items()):
-        kinds = []
-        if fmt.source:
-            kinds.append(f"reads file -> {fmt.source_kind}")
-        if fmt.decode:
-            kinds.append(f"reads volume -> {fmt.decode_kind}")
-        if fmt.encode:
-            kinds.append(f"writes {fmt.encode_kind} -> volume")
-        if fmt.sink:
-            kinds.append(f"writes {fmt.sink_kind} -> file")
+        kinds = fmt.describe_directions()
         rows.append({
             "name": name,
             "help": fmt.help,

@@ -160,6 +160,20 @@ class Format:
     def directions(self) -> list[str]:
         return [d for d in ("source", "decode", "encode", "sink") if getattr(self, d)]
 
+    def describe_directions(self) -> list[str]:
+        """What each direction takes and gives, in words (``conv formats``,
+        kind-mismatch errors)."""
+        out = []
+        if self.source:
+            out.append(f"reads file -> {self.source_kind}")
+        if self.decode:
+            out.append(f"reads volume -> {self.decode_kind}")
+        if self.encode:
+            out.append(f"writes {self.encode_kind} -> volume")
+        if self.sink:
+            out.append(f"writes {self.sink_kind} -> file ({self.name}:PATH)")
+        return out
+
 
 class Context:
     """What every stage may use: reproducibility, progress, options of the run.

@@ -135,20 +135,14 @@ def open_container(reg: Registry, path: str, ctx: Context) -> tuple[Volume, Form
 
 
 def _mismatch(stage: Stage, fmt: Format, kind: str) -> UsageError:
-    accepts = []
-    if fmt.decode:
-        accepts.append(f"reads a volume into a {fmt.decode_kind}")
-    if fmt.encode:
-        accepts.append(f"writes a {fmt.encode_kind} into a volume")
-    if fmt.sink:
-        accepts.append(f"writes a {fmt.sink_kind} to a path ({fmt.name}:PATH)")
+    accepts = [d for d in fmt.describe_directions() if not d.startswith("reads file")]
     hint = ""
     if kind == VOLUME and fmt.encode_kind == TREE:
         hint = "; to read a filesystem first, insert it (e.g. '-> ext4 ->')"
     elif kind == TREE and (fmt.encode_kind == VOLUME or fmt.sink_kind == VOLUME):
         hint = "; to make a volume from a tree, insert a filesystem (e.g. '-> ext4 ->')"
-    does = ", ".join(accepts) or "has no directions"
-    return UsageError(f"{stage.label}: {fmt.name} cannot take a {kind} here (it {does}){hint}")
+    does = "; ".join(accepts) or "no directions"
+    return UsageError(f"{stage.label}: {fmt.name} cannot take a {kind} here ({does}){hint}")
 
 
 @dataclass

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 from convcore.builtin import tar_layout as L
 from convcore.builtin.tar_codec import SharedDecompressor, StreamCursor, detect_compression
-from convcore.errors import CorruptError, UnsupportedError
-from convcore.tree import COPY_CHUNK, Data, Entry, FileRangeData, Kind, Tree, copy_range
+from convcore.errors import CorruptError, UnsupportedError, UsageError
+from convcore.tree import COPY_CHUNK, Data, Entry, FileRangeData, Kind, Tree, copy_range, normpath
 
 #: caps on what a hostile header may make us allocate
 MAX_PAX_HEADER = 64 << 20
@@ -140,15 +140,11 @@ def _decode_path(raw: bytes) -> str:
 
 def _clean_path(name: str, where: str, what: str = "path") -> str:
     """The tree form of a member name; names climbing out of the archive
-    root are refused."""
-    parts = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            raise CorruptError(f"{where}: {what} {name!r} escapes the archive root")
-        parts.append(part)
-    return "/".join(parts)
+    root are refused (as corrupt input, not as a usage error)."""
+    try:
+        return normpath(name)
+    except UsageError:
+        raise CorruptError(f"{where}: {what} {name!r} escapes the archive root") from None
 
 
 def _parse_sparse_map(pairs: list[int], where: str) -> list[tuple[int, int]]:
