@@ -40,6 +40,8 @@ OPTIONS = [
     Option("journal", None, "yes/no: a journal (default: yes for ext3/ext4)", parse_bool),
     Option("features", "", "add or drop features by mke2fs name, e.g. ^metadata_csum,^has_journal"),
     Option("reserved", 5.0, "percent of blocks reserved for root", float),
+    Option("recover", True, "reading: yes/no: replay a journal that needs recovery (in "
+           "memory; the image is never written), as mounting would", parse_bool),
 ]
 
 

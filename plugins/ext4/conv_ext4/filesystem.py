@@ -18,6 +18,7 @@ from conv_ext4.geometry import is_backup_group
 from conv_ext4.inode import INode
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError, NotFoundError, UnsupportedError
+from convcore.plugins import warn
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -67,11 +68,39 @@ class Ext4:
     """An ext2/3/4 filesystem on a volume, opened read-only.
 
     ``verify=False`` skips checksum verification (structure checks stay).
+    ``recover=False`` reads a filesystem whose journal needs recovery as it
+    is on disk; by default the journal is replayed in memory first
+    (conv_ext4.journal_replay), so reads show what a mount would.
     """
 
-    def __init__(self, volume: Volume, verify: bool = True) -> None:
+    def __init__(self, volume: Volume, verify: bool = True, recover: bool = True) -> None:
         self.volume = volume
         self.verify = verify
+        #: transactions replayed from the journal (0: none needed or recover=False)
+        self.replayed = 0
+        self._load()
+        if self.incompat & L.INCOMPAT_RECOVER and self.compat & L.COMPAT_HAS_JOURNAL:
+            if not recover:
+                warn("the ext4 journal needs recovery; recover=no shows the image without "
+                     "replaying it (what the kernel shows after mounting may differ)")
+                return
+            from conv_ext4.journal_replay import OverlayVolume, replay_journal
+            replay = replay_journal(self)
+            if replay is not None:
+                for message in replay.warnings:
+                    warn(message)
+                if replay.blocks:
+                    # Superblock and group descriptors too may come from the journal.
+                    self.volume = OverlayVolume(volume, self.block_size, replay.blocks)
+                    self._load()
+                self.replayed = replay.transactions
+            # What e2fsck or a mount leave behind: the journal is replayed.
+            self.incompat &= ~L.INCOMPAT_RECOVER
+
+    def _load(self) -> None:
+        """Superblock and group descriptors, checked, from ``self.volume``."""
+        volume = self.volume
+        verify = self.verify
         raw = volume.read_exact(L.SUPERBLOCK.size, L.SUPERBLOCK_OFFSET, "ext4 superblock")
         sb = L.SUPERBLOCK.unpack(raw)
         self.sb = sb
@@ -317,4 +346,5 @@ class Ext4:
             "inode_size": self.inode_size,
             "groups": self.groups_count,
             "features": _feature_names(self.compat, self.incompat, self.ro_compat),
+            **({"journal_replayed": self.replayed} if self.replayed else {}),
         }

@@ -35,7 +35,8 @@ def decode(volume: Volume, opts: dict | None = None, ctx=None) -> Tree:
     hardlinked inode is the first one a tree walk meets; later names are
     ``Entry(link=first_path)``.
     """
-    fs = Ext4(volume)
+    recover = (opts or {}).get("recover")
+    fs = Ext4(volume, recover=recover is None or bool(recover))
     root = fs.root
     if not root.is_dir():
         raise CorruptError("inode 2 (the root) is not a directory")

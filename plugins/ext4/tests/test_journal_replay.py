@@ -1,0 +1,469 @@
+"""Journal replay: images whose journal needs recovery read as e2fsck leaves
+them after replaying it.
+
+Every image starts as mke2fs -d made it ("before"). debugfs changes a copy
+("after"); the blocks that differ go into the journal of "before" as
+transactions (debugfs journal_open / journal_write / journal_close), which
+sets needs_recovery. The judge is e2fsck -fy on a copy: after its replay,
+conv and debugfs must see exactly what conv sees on the unrecovered image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+
+import pytest
+from conv_ext4.journal_replay import crc32_be
+from conv_ext4.reader import Ext4, decode
+
+from convcore.blockdev import FileVolume
+from convcore.errors import ConvError, CorruptError
+from convcore.testing import require_tool, run, scan_dir, scan_tree
+
+JBD2_MAGIC = b"\xc0\x3b\x39\x98"
+BLOCK = 4096
+
+#: name -> (mke2fs arguments, debugfs journal_open arguments)
+VARIANTS = {
+    "ext4-csum-v3": (["-t", "ext4", "-b", "4096"], "-c"),
+    "ext4-csum-v2-1k": (["-t", "ext4", "-b", "1024"], "-c -v 2"),
+    "ext4-nocsum": (["-t", "ext4", "-b", "4096", "-O", "^metadata_csum"], ""),
+    "ext4-32bit-v1": (["-t", "ext4", "-b", "2048", "-O", "^metadata_csum,^64bit"], "-c"),
+    "ext3": (["-t", "ext3", "-b", "1024"], ""),
+}
+
+
+def _closing(volume):
+    from contextlib import closing
+    return closing(volume)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("jsrc") / "tree"
+    rng = random.Random("journal-replay")
+    os.makedirs(root / "etc")
+    os.makedirs(root / "var" / "lib")
+    (root / "etc" / "hostname").write_text("before\n")
+    (root / "data.bin").write_bytes(rng.randbytes(3 * BLOCK + 100))
+    # A block that starts with the jbd2 magic is escaped in the journal.
+    (root / "magic.bin").write_bytes(JBD2_MAGIC + rng.randbytes(2 * BLOCK))
+    for i in range(20):
+        (root / "var" / "lib" / f"f{i:02d}").write_text(f"file {i}\n" * (i + 1))
+    os.symlink("etc/hostname", root / "link")
+    return str(root)
+
+
+def _mkfs(source: str, image: str, args: list[str], size: str = "16M") -> str:
+    require_tool("mke2fs", "debugfs", "e2fsck")
+    run("mke2fs", "-q", "-F", *args, "-d", source, image, size)
+    return image
+
+
+def _block_size(image: str) -> int:
+    with _closing(FileVolume(image)) as volume:
+        return Ext4(volume).block_size
+
+
+def _debugfs(image: str, cmd: str) -> str:
+    return run("debugfs", "-R", cmd, image).stdout
+
+
+def _blocks(image: str, path: str) -> list[int]:
+    return [int(b) for b in _debugfs(image, f"blocks {path}").split()]
+
+
+def _modify(before: str, after: str, commands: list[str], tmp_path) -> None:
+    shutil.copyfile(before, after)
+    script = tmp_path / "modify.cmds"
+    script.write_text("\n".join(commands) + "\n")
+    out = run("debugfs", "-w", "-f", str(script), after)
+    assert "rror" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def _poke_block(image: str, block: int, data: bytes) -> None:
+    bs = _block_size(image)
+    with open(image, "r+b") as f:
+        f.seek(block * bs)
+        f.write(data.ljust(bs, b"\0"))
+
+
+def _changed(before: str, after: str) -> dict[int, bytes]:
+    """Blocks of ``after`` that differ from ``before``."""
+    bs = _block_size(before)
+    out = {}
+    with open(before, "rb") as a, open(after, "rb") as b:
+        block = 0
+        while True:
+            x, y = a.read(bs), b.read(bs)
+            if not x:
+                return out
+            if x != y:
+                out[block] = y
+            block += 1
+
+
+class Txn:
+    """One transaction for debugfs journal_write."""
+
+    def __init__(self, blocks: dict[int, bytes] | None = None, revoke: list[int] = (),
+                 commit: bool = True) -> None:
+        self.blocks = blocks or {}
+        self.revoke = list(revoke)
+        self.commit = commit
+
+
+def _journal(image: str, txns: list[Txn], open_args: str, tmp_path) -> str:
+    """Write ``txns`` into the journal of ``image`` (debugfs sets
+    needs_recovery); returns debugfs logdump -a."""
+    lines = [f"jo {open_args}".strip()]
+    for i, txn in enumerate(txns):
+        words = ["jw"]
+        if txn.blocks:
+            words += ["-b", ",".join(str(b) for b in txn.blocks)]
+        if txn.revoke:
+            words += ["-r", ",".join(str(b) for b in txn.revoke)]
+        if not txn.commit:
+            words.append("-c")
+        if txn.blocks:
+            data = tmp_path / f"txn{i}.bin"
+            data.write_bytes(b"".join(txn.blocks.values()))
+            words.append(str(data))
+        lines.append(" ".join(words))
+    lines.append("jc")
+    script = tmp_path / "journal.cmds"
+    script.write_text("\n".join(lines) + "\n")
+    out = run("debugfs", "-w", "-f", str(script), image)
+    assert "rror" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert "needs_recovery" in run("dumpe2fs", "-h", image).stdout
+    return _debugfs(image, "logdump -a")
+
+
+def _sha(image: str) -> str:
+    with open(image, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _conv_view(image: str, **opts) -> dict:
+    with _closing(FileVolume(image)) as volume:
+        return scan_tree(decode(volume, opts, None))
+
+
+def _e2fsck_view(image: str, tmp_path) -> tuple[dict, dict, str]:
+    """e2fsck -fy on a copy (the judge replays the journal), then conv's
+    view of the result and what debugfs rdump extracts from it."""
+    fixed = str(tmp_path / "fixed.img")
+    shutil.copyfile(image, fixed)
+    fsck = run("e2fsck", "-fy", fixed, check=False)
+    assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr
+    assert "needs_recovery" not in run("dumpe2fs", "-h", fixed).stdout
+    out = tmp_path / "rdump"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    run("debugfs", "-R", f"rdump / {out}", fixed)
+    return _conv_view(fixed), scan_dir(str(out)), fsck.stdout
+
+
+def _projection(scan: dict) -> dict:
+    """What debugfs rdump keeps whoever runs it: names, types, modes, sizes,
+    contents, symlink targets."""
+    keep = ("type", "mode", "size", "sha256", "target")
+    return {p: {k: v for k, v in rec.items() if k in keep}
+            for p, rec in scan.items() if p and p != "lost+found"}
+
+
+def _assert_judged(image: str, tmp_path, expected: dict) -> str:
+    """conv's view of the unrecovered ``image`` equals ``expected`` (the
+    "after" image's view), equals conv's and debugfs's view after e2fsck
+    replayed it, and reading never wrote the image. Returns e2fsck's output."""
+    digest = _sha(image)
+    view = _conv_view(image)
+    assert _sha(image) == digest
+    fixed_view, rdump_view, fsck_out = _e2fsck_view(image, tmp_path)
+    assert "recovering journal" in fsck_out
+    assert view == expected
+    assert fixed_view == view
+    assert _projection(rdump_view) == _projection(view)
+    return fsck_out
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def variant(request, source, tmp_path_factory):
+    name = request.param
+    mkfs_args, open_args = VARIANTS[name]
+    base = tmp_path_factory.mktemp(name)
+    return _mkfs(source, str(base / "before.img"), mkfs_args), open_args, name
+
+
+def test_metadata_and_data_replayed(variant, tmp_path):
+    """A new file, a new directory, a changed inode and a changed data block:
+    inode table, bitmaps, group descriptors, the superblock, directory and
+    data blocks all come from the journal."""
+    before, open_args, _name = variant
+    image, after = str(tmp_path / "img"), str(tmp_path / "after")
+    hostfile = tmp_path / "new.txt"
+    hostfile.write_bytes(b"new file from the journal\n" * 300)
+    _modify(before, after, [
+        f"write {hostfile} new.txt", "mkdir var/newdir",
+        "sif etc/hostname mode 0100600", "sif etc/hostname uid 4321",
+        "symlink var/newdir/ln ../../data.bin",
+    ], tmp_path)
+    data_block = _blocks(after, "data.bin")[1]
+    bs = _block_size(before)
+    _poke_block(after, data_block, b"rewritten" * (bs // 9))
+    changed = _changed(before, after)
+    assert data_block in changed and 0 in changed or 1 in changed  # superblock too
+    shutil.copyfile(before, image)
+    _journal(image, [Txn(changed)], open_args, tmp_path)
+    expected = _conv_view(after)
+    assert _conv_view(image, recover=False) == _conv_view(before)
+    _assert_judged(image, tmp_path, expected)
+    assert expected["new.txt"]["size"] == 26 * 300
+    assert expected["etc/hostname"]["uid"] == 4321
+
+
+def test_several_transactions_the_last_uncommitted(variant, tmp_path):
+    before, open_args, _name = variant
+    image, mid, after = (str(tmp_path / n) for n in ("img", "mid", "after"))
+    _modify(before, mid, ["sif etc/hostname mode 0100640"], tmp_path)
+    _modify(mid, after, ["sif var/lib/f03 mode 0100604"], tmp_path)
+    first, second = _changed(before, mid), _changed(mid, after)
+    third = {_blocks(before, "data.bin")[0]: b"uncommitted".ljust(_block_size(before), b"!")}
+    shutil.copyfile(before, image)
+    log = _journal(image, [Txn(first), Txn(second), Txn(third, commit=False)], open_args,
+                   tmp_path)
+    assert "sequence 3, type 1" in log
+    _assert_judged(image, tmp_path, _conv_view(after))
+
+
+def test_revoked_block_is_not_replayed(variant, tmp_path):
+    """A block revoked by a later transaction keeps its on-disk contents; one
+    logged again after the revoke is replayed."""
+    before, open_args, name = variant
+    image, after = str(tmp_path / "img"), str(tmp_path / "after")
+    bs = _block_size(before)
+    blocks = _blocks(before, "data.bin")
+    _modify(before, after, ["sif etc/hostname mode 0100611"], tmp_path)
+    inode_txn = _changed(before, after)
+    shutil.copyfile(before, image)
+    # debugfs journal_write misplaces the next transaction after one with
+    # both blocks and revokes (it underestimates its length): keep them apart.
+    log = _journal(image, [
+        Txn({blocks[0]: b"A" * bs, blocks[1]: b"B" * bs}),
+        Txn(revoke=[blocks[0], blocks[1]]),
+        Txn({**inode_txn, blocks[1]: b"C" * bs}),
+    ], open_args, tmp_path)
+    assert "sequence 3, type 2 (commit block)" in log
+    assert f"Revoke FS block {blocks[0]}" in log
+    if name.endswith("-v1"):
+        # debugfs counts the revoke block into a v1 (crc32_be) commit
+        # checksum, the kernel and e2fsck do not: transaction 2 is corrupt
+        # for them, and only transaction 1 is replayed.
+        shutil.copyfile(before, after)
+        _poke_block(after, blocks[0], b"A" * bs)
+        _poke_block(after, blocks[1], b"B" * bs)
+        out = _assert_judged(image, tmp_path, _conv_view(after))
+        assert "Journal transaction 2 was corrupt" in out
+        return
+    _poke_block(after, blocks[1], b"C" * bs)  # what replay gives: only the relogged block
+    _assert_judged(image, tmp_path, _conv_view(after))
+
+
+def test_escaped_block(variant, tmp_path):
+    """A block starting with the jbd2 magic is logged escaped (its magic
+    zeroed, JBD2_FLAG_ESCAPE); replay puts the magic back, through the
+    block reads and through conv convert's copy path."""
+    before, open_args, _name = variant
+    image, after = str(tmp_path / "img"), str(tmp_path / "after")
+    bs = _block_size(before)
+    block = _blocks(before, "magic.bin")[0]
+    new = (JBD2_MAGIC + b"escaped" * (bs // 7))[:bs]
+    shutil.copyfile(before, after)
+    _poke_block(after, block, new)
+    shutil.copyfile(before, image)
+    log = _journal(image, [Txn({block: new})], open_args, tmp_path)
+    assert re.search(rf"FS block {block} logged at journal block \d+ \(flags 0x9\)", log)
+    _assert_judged(image, tmp_path, _conv_view(after))
+    out = tmp_path / "out"
+    run("conv", "convert", f"raw:{image} -> ext4 -> dir:{out}")
+    assert (out / "magic.bin").read_bytes()[:bs] == new
+    copied = _projection(scan_dir(str(out)))
+    assert copied == _projection(_conv_view(after))
+
+
+def test_cli_recover_no_warns_once_and_shows_the_disk(source, tmp_path):
+    before = _mkfs(source, str(tmp_path / "before.img"), ["-t", "ext4"])
+    image, after = str(tmp_path / "img"), str(tmp_path / "after")
+    block = _blocks(before, "etc/hostname")[0]
+    shutil.copyfile(before, after)
+    _poke_block(after, block, b"AFTER!\n")
+    shutil.copyfile(before, image)
+    _journal(image, [Txn(_changed(before, after))], "-c", tmp_path)
+    plain = subprocess.run(["conv", "cat", image, "/etc/hostname"], capture_output=True,
+                           text=True)
+    assert (plain.returncode, plain.stdout, plain.stderr) == (0, "AFTER!\n", "")
+    raw = subprocess.run(["conv", "cat", f"raw:{image} -> ext4[recover=no]", "/etc/hostname"],
+                         capture_output=True, text=True)
+    assert (raw.returncode, raw.stdout) == (0, "before\n")
+    assert raw.stderr == ("conv: warning: the ext4 journal needs recovery; recover=no shows "
+                          "the image without replaying it (what the kernel shows after "
+                          "mounting may differ)\n")
+    info = run("conv", "info", image).stdout
+    assert "journal_replayed=1" in info and "needs_recovery" not in info
+
+
+def _journal_block_offset(image: str, jblock: int) -> int:
+    return int(_debugfs(image, f"bmap <8> {jblock}").strip()) * _block_size(image)
+
+
+def _flip(image: str, offset: int) -> None:
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x5A]))
+
+
+def _csum_image(source: str, tmp_path) -> tuple[str, str, str]:
+    before = _mkfs(source, str(tmp_path / "before.img"), ["-t", "ext4", "-b", "4096"])
+    return before, str(tmp_path / "img"), str(tmp_path / "after")
+
+
+def test_corrupt_data_block_is_skipped_with_a_warning(source, tmp_path, capfd):
+    """A logged block failing its checksum (csum v3): like e2fsck, replay
+    everything else and keep that block as it is on disk; one warning."""
+    before, image, after = _csum_image(source, tmp_path)
+    bs = _block_size(before)
+    data = _blocks(before, "data.bin")[0]
+    _modify(before, after, ["sif etc/hostname mode 0100600"], tmp_path)
+    txn = _changed(before, after)
+    txn[data] = b"D" * bs
+    shutil.copyfile(before, image)
+    log = _journal(image, [Txn(txn)], "-c", tmp_path)
+    jblock = int(re.search(rf"FS block {data} logged at journal block (\d+)", log).group(1))
+    _flip(image, _journal_block_offset(image, jblock) + 100)
+    capfd.readouterr()
+    fsck_out = _assert_judged(image, tmp_path, _conv_view(after))
+    assert "checksum" in fsck_out.lower()
+    err = capfd.readouterr().err
+    assert err == (f"conv: warning: journal block {jblock} (filesystem block {data}, "
+                   "transaction 1) fails its checksum; not replayed, as e2fsck does\n")
+
+
+def test_corrupt_commit_block_ends_the_log_with_a_warning(source, tmp_path, capfd):
+    """The second transaction's commit block fails its checksum: like e2fsck,
+    replay the first one only and say so once."""
+    before, image, after = _csum_image(source, tmp_path)
+    _modify(before, after, ["sif etc/hostname mode 0100600"], tmp_path)
+    first = _changed(before, after)
+    second = {_blocks(before, "data.bin")[0]: b"E" * _block_size(before)}
+    shutil.copyfile(before, image)
+    log = _journal(image, [Txn(first), Txn(second)], "-c", tmp_path)
+    commit = int(re.search(r"sequence 2, type 2 \(commit block\) at block (\d+)", log).group(1))
+    _flip(image, _journal_block_offset(image, commit) + 200)
+    capfd.readouterr()
+    fsck_out = _assert_judged(image, tmp_path, _conv_view(after))
+    assert "Journal transaction 2 was corrupt" in fsck_out
+    assert capfd.readouterr().err == (
+        f"conv: warning: journal block {commit}: transaction 2 fails its commit checksum; "
+        "replayed the transactions before it, as e2fsck does\n")
+
+
+def _nocsum_journal(source: str, tmp_path) -> tuple[str, int, str]:
+    """An image with one committed transaction in a journal without
+    checksums; returns the image, the journal's byte offset and logdump."""
+    before = _mkfs(source, str(tmp_path / "before.img"), ["-t", "ext4", "-O", "^metadata_csum"])
+    image = str(tmp_path / "img")
+    shutil.copyfile(before, image)
+    block = _blocks(before, "data.bin")[0]
+    log = _journal(image, [Txn({block: b"x" * _block_size(image)})], "", tmp_path)
+    return image, _journal_block_offset(image, 0), log
+
+
+def _decode_all(image: str) -> None:
+    with _closing(FileVolume(image)) as volume:
+        tree = decode(volume, {}, None)
+        for entry in tree:
+            if entry.data is not None and entry.link is None:
+                entry.data.read(0, 1 << 16)
+
+
+def test_structural_damage_is_one_line(source, tmp_path):
+    image, jsb, log = _nocsum_journal(source, tmp_path)
+    bs = _block_size(image)
+    pristine = open(image, "rb").read()
+
+    def damaged(offset: int, data: bytes) -> None:
+        with open(image, "wb") as f:
+            f.write(pristine)
+            f.seek(offset)
+            f.write(data)
+
+    damaged(jsb, b"\0\0\0\0")
+    with pytest.raises(CorruptError, match=r"^journal superblock \(inode 8\): no jbd2 magic$"):
+        _decode_all(image)
+    damaged(jsb + 28, struct.pack(">I", 5000))  # s_start
+    with pytest.raises(CorruptError, match=r"log start 5000 lies outside the log"):
+        _decode_all(image)
+    damaged(jsb + 16, struct.pack(">I", 1 << 20))  # s_maxlen
+    with pytest.raises(CorruptError, match=r"1048576 blocks, but journal inode 8 holds"):
+        _decode_all(image)
+    desc = int(re.search(r"type 1 \(descriptor block\) at block (\d+)", log).group(1))
+    damaged(jsb + desc * bs + 12, struct.pack(">I", 0xFFFFFF))  # the tag's block number
+    with pytest.raises(CorruptError, match=rf"^journal block {desc}: transaction 1 writes "
+                       r"block 16777215, beyond the \d+-block filesystem$"):
+        _decode_all(image)
+    # Every log block a revoke block of transaction 1 and no commit: the log
+    # would run around forever.
+    revoke = struct.pack(">IIII", 0xC03B3998, 5, 1, 16).ljust(bs, b"\0")
+    maxlen = struct.unpack_from(">I", pristine, jsb + 16)[0]
+    damaged(jsb + bs, revoke * (maxlen - 1))
+    with pytest.raises(CorruptError, match=r"^journal block \d+: the log runs around the "
+                       "whole journal without ending$"):
+        _decode_all(image)
+
+
+def test_random_journal_damage_is_a_clean_error(source, tmp_path):
+    """Flipped bytes in the live journal blocks: a tree or a ConvError, one
+    line, never a traceback or a hang."""
+    image, jsb, log = _nocsum_journal(source, tmp_path)
+    bs = _block_size(image)
+    pristine = open(image, "rb").read()
+    # The superblock, descriptor and commit blocks (not the logged data).
+    blocks = [0, *(int(b) for b in re.findall(r"\(\w+ block\) at block (\d+)", log))]
+    live = [jsb + b * bs + i for b in blocks for i in range(bs) if pristine[jsb + b * bs + i]]
+    rng = random.Random("journal-damage")
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(60):
+        damaged = bytearray(pristine)
+        for _ in range(rng.randint(1, 6)):
+            damaged[rng.choice(live)] ^= 1 << rng.randrange(8)
+        with open(image, "wb") as f:
+            f.write(damaged)
+        try:
+            _decode_all(image)
+        except ConvError as e:
+            assert "\n" not in str(e)
+            outcomes["error"] += 1
+        else:
+            outcomes["ok"] += 1
+    assert outcomes["error"] > 0
+
+
+def test_crc32_be_matches_the_bitwise_definition():
+    def slow(crc: int, data: bytes) -> int:
+        for byte in data:
+            crc ^= byte << 24
+            for _ in range(8):
+                crc = (crc << 1 ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+        return crc
+
+    data = random.Random(1).randbytes(300)
+    assert crc32_be(0xFFFFFFFF, data) == slow(0xFFFFFFFF, data)
+    assert crc32_be(0x12345678, data[:7]) == slow(0x12345678, data[:7])
