@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import os
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from convcore.builtin import tar_layout as L
 from convcore.builtin.tar_codec import SharedDecompressor, StreamCursor, detect_compression
@@ -40,7 +41,7 @@ _KINDS = {
 # Lazy member data
 
 
-class _PlainArchive:
+class PlainArchive:
     """The bytes of an uncompressed archive, opened per call."""
 
     def __init__(self, path: str) -> None:
@@ -63,7 +64,7 @@ class TarMemberData(Data):
     archive_offset)`` in the (decompressed) archive, ascending; gaps between
     them are holes (sparse members)."""
 
-    def __init__(self, archive: _PlainArchive | SharedDecompressor, size: int,
+    def __init__(self, archive: PlainArchive | SharedDecompressor, size: int,
                  segments: list[tuple[int, int, int]]) -> None:
         self.archive = archive
         self.size = size
@@ -98,12 +99,21 @@ class TarMemberData(Data):
     def copy_to(self, fd: int, dst_offset: int, buf: bytearray | None = None) -> None:
         if buf is None:
             buf = bytearray(COPY_CHUNK)
-        if isinstance(self.archive, _PlainArchive):
+        if isinstance(self.archive, PlainArchive):
             with open(self.archive.path, "rb", buffering=0) as f:
                 for fo, n, a in self.segments:
                     copy_range(f.fileno(), a, fd, dst_offset + fo, n, buf)
             return
         super().copy_to(fd, dst_offset, buf)
+
+
+def plain_member_data(archive: PlainArchive, size: int,
+                      segments: list[tuple[int, int, int]]) -> Data:
+    """A member's data left in place in an uncompressed archive (host file
+    offsets in ``segments``): a plain file range unless it is sparse."""
+    if len(segments) == 1 and segments[0][:2] == (0, size):
+        return FileRangeData(archive.path, segments[0][2], size)
+    return TarMemberData(archive, size, segments)
 
 
 # --------------------------------------------------------------------------
@@ -205,22 +215,68 @@ def iter_entries(path: str | os.PathLike, compression: str | None = None) -> Ite
     path = os.fspath(path)
     comp = compression or detect_compression(path)
     cursor = StreamCursor(path, comp)
-    archive: _PlainArchive | SharedDecompressor = (
-        _PlainArchive(path) if comp == "none" else SharedDecompressor(path, comp))
+    if comp == "none":
+        archive_size = os.path.getsize(path)
+        plain = PlainArchive(path)
+
+        def make_data(size: int, segments: list[tuple[int, int, int]], data_offset: int,
+                      body: int, where: str) -> Data:
+            if data_offset + body > archive_size:
+                raise CorruptError(f"{where}: archive is truncated (the member needs "
+                                   f"{body} bytes at {data_offset}, the file has "
+                                   f"{archive_size})")
+            return plain_member_data(plain, size, segments)
+    else:
+        shared = SharedDecompressor(path, comp)
+
+        def make_data(size: int, segments: list[tuple[int, int, int]], data_offset: int,
+                      body: int, where: str) -> Data:
+            return TarMemberData(shared, size, segments)
     try:
-        yield from _scan(path, comp, cursor, archive)
+        yield from _scan(path, cursor, make_data)
     finally:
         cursor.close()
 
 
-def _read_exact(cursor: StreamCursor, n: int, where: str, what: str) -> bytes:
+class TarStream(Protocol):
+    """A forward-only reader of tar bytes (``StreamCursor`` is one)."""
+
+    pos: int
+
+    def read(self, n: int) -> bytes: ...
+
+    def readinto(self, view: memoryview) -> int: ...
+
+    def skip(self, n: int) -> int: ...
+
+
+#: ``make_data(size, segments, data_offset, body, where)``: the Data of a file
+#: member whose ``body`` stored bytes start at stream offset ``data_offset``;
+#: ``segments`` are ``(file_offset, length, stream_offset)``, ascending, gaps
+#: being holes (one segment covering the file when it is not sparse).
+MakeData = Callable[[int, list[tuple[int, int, int]], int, int, str], Data]
+
+
+def scan_stream(stream: TarStream, name: str, make_data: MakeData) -> Iterator[Entry]:
+    """The members of a tar read once from ``stream``, as ``iter_entries``
+    gives them, each file's Data made by ``make_data``.
+
+    The scan hands over the data stream as it goes: when a file member is
+    yielded, ``stream`` is at its first data byte (``stream.pos`` is its
+    first segment's stream offset), and the caller may read the member's
+    stored bytes from it before asking for the next entry; the scan skips
+    whatever the caller left. ``name`` names the archive in errors."""
+    return _scan(name, stream, make_data)
+
+
+def _read_exact(cursor: TarStream, n: int, where: str, what: str) -> bytes:
     data = cursor.read(n)
     if len(data) != n:
         raise CorruptError(f"{where}: archive is truncated inside the {what}")
     return data
 
 
-def _skip_exact(cursor: StreamCursor, n: int, where: str) -> None:
+def _skip_exact(cursor: TarStream, n: int, where: str) -> None:
     start = cursor.pos
     if cursor.skip(n) != n:
         raise CorruptError(f"{where}: archive is truncated ({n} bytes of member data "
@@ -231,13 +287,20 @@ def _padded(n: int) -> int:
     return -(-n // L.BLOCK) * L.BLOCK
 
 
-def _scan(path: str, comp: str, cursor: StreamCursor,
-          archive: _PlainArchive | SharedDecompressor) -> Iterator[Entry]:
+def _skip_to(cursor: TarStream, end: int, where: str) -> None:
+    """Move to stream offset ``end`` (the next header), from wherever the
+    caller left the member's data."""
+    if cursor.pos > end:
+        raise CorruptError(f"{where}: read past the member's data (at {cursor.pos}, "
+                           f"it ends at {end})")
+    _skip_exact(cursor, end - cursor.pos, where)
+
+
+def _scan(path: str, cursor: TarStream, make_data: MakeData) -> Iterator[Entry]:
     global_pax: dict[str, bytes] = {}
     pax: list[tuple[str, bytes]] | None = None
     long_name: bytes | None = None
     long_link: bytes | None = None
-    archive_size: int | None = None
     while True:
         offset = cursor.pos
         where = f"{path}: member at offset {offset}"
@@ -310,31 +373,22 @@ def _scan(path: str, comp: str, cursor: StreamCursor,
                     stored -= map_bytes
                 segments = _segments(segments_map, realsize, stored, data_offset, where)
                 entry.size = realsize
-                entry.data = TarMemberData(archive, realsize, segments)
-                body = stored
             else:
+                segments = [(0, stored, data_offset)]
                 entry.size = stored
-                entry.data = (FileRangeData(path, data_offset, stored) if comp == "none"
-                              else TarMemberData(archive, stored, [(0, stored, data_offset)]))
-                body = stored
-            if comp == "none":
-                if archive_size is None:
-                    archive_size = os.path.getsize(path)
-                if data_offset + body > archive_size:
-                    raise CorruptError(f"{where}: archive is truncated ({entry.path!r} needs "
-                                       f"{body} bytes at {data_offset}, the file has "
-                                       f"{archive_size})")
+            entry.data = make_data(entry.size, segments, data_offset, stored,
+                                   f"{where} ({entry.path!r})")
             yield entry
-            _skip_exact(cursor, _padded(body), where)
+            _skip_to(cursor, data_offset + _padded(stored), where)
         else:
             yield entry
-            _skip_exact(cursor, _padded(stored), where)
+            _skip_to(cursor, data_offset + _padded(stored), where)
 
 
 def _member(header: L.Header, block: bytes, typeflag: bytes, size: int,
             records: dict[str, bytes], ordered: list[tuple[str, bytes]],
             long_name: bytes | None, long_link: bytes | None, where: str,
-            cursor: StreamCursor):
+            cursor: TarStream):
     """Build the Entry for one member header; returns it with the stored
     data size, a sparse map (None when not sparse; SPARSE_MAP_IN_DATA for
     PAX sparse 1.0, whose map leads the data) and the real file size."""
@@ -436,7 +490,7 @@ def _member(header: L.Header, block: bytes, typeflag: bytes, size: int,
     return entry, stored, sparse, realsize
 
 
-def _old_gnu_sparse(block: bytes, cursor: StreamCursor, where: str):
+def _old_gnu_sparse(block: bytes, cursor: TarStream, where: str):
     """The map of an old GNU 'S' member: 4 pairs in the header, then 21 per
     extension block while the "isextended" flag is set."""
     def pairs(buf: bytes, start: int, count: int) -> list[tuple[int, int]]:
@@ -466,7 +520,7 @@ def _old_gnu_sparse(block: bytes, cursor: StreamCursor, where: str):
     return sparse, realsize
 
 
-def _read_sparse_1_0(cursor: StreamCursor, where: str, stored: int):
+def _read_sparse_1_0(cursor: TarStream, where: str, stored: int):
     """PAX sparse 1.0: the map leads the member data as decimal lines (the
     count, then offset/length pairs), padded to a block."""
     text = b""

@@ -3,10 +3,12 @@ and layer tars; the classic ``<id>/layer.tar`` form and the
 ``blobs/sha256/<hex>`` form of docker 25+ both have a manifest.json) and
 OCI layouts packed as a tar (``oci-archive``: podman, buildah, skopeo).
 
-The outer tar is read with the core tar reader. Its layer members are
-copied into anonymous temporary files (``copy_file_range``: in the kernel,
-a reflink where the filesystem can) because the tar reader takes a path,
-not a member; the merged tree references them lazily like any layer blob.
+The outer tar's headers are read with the core tar reader. A layer member
+of an uncompressed archive (what docker save and skopeo write) is read in
+place, as a window of the archive, once like any layer blob (layers.py). Of
+a compressed archive (a docker save piped through gzip), the layer members
+are first copied into anonymous temporary files, in archive order so the
+archive is decompressed once.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from conv_oci.blobs import HASH_CHUNK, hash_file
+from conv_oci.layers import LayerBlob, stack_layers
 from conv_oci.model import (
     MAX_JSON_BYTES,
     Descriptor,
@@ -28,10 +30,9 @@ from conv_oci.model import (
     parse_docker_manifest,
     short,
 )
-from conv_oci.source import image_info, layer_entries, read_image
-from conv_oci.whiteouts import LayerMerger
+from conv_oci.source import image_info, read_image
 from convcore.errors import CorruptError, NotFoundError, UsageError
-from convcore.tree import Entry, Kind, Tree, data_order_key, normpath
+from convcore.tree import Entry, FileRangeData, Kind, Tree, data_order_key, normpath
 
 #: how many symlinks deep a member name may resolve (shared layers are
 #: symlinks to another image's layer.tar).
@@ -100,35 +101,25 @@ def _resolve(base: str, target: str) -> str | None:
     return "/".join(parts)
 
 
-def _member_copies(entries: list[Entry]) -> list[str]:
-    """Host paths holding the members' bytes: unlinked temporary files,
-    reachable through /proc/self/fd for as long as the process runs. Copied
-    in archive order (a compressed archive is decompressed once), each
-    member once however many layers name it."""
-    copies: dict[int, str] = {}
+def _windows(entries: list[Entry]) -> list[tuple[str, int, int]]:
+    """(host path, offset, size) holding each member's bytes: a window of
+    the archive when it stores them plainly, else an unlinked temporary copy
+    (reachable through /proc/self/fd for as long as the process runs),
+    copied in archive order and once however many layers name it."""
+    windows: dict[int, tuple[str, int, int]] = {}
     for entry in sorted(entries, key=lambda e: data_order_key(e.data)):
-        if id(entry) in copies:
+        data = entry.data
+        if id(entry) in windows:
+            continue
+        if type(data) is FileRangeData and not data.holes:
+            windows[id(entry)] = (data.path, data.offset, data.size)
             continue
         f = tempfile.TemporaryFile(prefix="conv-oci-layer-")
-        entry.data.copy_to(f.fileno(), 0)
-        os.ftruncate(f.fileno(), entry.data.size)
+        data.copy_to(f.fileno(), 0)
+        os.ftruncate(f.fileno(), data.size)
         _LIVE_COPIES.append(f)
-        copies[id(entry)] = f"/proc/self/fd/{f.fileno()}"
-    return [copies[id(entry)] for entry in entries]
-
-
-def _tar_digest(path: str) -> str:
-    """sha256 of the tar bytes (decompressed when the layer is compressed):
-    what the config's diff_id records."""
-    from convcore.builtin.tar_codec import detect_compression, open_decompressed
-
-    h = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    with open_decompressed(path, detect_compression(path)) as stream:
-        while n := stream.readinto(buf):
-            h.update(view[:n])
-    return "sha256:" + h.hexdigest()
+        windows[id(entry)] = (f"/proc/self/fd/{f.fileno()}", 0, data.size)
+    return [windows[id(entry)] for entry in entries]
 
 
 def _choose(images: list[DockerImage], ref: str | None, platform: Platform | None,
@@ -182,13 +173,10 @@ class ArchiveBlobs:
             raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
         return raw
 
-    def verified_paths(self, descs: list[Descriptor]) -> Iterator[str]:
+    def layers(self, descs: list[Descriptor]) -> list[LayerBlob]:
         members = [self._member(desc) for desc in descs]  # a missing blob fails fast
-        for desc, copy in zip(descs, _member_copies(members), strict=True):
-            algorithm, _, expected = desc.digest.partition(":")
-            if hash_file(copy, algorithm) != expected:
-                raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
-            yield copy
+        return [LayerBlob(short(desc.digest), *window, digest=desc.digest)
+                for desc, window in zip(descs, _windows(members), strict=True)]
 
 
 def read_archive(path: str, opts: dict) -> Tree:
@@ -223,14 +211,11 @@ def read_docker_archive(path: str, outer: OuterArchive, opts: dict) -> Tree:
         raise CorruptError(f"{path}: {len(image.layers)} layers but the config lists "
                            f"{len(config.diff_ids)} diff_ids")
 
-    merger = LayerMerger(opts.get("whiteouts") or "apply")
-    copies = _member_copies([outer.find(name, "layer") for name in image.layers])
-    for name, diff_id, copy in zip(image.layers, config.diff_ids, copies, strict=True):
-        if _tar_digest(copy) != diff_id:
-            raise CorruptError(f"{path}: layer {name} does not match its diff_id "
-                               f"{short(diff_id)}")
-        merger.apply(layer_entries(copy), name)
-    tree = merger.finish()
+    windows = _windows([outer.find(name, "layer") for name in image.layers])
+    tree = stack_layers([LayerBlob(name, *window, diff_id=diff_id, where=f"{path}: layer {name}")
+                         for name, diff_id, window in zip(image.layers, config.diff_ids,
+                                                          windows, strict=True)],
+                        opts.get("whiteouts") or "apply")
     config_digest = hashlib.sha256(outer.read_small(image.config, "config")).hexdigest()
     tree.info = image_info(config, len(image.layers), ref=",".join(image.repo_tags),
                            archive="docker save", config_digest=f"sha256:{config_digest}")

@@ -1,14 +1,13 @@
-"""Content-addressed blobs: find them, and prove they are what the
-descriptor says (size, then a streaming hash) before anything reads them."""
+"""Content-addressed blobs: find them and check their size; small (JSON)
+blobs are hashed here, layers as they are read (layers.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
+from conv_oci.layers import LayerBlob
 from conv_oci.model import MAX_JSON_BYTES, Descriptor, check_digest, short
 from convcore.errors import CorruptError, NotFoundError
 
@@ -50,31 +49,11 @@ class LayoutBlobs:
                                f"its descriptor says {desc.size}")
         return path
 
-    def verify(self, desc: Descriptor) -> str:
-        """The path of a blob whose size and digest match ``desc``."""
-        path = self._checked_path(desc)
-        algorithm, _, expected = desc.digest.partition(":")
-        if hash_file(path, algorithm) != expected:
-            raise CorruptError(f"blob {short(desc.digest)} does not match its digest")
-        return path
-
-    def verified_paths(self, descs: Iterable[Descriptor]) -> Iterator[str]:
-        """The paths of ``descs`` in order, each yielded once its hash is
-        checked. All hashes start at once on a thread pool (hashlib drops the
-        GIL), so later layers are verified while the caller reads earlier
-        ones."""
-        descs = list(descs)
-        for desc in descs:  # cheap checks first: a missing blob fails fast
-            self._checked_path(desc)
-        workers = max(1, min(len(descs), os.cpu_count() or 1, 4))
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(self.verify, desc) for desc in descs]
-            try:
-                for future in futures:
-                    yield future.result()
-            finally:
-                for future in futures:
-                    future.cancel()
+    def layers(self, descs: list[Descriptor]) -> list[LayerBlob]:
+        """Where the layer blobs are (missing or wrongly sized: an error
+        now; digests are checked as the blobs are read)."""
+        return [LayerBlob(short(d.digest), self._checked_path(d), 0, d.size, digest=d.digest)
+                for d in descs]
 
     def read(self, desc: Descriptor) -> bytes:
         """A small (JSON) blob's verified bytes."""

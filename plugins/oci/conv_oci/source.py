@@ -1,18 +1,16 @@
 """Reading an image: an OCI image layout (a directory here; archives of one
 and ``docker save`` tarballs in archive.py), its layers stacked into one
-tree.
-
-Layer contents are never extracted: each file's Data reads its member out of
-the (compressed) layer blob when a writer asks, in archive order.
+tree (each blob read once: layers.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 from conv_oci.blobs import LayoutBlobs
+from conv_oci.layers import LayerBlob, stack_layers
 from conv_oci.model import (
     CONFIG_TYPES,
     LAYER_TYPES,
@@ -27,27 +25,18 @@ from conv_oci.model import (
     short,
 )
 from conv_oci.select import Candidate, candidates, choose
-from conv_oci.whiteouts import LayerMerger
 from convcore.errors import CorruptError, NotFoundError, UnsupportedError
 from convcore.format import Context
-from convcore.tree import Entry, Tree
+from convcore.tree import Tree
 
 
 class BlobStore(Protocol):
     def read(self, desc: Descriptor) -> bytes:
         """A small blob's bytes, verified."""
 
-    def verified_paths(self, descs: list[Descriptor]) -> Iterator[str]:
-        """Host paths of the blobs in order, each yielded once verified
-        against its descriptor."""
-
-
-def layer_entries(path: str) -> Iterator[Entry]:
-    """A layer blob's members, its compression (plain, gzip, zstd) told by
-    magic: the media type says what the producer meant, and docker labels
-    plain layers as gzip."""
-    from convcore.builtin.tarfmt import iter_entries
-    return iter_entries(path)
+    def layers(self, descs: list[Descriptor]) -> list[LayerBlob]:
+        """Where the layer blobs' bytes are; a missing or wrongly sized blob
+        is an error now, digests are checked as the blobs are read."""
 
 
 def source(path: str, opts: dict, ctx: Context) -> Tree:
@@ -115,11 +104,10 @@ def read_image(name: str, blobs: BlobStore, read_top: Callable[[str], bytes],
             raise UnsupportedError(f"layer {short(desc.digest)}: unsupported media type "
                                    f"{desc.media_type!r}")
 
-    paths = blobs.verified_paths(manifest.layers)
-    merger = LayerMerger(opts.get("whiteouts") or "apply")
-    for desc, blob in zip(manifest.layers, paths, strict=True):
-        merger.apply(layer_entries(blob), short(desc.digest))
-    tree = merger.finish()
+    layers = blobs.layers(manifest.layers)
+    for layer, diff_id in zip(layers, config.diff_ids, strict=False):
+        layer.diff_id = diff_id
+    tree = stack_layers(layers, opts.get("whiteouts") or "apply")
     tree.info = image_info(config, len(manifest.layers), ref=chosen.ref,
                            manifest=chosen.desc.digest)
     return tree

@@ -26,8 +26,9 @@ this tree over others still hides their entries.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from convcore.errors import CorruptError, UsageError
 from convcore.tree import Entry, Kind, Tree, normpath
@@ -40,6 +41,41 @@ OVERLAY_OPAQUE = "trusted.overlay.opaque"
 AUFS_META = "/.wh..wh."
 #: symlinks followed in one path before it counts as a loop (Linux: 40).
 MAX_SYMLINKS = 40
+
+
+#: what a member is to the layer stacking (``classify``)
+CHANGE, WHITEOUT, OPAQUE, META = "change", "whiteout", "opaque", "meta"
+
+
+def classify(path: str) -> tuple[str, str]:
+    """What the member at (clean) ``path`` does: ``(CHANGE, path)`` adds or
+    replaces it; ``(WHITEOUT, hidden)`` removes ``hidden`` from lower layers;
+    ``(OPAQUE, dir)`` removes every lower child of ``dir``; ``(META, path)``
+    is aufs bookkeeping, not content."""
+    parent, _, name = path.rpartition("/")
+    if AUFS_META in parent or parent.startswith(AUFS_META[1:]):
+        return META, path  # aufs bookkeeping (.wh..wh.plnk/...)
+    if name == OPAQUE_MARKER:
+        return OPAQUE, parent
+    if name.startswith(AUFS_META[1:]):
+        return META, path
+    if name.startswith(WHITEOUT_PREFIX):
+        hidden = name[len(WHITEOUT_PREFIX):]
+        if hidden in ("", ".", "..") or "/" in hidden:
+            raise CorruptError(f"bad whiteout name {path!r}")
+        return WHITEOUT, f"{parent}/{hidden}" if parent else hidden
+    return CHANGE, path
+
+
+@contextlib.contextmanager
+def layer_errors(layer: str) -> Iterator[None]:
+    """CorruptErrors raised inside name the layer (once)."""
+    try:
+        yield
+    except CorruptError as e:
+        if str(e).startswith(f"layer {layer}"):
+            raise
+        raise CorruptError(f"layer {layer}: {e}") from None
 
 
 class LayerMerger:
@@ -60,12 +96,8 @@ class LayerMerger:
     def apply(self, entries: Iterable[Entry], layer: str) -> None:
         """Apply one layer's entries (tar order); ``layer`` names the blob in
         error messages."""
-        try:
+        with layer_errors(layer):
             self._apply(entries)
-        except CorruptError as e:
-            if str(e).startswith(f"layer {layer}"):
-                raise
-            raise CorruptError(f"layer {layer}: {e}") from None
 
     def _apply(self, entries: Iterable[Entry]) -> None:
         changes: list[Entry] = []
@@ -73,19 +105,12 @@ class LayerMerger:
         whiteouts: list[tuple[str, Entry]] = []
         for entry in entries:
             path = self._clean(entry.path)
-            parent, _, name = path.rpartition("/")
-            if AUFS_META in parent or parent.startswith(AUFS_META[1:]):
-                continue  # aufs bookkeeping (.wh..wh.plnk/...): not content
-            if name == OPAQUE_MARKER:
-                opaque.append(dataclasses.replace(entry, path=parent))
-            elif name.startswith(AUFS_META[1:]):
-                continue
-            elif name.startswith(WHITEOUT_PREFIX):
-                hidden = name[len(WHITEOUT_PREFIX):]
-                if hidden in ("", ".", "..") or "/" in hidden:
-                    raise CorruptError(f"bad whiteout name {path!r}")
-                whiteouts.append((f"{parent}/{hidden}" if parent else hidden, entry))
-            else:
+            what, where = classify(path)
+            if what is OPAQUE:
+                opaque.append(dataclasses.replace(entry, path=where))
+            elif what is WHITEOUT:
+                whiteouts.append((where, entry))
+            elif what is CHANGE:
                 link = None if entry.link is None else self._clean(entry.link)
                 if path != entry.path or link != entry.link:
                     entry = dataclasses.replace(entry, path=path, link=link)
