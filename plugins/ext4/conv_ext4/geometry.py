@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 from conv_ext4.layout import FEATURES, GROUP_DESC_32, GROUP_DESC_64
 from convcore.errors import NoSpaceError, UnsupportedError, UsageError
 
-#: features the writer can produce, per flavour (mke2fs 1.47's defaults minus
-#: resize_inode, plus metadata_csum_seed).
+#: features the writer can produce, per flavour (mke2fs 1.47's defaults plus
+#: metadata_csum_seed).
 DEFAULT_FEATURES = {
-    "ext2": {"ext_attr", "dir_index", "filetype", "sparse_super", "large_file"},
-    "ext3": {"has_journal", "ext_attr", "dir_index", "filetype", "sparse_super", "large_file"},
+    "ext2": {"ext_attr", "dir_index", "filetype", "sparse_super", "large_file",
+             "resize_inode"},
+    "ext3": {"has_journal", "ext_attr", "dir_index", "filetype", "sparse_super", "large_file",
+             "resize_inode"},
     "ext4": {"has_journal", "ext_attr", "dir_index", "filetype", "extent", "64bit", "flex_bg",
              "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize",
-             "metadata_csum", "metadata_csum_seed"},
+             "metadata_csum", "metadata_csum_seed", "resize_inode"},
 }
 SUPPORTED_FEATURES = DEFAULT_FEATURES["ext4"]
 _ALIASES = {"extents": "extent"}
@@ -30,6 +32,7 @@ FLEX_BG_SIZE = 16
 def parse_features(fs: str, text: str, journal: bool | None) -> set[str]:
     """mke2fs-style ``-O`` list (``a,^b``) applied to the flavour's defaults."""
     feats = set(DEFAULT_FEATURES[fs])
+    asked: set[str] = set()
     for item in filter(None, (t.strip() for t in (text or "").split(","))):
         drop = item.startswith("^")
         name = _ALIASES.get(item.lstrip("^"), item.lstrip("^"))
@@ -41,6 +44,7 @@ def parse_features(fs: str, text: str, journal: bool | None) -> set[str]:
             feats.discard(name)
         else:
             feats.add(name)
+            asked.add(name)
     if journal is not None:
         if journal:
             feats.add("has_journal")
@@ -50,6 +54,12 @@ def parse_features(fs: str, text: str, journal: bool | None) -> set[str]:
         feats.discard("metadata_csum_seed")
     if "64bit" in feats and "extent" not in feats:
         raise UsageError("ext4[features=...]: 64bit needs extent")
+    if "resize_inode" in feats and "sparse_super" not in feats:
+        # its reserved blocks would repeat in every group: mke2fs refuses;
+        # we only refuse when asked for both, and otherwise drop the default
+        if "resize_inode" in asked:
+            raise UsageError("ext4[features=...]: resize_inode needs sparse_super")
+        feats.discard("resize_inode")
     return feats
 
 
@@ -98,10 +108,13 @@ class Geometry:
     inodes_per_group: int = 0
     desc_size: int = 32
     gdt_blocks: int = 0
+    #: blocks after the descriptors kept for online growth (resize_inode)
+    reserved_gdt: int = 0
     inode_table_blocks: int = 0
     groups: list[Group] = field(default_factory=list)
     #: sorted, disjoint (start, length) ranges of fixed metadata.
     fixed: list[tuple[int, int]] = field(default_factory=list)
+    _resize: bool = False
 
     @classmethod
     def make(cls, block_size: int, blocks_count: int, inodes_wanted: int,
@@ -137,8 +150,11 @@ class Geometry:
             ipg = self._inodes_per_group(inodes_wanted, count)
             itb = ipg * INODE_SIZE // bs
             gdt = -(-count * self.desc_size // bs)
+            rsv = self._reserved_gdt(gdt)
+            self._resize = rsv >= 0
+            rsv = max(rsv, 0)
             last_size = self.blocks_count - self.first_data_block - (count - 1) * bpg
-            last_over = (1 + gdt if is_backup_group(count - 1, sparse) else 0) + (
+            last_over = (1 + gdt + rsv if is_backup_group(count - 1, sparse) else 0) + (
                 0 if self.flex else 2 + itb)
             # mke2fs drops a last group too small to be useful
             if count > 1 and last_size < last_over + 50:
@@ -149,6 +165,7 @@ class Geometry:
         self.inodes_count = ipg * count
         self.inode_table_blocks = itb
         self.gdt_blocks = gdt
+        self.reserved_gdt = rsv
         fixed: list[tuple[int, int]] = []
         for n in range(count):
             start = self.first_data_block + n * bpg
@@ -156,9 +173,9 @@ class Geometry:
             grp = Group(start, size, is_backup_group(n, sparse))
             self.groups.append(grp)
             if grp.backup:
-                fixed.append((start, 1 + gdt))
+                fixed.append((start, 1 + gdt + rsv))
             if not self.flex:
-                meta = start + (1 + gdt if grp.backup else 0)
+                meta = start + (1 + gdt + rsv if grp.backup else 0)
                 if meta + 2 + itb > start + size:
                     raise NoSpaceError(f"block group {n} is too small for its inode table")
                 grp.block_bitmap, grp.inode_bitmap, grp.inode_table = meta, meta + 1, meta + 2
@@ -166,6 +183,36 @@ class Geometry:
         if self.flex:
             fixed = self._place_flex(fixed)
         self.fixed = _merge(fixed)
+
+    def _reserved_gdt(self, gdt: int) -> int:
+        """Reserved GDT blocks as mke2fs counts them (calc_reserved_gdt_blocks):
+        room for the descriptors of a filesystem 1024 times this size, up to
+        2^32 blocks, at most one indirect block's worth. -1: no resize inode
+        (the feature is off; above 2^32 blocks its 32-bit block map cannot
+        reach; or the blocks would take over 3/4 of a group, where mke2fs
+        switches to meta_bg)."""
+        if "resize_inode" not in self.feats or self.blocks_count > 0xFFFFFFFF:
+            return -1
+        max_blocks = 0xFFFFFFFF
+        if self.blocks_count < max_blocks // 1024:
+            max_blocks = self.blocks_count * 1024
+        groups = -(-(max_blocks - self.first_data_block) // self.blocks_per_group)
+        rsv = -(-groups // (self.block_size // self.desc_size)) - gdt
+        rsv = max(0, min(rsv, self.block_size // 4))
+        if rsv + gdt > self.blocks_per_group * 3 // 4:
+            return -1
+        return rsv
+
+    @property
+    def resize_inode(self) -> bool:
+        """Whether inode 7 maps reserved GDT blocks (the resize_inode feature,
+        unless mke2fs's rules drop it for this size)."""
+        return self._resize
+
+    def reserved_gdt_backups(self) -> list[int]:
+        """Start of the reserved GDT blocks in each backup group but group 0,
+        in group order (what each primary reserved block lists)."""
+        return [g.start + 1 + self.gdt_blocks for g in self.groups[1:] if g.backup]
 
     def _inodes_per_group(self, wanted: int, count: int) -> int:
         bs = self.block_size

@@ -339,6 +339,9 @@ class Planner:
         journal runs, journal mapping runs)."""
         o = self.o
         alloc = Allocator(geo.fixed, geo.first_data_block)
+        #: the resize inode's double-indirect block (first, as mke2fs puts it
+        #: right after the group 0 metadata)
+        self.resize_dind = alloc.alloc(1)[0][0] if geo.resize_inode else 0
         jblocks = journal.default_journal_blocks(geo.blocks_count) if (
             "has_journal" in o.feats) else 0
         jruns = alloc.alloc(jblocks) if jblocks else []

@@ -26,6 +26,7 @@ from conv_ext4.layout import (
     CHECKSUM_CRC32C,
     DEFM_ACL,
     DEFM_XATTR_USER,
+    DIND_BLOCK,
     DYNAMIC_REV,
     ERRORS_CONTINUE,
     EXTENT_HEADER,
@@ -44,6 +45,8 @@ from conv_ext4.layout import (
     INODE_EXTRA_ISIZE,
     JNL_BACKUP_BLOCKS,
     JOURNAL_INO,
+    NDIR_BLOCKS,
+    RESIZE_INO,
     ROOT_INO,
     STATE_VALID,
     SUPERBLOCK,
@@ -299,6 +302,26 @@ class Ext4Plan(Plan):
                 meta.write(blk, content)
         for blk, content in getattr(self, "_jmap_blocks", []):
             meta.write(blk, content)
+        if self.geo.resize_inode:
+            for blk, content in self._resize_blocks():
+                meta.write(blk, content)
+
+    def _resize_blocks(self) -> list[tuple[int, bytes]]:
+        """The resize inode's block map (what e2fsck's check_resize_inode
+        expects): slot (descriptor blocks + i) of its double-indirect block
+        points at the i-th reserved GDT block of group 0, which lists the
+        same reserved block in every backup group."""
+        geo = self.geo
+        apb = self.o.block_size // 4
+        dind = [0] * apb
+        backups = geo.reserved_gdt_backups()
+        out = []
+        for i in range(geo.reserved_gdt):
+            primary = geo.first_data_block + 1 + geo.gdt_blocks + i
+            dind[(geo.gdt_blocks + i) % apb] = primary
+            table = struct.pack(f"<{len(backups)}I", *(b + i for b in backups))
+            out.append((primary, table.ljust(self.o.block_size, b"\0")))
+        return [(self.p.resize_dind, struct.pack(f"<{apb}I", *dind)), *out]
 
     def _render_mapping(self, node: Node) -> list[tuple[int, bytes]]:
         """Fill node.i_block (when it maps blocks); return its mapping blocks."""
@@ -447,6 +470,17 @@ class Ext4Plan(Plan):
                              sectors & _M32, flags, 0, i_block, 0, 0, size >> 32, 0,
                              sectors >> 32, 0, 0, 0, 0, 0, INODE_EXTRA_ISIZE, 0, 0, 0, 0, t,
                              0, 0, 0)
+        elif ino == RESIZE_INO and self.geo.resize_inode:
+            geo = self.geo
+            apb = o.block_size // 4
+            size = (apb * apb + apb + NDIR_BLOCKS) * o.block_size
+            nblocks = 1 + geo.reserved_gdt * (1 + len(geo.reserved_gdt_backups()))
+            i_block = bytearray(60)
+            _LE32.pack_into(i_block, DIND_BLOCK * 4, self.p.resize_dind)
+            INODE.pack_into(buf, off, i_mode=0o100600, i_links_count=1, i_size_lo=size & _M32,
+                            i_size_high=size >> 32, i_blocks_lo=nblocks * (o.block_size // 512),
+                            i_block=bytes(i_block), i_atime=t, i_ctime=t, i_mtime=t,
+                            i_crtime=t, i_extra_isize=INODE_EXTRA_ISIZE)
         else:
             INODE.pack_into(buf, off, i_extra_isize=INODE_EXTRA_ISIZE,
                             **({"i_atime": t, "i_ctime": t, "i_mtime": t} if ino == 1 else {}))
@@ -552,6 +586,8 @@ class Ext4Plan(Plan):
         o = self.o
         geo = self.geo
         feats = set(o.feats)
+        if not geo.resize_inode:
+            feats.discard("resize_inode")
         if self._jinode is None:
             feats.discard("has_journal")  # too small for one, as mke2fs decides
         words = feature_words(feats)
@@ -595,6 +631,7 @@ class Ext4Plan(Plan):
             s_def_hash_version=HASH_HALF_MD4,
             s_jnl_backup_type=JNL_BACKUP_BLOCKS if jnl else 0,
             s_desc_size=geo.desc_size if geo.is_64bit else 0,
+            s_reserved_gdt_blocks=geo.reserved_gdt,
             s_default_mount_opts=DEFM_XATTR_USER | DEFM_ACL,
             s_mkfs_time=t,
             s_jnl_blocks=jnl,

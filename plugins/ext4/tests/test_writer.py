@@ -13,6 +13,7 @@ import pytest
 from conv_ext4 import _formats
 from conv_ext4.writer import encode
 
+from convcore import pipeline
 from convcore.blockdev import FileTarget
 from convcore.builtin import dirfmt
 from convcore.errors import CorruptError, NoSpaceError, UnsupportedError, UsageError
@@ -491,3 +492,51 @@ def test_dirhash_matches_debugfs(tmp_path):
             out = debugfs(img, f"dx_hash -h {alg} -s {seed} {name}")
             major, minor = re.search(r"is 0x([0-9a-f]+) \(minor 0x([0-9a-f]+)\)", out).groups()
             assert hasher(name.encode()) == (int(major, 16), int(minor, 16)), (alg, name)
+
+
+def _reserved_gdt(img: str) -> int:
+    info = run("dumpe2fs", "-h", img).stdout
+    m = re.search(r"Reserved GDT blocks:\s+(\d+)", info)
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.parametrize("fs,block_size,size", [
+    ("ext4", 4096, 256 << 20), ("ext4", 1024, 64 << 20), ("ext3", 2048, 300 << 20),
+    ("ext2", 4096, 64 << 20)])
+def test_resize_inode_as_mke2fs_and_resize2fs_grows_it(sample, tmp_path, fs, block_size, size):
+    """Reserved GDT blocks as many as mke2fs reserves for the same size; an
+    offline resize2fs to 4x the size uses them and leaves a clean image that
+    still holds the tree, which conv reads back."""
+    require_tool("e2fsck", "debugfs", "dumpe2fs", "mke2fs", "resize2fs")
+    _, tree = sample
+    img = build(tree, tmp_path / "r.img", fs=fs, block_size=block_size, size=size)
+    fsck_clean(img)
+    ref = str(tmp_path / "mke2fs.img")
+    run("mke2fs", "-q", "-F", "-t", fs, "-b", str(block_size), ref, f"{size >> 10}K")
+    assert _reserved_gdt(img) == _reserved_gdt(ref) > 0
+    info = run("dumpe2fs", "-h", img).stdout
+    assert "resize_inode" in re.search(r"Filesystem features:\s+(.*)", info).group(1).split()
+    stat = debugfs(img, "stat <7>")
+    assert re.search(r"Type: regular\s+Mode:\s+0600", stat), stat
+    assert "(DIND)" in stat, stat
+    os.truncate(img, 4 * size)
+    run("resize2fs", img)
+    fsck_clean(img)
+    assert f"Block count:              {4 * size // block_size}\n" in run(
+        "dumpe2fs", "-h", img).stdout
+    assert_matches_tree(img, tree, tmp_path)
+    back = scan_tree(pipeline.open_tree(f"raw:{img} -> ext4", Context()))
+    assert normalize_hardlinks(back) == normalize_hardlinks(scan_tree(tree)) | {
+        "lost+found": back["lost+found"]}
+
+
+def test_resize_inode_dropped_by_feature(sample, tmp_path):
+    require_tool("e2fsck", "dumpe2fs")
+    _, tree = sample
+    img = build(tree, tmp_path / "r.img", size=256 << 20, features="^resize_inode")
+    fsck_clean(img)
+    assert _reserved_gdt(img) == 0
+    info = run("dumpe2fs", "-h", img).stdout
+    assert "resize_inode" not in re.search(r"Filesystem features:\s+(.*)", info).group(1)
+    with pytest.raises(UsageError, match="resize_inode needs sparse_super"):
+        build(tree, tmp_path / "x.img", features="resize_inode,^sparse_super")
