@@ -3,29 +3,25 @@
 Guest offsets map to host clusters allocated on first write, in append order
 (writers may write from several threads: allocation takes a lock, and the
 builder puts clusters into guest order at the end so timing never shows).
-Runs of guest bytes that land in contiguous host clusters move with one
-``copy_file_range`` (file data, raw source files) or one ``pwrite`` (metadata
-from writers). Clusters that are never written, or only written with zeros,
-stay unallocated.
+Every byte that reaches the target passes through a buffer that is checked for
+zeros cluster by cluster: clusters that are never written, or only written
+with zeros (holes, zero runs in a raw disk, a file of zeros inside a
+filesystem), stay unallocated. Non-zero runs that land in contiguous host
+clusters go out with one ``pwrite``.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
-import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from conv_qcow2.image import ImageBuilder, pwrite_all
 from convcore.blockdev import FileVolume, Target, Volume, WindowVolume
-from convcore.errors import NoSpaceError
-from convcore.tree import COPY_CHUNK, FileRangeData, SegmentData, copy_range
+from convcore.errors import CorruptError, NoSpaceError
+from convcore.tree import COPY_CHUNK
 
 #: a zero check without copying: ``ZEROS.startswith(view)`` is one memcmp.
 ZEROS = bytes(1 << 21)
-
-#: how much of a source file is mapped at once.
-MAP_WINDOW = 8 << 20
 
 #: (guest offset, length, host offset or None when unallocated)
 Run = tuple[int, int, "int | None"]
@@ -38,20 +34,13 @@ class Qcow2Target(Target):
         self.size = image.size
         self.cluster_size = image.cluster_size
         self.cluster_bits = image.cluster_bits
+        #: spare copy buffers (``_take_buffer``); list pop/append are atomic
+        self._buffers: list[bytearray] = []
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise NoSpaceError(f"write of {length} bytes at offset {offset} overruns the "
                                f"{self.size}-byte qcow2 disk")
-
-    def _allocate_range(self, offset: int, length: int) -> None:
-        if length <= 0:
-            return
-        image = self.image
-        bits = self.cluster_bits
-        for c in range(offset >> bits, ((offset + length - 1) >> bits) + 1):
-            if image.host_offset(c) is None:
-                image.ensure(c)
 
     def _runs(self, offset: int, length: int) -> Iterator[Run]:
         """Split a guest range into pieces whose host offsets are contiguous."""
@@ -122,99 +111,85 @@ class Qcow2Target(Target):
                 out[start - offset:start - offset + n] = os.pread(self.fd, n, host)
         return bytes(out)
 
-    def copy_from_fd(self, fd: int, src_offset: int, length: int, offset: int) -> None:
-        """Zero clusters must stay unallocated, so the bytes have to be looked
-        at: the source is mapped (no copy into Python) and checked, and the
-        non-zero runs move with copy_file_range, kernel to kernel."""
-        self._check(offset, length)
+    def _copy_through(self, read: Callable[[memoryview, int], int], length: int, offset: int,
+                      buf: bytearray | None = None) -> None:
+        """Move ``length`` bytes into guest ``offset`` through one buffer:
+        ``read(view, pos)`` fills ``view`` with the source's bytes from ``pos``
+        (relative to the start) and returns how many it got. Each chunk is
+        zero-checked per cluster on its way through (``_place``), so whole-zero
+        clusters stay unallocated, then non-zero runs go out with one pwrite each.
+
+        Why not copy_file_range: the zero check has to see the bytes anyway, and
+        preadv + pwrite of 1 MiB chunks cost less CPU here than mapping the
+        source and splicing it (rootfs ext4 image, 207 MiB: 0.06 s against
+        0.10 s CPU)."""
+        own = buf is None or len(buf) < self.cluster_size
+        if own:
+            buf = self._take_buffer()
         try:
-            st = os.fstat(fd)
-            mappable = stat.S_ISREG(st.st_mode) and src_offset + length <= st.st_size
-        except OSError:
-            mappable = False
-        if not mappable:
-            super().copy_from_fd(fd, src_offset, length, offset)
-            return
-        granularity = mmap.ALLOCATIONGRANULARITY
-        done = 0
-        while done < length:
-            n = min(MAP_WINDOW, length - done)
-            start = src_offset + done
-            base = start - start % granularity
-            with mmap.mmap(fd, n + start - base, offset=base, prot=mmap.PROT_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    self._place(view[start - base:start - base + n], offset + done,
-                                lambda pos, host, k, src=start: copy_range(
-                                    fd, src + pos, self.fd, host, k))
-                finally:
-                    view.release()
-            done += n
+            view = memoryview(buf)
+            cs = self.cluster_size
+            fd = self.fd
+            pos = 0
+            while pos < length:
+                guest = offset + pos
+                n = min(len(view), length - pos)
+                if n == len(view) and n > cs:
+                    # end the chunk on a cluster boundary: each cluster is
+                    # checked whole, and runs stay long
+                    n -= (guest + n) & (cs - 1)
+                got = read(view[:n], pos)
+                if got <= 0:
+                    raise CorruptError(f"input ended early: {length - pos} bytes missing at "
+                                       f"offset {pos}")
+                chunk = view[:got]
+                self._place(chunk, guest,
+                            lambda p, host, k, chunk=chunk: pwrite_all(fd, chunk[p:p + k], host))
+                pos += got
+        finally:
+            if own:
+                self._buffers.append(buf)
+
+    def _take_buffer(self) -> bytearray:
+        # reused: a fresh 1 MiB bytearray costs a page fault per 4 KiB on each call
+        try:
+            return self._buffers.pop()
+        except IndexError:
+            return bytearray(max(COPY_CHUNK, 2 * self.cluster_size))
+
+    def copy_from_fd(self, fd: int, src_offset: int, length: int, offset: int) -> None:
+        self._check(offset, length)
+
+        def read(view: memoryview, pos: int) -> int:
+            want, got = len(view), 0
+            while got < want:
+                n = os.preadv(fd, [view[got:]], src_offset + pos + got)
+                if n <= 0:
+                    break
+                got += n
+            return got
+
+        self._copy_through(read, length, offset)
 
     def copy_from_volume(self, volume: Volume, src_offset: int, length: int,
                          offset: int) -> None:
-        # a raw file (or a partition of one) takes the mapped path above
+        # a raw file (or a partition of one) is read straight from its fd
         while isinstance(volume, WindowVolume):
             src_offset += volume.offset
             volume = volume.parent
         if isinstance(volume, FileVolume):
             self.copy_from_fd(volume.fd, src_offset, length, offset)
-        else:
-            super().copy_from_volume(volume, src_offset, length, offset)
+            return
+        self._check(offset, length)
+        self._copy_through(lambda view, pos: volume.readinto(view, src_offset + pos),
+                           length, offset)
 
     def copy_from_data(self, data, offset: int, buf: bytearray | None = None) -> None:
+        """A tree file's bytes, holes skipped (its ``extents``), zero clusters
+        found on the way through (a file of zeros costs no clusters)."""
         self._check(offset, data.size)
-        extents = list(data.extents())
-        for start, n in extents:
-            self._allocate_range(offset + start, n)
-        runs = [r for r in self._runs(offset, data.size) if r[2] is not None]
-        if not runs:
-            return
-        if len(runs) == 1:
-            # The whole file lands in one host run: the Data moves itself
-            # (copy_file_range for host files), holes skipped.
-            start, _n, host = runs[0]
-            data.copy_to(self.fd, host - (start - offset), buf)
-            return
-        if isinstance(data, FileRangeData):
-            with open(data.path, "rb", buffering=0) as f:
-                for file_off, n, host in _pieces(extents, runs, offset):
-                    copy_range(f.fileno(), data.offset + file_off, self.fd, host, n, buf,
-                               name=data.path)
-            return
-        if isinstance(data, SegmentData):
-            for f, length, v in data.segments:
-                for file_off, n, host in _pieces([(f, length)], runs, offset):
-                    data.volume.copy_to_fd(v + file_off - f, n, self.fd, host, buf)
-            return
-        if buf is None:
-            buf = bytearray(COPY_CHUNK)
-        view = memoryview(buf)
-        for file_off, n, host in _pieces(extents, runs, offset):
-            while n > 0:
-                got = data.readinto(file_off, view[:min(len(view), n)])
-                if got <= 0:
-                    from convcore.errors import CorruptError
-                    raise CorruptError(f"file data ended early at offset {file_off}")
-                pwrite_all(self.fd, view[:got], host)
-                file_off += got
-                host += got
-                n -= got
+        for start, n in data.extents():
+            self._copy_through(lambda view, pos, start=start: data.readinto(start + pos, view),
+                               n, offset + start, buf)
 
 
-def _pieces(extents: Iterable[tuple[int, int]], runs: list[Run],
-            base: int) -> Iterator[tuple[int, int, int]]:
-    """Intersect file extents (relative to ``base`` in the guest) with host
-    runs: (file offset, length, host offset)."""
-    i = 0
-    for start, n in extents:
-        lo, hi = base + start, base + start + n
-        while i < len(runs) and runs[i][0] + runs[i][1] <= lo:
-            i += 1
-        j = i
-        while j < len(runs) and runs[j][0] < hi:
-            r_start, r_len, r_host = runs[j]
-            s, e = max(lo, r_start), min(hi, r_start + r_len)
-            if s < e:
-                yield (s - base, e - s, r_host + (s - r_start))
-            j += 1

@@ -78,3 +78,35 @@ def test_corrupt_image_is_one_line(sample_raw, tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("conv: ") and "L1 table" in lines[0], p.stderr
     assert not os.path.exists(tmp_path / "x.raw")
+
+
+def _allocated(qemu, image: str) -> int:
+    return sum(m["length"] for m in qemu.map(image) if m["data"])
+
+
+def test_zero_file_data_in_place_costs_no_clusters(qemu, tmp_path):
+    """Whole-zero clusters inside a filesystem's file data (a file of written
+    zeros, a zero tail, zero small files) stay unallocated when the filesystem
+    is written in place into the qcow2: as many clusters as qemu-img convert
+    allocates for the same raw image."""
+    require_tool("e2fsck")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "zeros.bin").write_bytes(bytes(3 * MiB))  # written, not sparse
+    (root / "data-then-zeros.bin").write_bytes(os.urandom(100_000) + bytes(2 * MiB))
+    (root / "small-zeros.bin").write_bytes(bytes(40_000))
+    (root / "text.txt").write_bytes(b"some text\n" * 5000)
+    for fs in ("ext4", "squashfs"):
+        raw, out, ref = (str(tmp_path / f"{fs}.{ext}") for ext in ("raw", "qcow2", "ref.qcow2"))
+        for sink in (f"raw:{raw}", f"qcow2:{out}"):
+            run_conv("--seed", "z", "convert", f"dir:{root} -> {fs} -> {sink}",
+                     env={"SOURCE_DATE_EPOCH": "1600000000"}, check=True)
+        qemu.check(out)
+        qemu.compare(raw, out)
+        qemu.img("convert", "-f", "raw", "-O", "qcow2", raw, ref)
+        assert _allocated(qemu, out) == _allocated(qemu, ref), fs
+        if fs == "ext4":
+            assert _allocated(qemu, out) < 2 * MiB  # the 5 MiB of zeros cost nothing
+            fsck = run("e2fsck", "-fn", qemu.to_raw(out, str(tmp_path / "back.raw")),
+                       check=False)
+            assert fsck.returncode == 0, fsck.stdout + fsck.stderr
