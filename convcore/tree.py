@@ -282,6 +282,41 @@ class FileRangeData(Data):
             os.close(src)
 
 
+class HostTreeFileData(FileRangeData):
+    """A whole file below a scanned host directory: ``path`` is the
+    directory's host prefix (a class attribute, see ``for_root``) plus the
+    file's tree path, built when asked, so a scan keeps no second path string
+    per file (the tree path is the Entry's own)."""
+
+    __slots__ = ()
+    root_prefix = ""
+
+    def __init__(self, rel: str, size: int, holes: bool = False) -> None:
+        _FRD_PATH.__set__(self, rel)
+        _FRD_OFFSET.__set__(self, 0)
+        self.size = size
+        self.holes = holes
+
+    @classmethod
+    def for_root(cls, prefix: str) -> type[HostTreeFileData]:
+        """A subclass whose files live below ``prefix`` (ending in ``/``):
+        one class per scan holds the prefix that every file shares."""
+        return type(cls.__name__, (cls,), {"__slots__": (), "root_prefix": prefix,
+                                           "__qualname__": cls.__qualname__})
+
+    @property  # type: ignore[override]
+    def path(self) -> str:
+        return self.root_prefix + _FRD_PATH.__get__(self)
+
+    @property
+    def order_key(self) -> tuple:
+        return (_FRD_PATH.__get__(self), 0)
+
+
+_FRD_PATH = FileRangeData.__dict__["path"]
+_FRD_OFFSET = FileRangeData.__dict__["offset"]
+
+
 class SegmentData(Data):
     """A file made of pieces of a readable volume (how ext4 and uncompressed
     filesystem readers expose file contents). ``segments`` are
@@ -505,66 +540,99 @@ def bytewise_sorted(names: Iterable[str]) -> list[str]:
     return out
 
 
+class _NoXattrs(dict):
+    """The one empty, read-only xattrs mapping that entries without xattrs
+    share once they are in a Tree (an empty dict is 64 bytes an entry). To
+    give such an entry xattrs, assign a new dict: ``e.xattrs = {...}``."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("this entry's xattrs are the shared empty mapping: assign a new "
+                        "dict to entry.xattrs instead of changing it in place")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    setdefault = update = pop = popitem = clear = _refuse  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+#: the empty xattrs mapping entries share in a Tree (read-only; see _NoXattrs)
+NO_XATTRS: dict[str, bytes] = _NoXattrs()
+
+
 class Tree:
     """An ordered set of entries keyed by path, parents before children.
 
     ``add`` replaces an existing entry of the same path in place (a later tar
     member or OCI layer wins); replacing a directory by a non-directory drops
     the directory's descendants. Missing parent directories are created with
-    ``default_dir`` metadata.
+    ``default_dir`` metadata. An entry with no xattrs gets the shared
+    read-only ``NO_XATTRS`` when added.
     """
 
-    # _entries: path -> Entry, every entry.
-    # _children: directory path -> {name: Entry} in child order; holding the
-    # Entry (not just the name) lets iteration and children() skip building
-    # each child's path and looking it up again.
+    # _children: directory path -> {child path: child Entry} in child order,
+    # for every directory; the root entry is _root. Keys are the entries'
+    # own path strings, so a tree holds one string per entry and one dict
+    # slot (no separate name strings, no second path -> Entry map): a path
+    # is found in its parent's dict. Siblings share their parent's prefix,
+    # so ordering their paths orders their names.
 
     def __init__(self, root: Entry | None = None) -> None:
-        self._entries: dict[str, Entry] = {}
         self._children: dict[str, dict[str, Entry]] = {"": {}}
+        self._count = 1
         self.default_dir_mode = 0o755
         #: facts for ``conv info`` (an OCI image config, a filesystem's label).
         self.info: dict = {}
-        self.add(root or Entry("", _DIR, mode=0o755))
+        self._root = Entry("", _DIR, mode=0o755, xattrs=NO_XATTRS)
+        if root is not None:
+            self.add(root)
 
     # -- building
     def add(self, entry: Entry) -> Entry:
         path = entry.path
-        entries = self._entries
         is_dir = entry.kind is _DIR and entry.link is None
-        old = entries.get(path)
-        if old is not None:
-            if old.kind is _DIR and old.link is None and not is_dir:
-                self._remove_children(path)
-                self._children.pop(path, None)
-            entries[path] = entry
-            if path:
-                parent, _, name = path.rpartition("/")
-                self._children[parent][name] = entry
-            if is_dir:
-                self._children.setdefault(path, {})
-            return entry
+        if not entry.xattrs and type(entry.xattrs) is dict:
+            entry.xattrs = NO_XATTRS
+        children = self._children
         if path:
-            parent, _, name = path.rpartition("/")
-            parent_entry = entries.get(parent)
-            if parent_entry is None:
+            parent = path.rpartition("/")[0]
+            kids = children.get(parent)
+            if kids is None:
+                if self._lookup(parent) is not None:
+                    raise CorruptError(f"{path!r}: parent {parent!r} is not a directory")
                 self._add_parents(parent, entry.mtime_ns)
-            elif parent_entry.kind is not _DIR or parent_entry.link is not None:
-                raise CorruptError(f"{path!r}: parent {parent!r} is not a directory")
-            self._children[parent][name] = entry
-        entries[path] = entry
-        if is_dir:
-            self._children.setdefault(path, {})
+                kids = children[parent]
+            old = kids.get(path)
+            kids[path] = entry
+        else:
+            old = self._root
+            self._root = entry
+        if old is None:
+            self._count += 1
+        elif old.kind is _DIR and old.link is None and not is_dir:
+            self._remove_children(path)
+            if path:
+                children.pop(path, None)
+            else:
+                children[""] = {}
+        if is_dir and path not in children:
+            children[path] = {}
         return entry
+
+    def _lookup(self, path: str) -> Entry | None:
+        if not path:
+            return self._root
+        kids = self._children.get(path.rpartition("/")[0])
+        return None if kids is None else kids.get(path)
 
     def _add_parents(self, path: str, mtime_ns: int) -> None:
         """Create the missing directory ``path`` and its missing ancestors
         (iteratively: a hostile archive may name a path thousands deep)."""
         missing = []
-        while path not in self._entries:
+        while self._lookup(path) is None:
             missing.append(path)
-            if not path:
-                break
             path = path.rpartition("/")[0]
         for path in reversed(missing):
             self.add(Entry(path, _DIR, mode=self.default_dir_mode, mtime_ns=mtime_ns,
@@ -572,51 +640,51 @@ class Tree:
 
     def remove(self, path: str) -> None:
         """Remove an entry and, for a directory, everything below it."""
-        if path not in self._entries or not path:
+        if not path or self._lookup(path) is None:
             return
         self._remove_children(path)
         self._children.pop(path, None)
-        del self._entries[path]
-        parent, _, name = path.rpartition("/")
-        self._children[parent].pop(name, None)
+        del self._children[path.rpartition("/")[0]][path]
+        self._count -= 1
 
     def clear_dir(self, path: str) -> None:
         """Remove every child of a directory (an OCI opaque whiteout)."""
         self._remove_children(path)
 
     def _remove_children(self, path: str) -> None:
-        kids = self._children.get(path)
+        children = self._children
+        kids = children.get(path)
         if not kids:
             return
-        entries, children = self._entries, self._children
-        stack = [(f"{path}/" if path else "", kids)]
+        removed = 0
+        stack = [kids]
         while stack:
-            prefix, names = stack.pop()
-            for name in names:
-                child = prefix + name
-                entries.pop(child, None)
+            names = stack.pop()
+            removed += len(names)
+            for child in names:
                 below = children.pop(child, None)
                 if below:
-                    stack.append((child + "/", below))
+                    stack.append(below)
         children[path] = {}
+        self._count -= removed
 
     # -- reading
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def __contains__(self, path: str) -> bool:
-        return path in self._entries
+        return self._lookup(path) is not None
 
     def get(self, path: str) -> Entry:
         """The entry at ``path`` (tree form, leading ``/`` allowed)."""
-        try:
-            return self._entries[normpath(path)]
-        except KeyError:
-            raise NotFoundError(f"no such file in the tree: /{normpath(path)}") from None
+        entry = self._lookup(normpath(path))
+        if entry is None:
+            raise NotFoundError(f"no such file in the tree: /{normpath(path)}")
+        return entry
 
     @property
     def root(self) -> Entry:
-        return self._entries[""]
+        return self._root
 
     def children(self, path: str) -> list[Entry]:
         """Direct children of a directory, in insertion order."""
@@ -626,8 +694,7 @@ class Tree:
     def __iter__(self) -> Iterator[Entry]:
         """Every entry, depth first, parents before children, insertion order."""
         children = self._children
-        root = self._entries[""]
-        yield root
+        yield self._root
         kids = children.get("")
         if not kids:
             return
@@ -646,18 +713,25 @@ class Tree:
             else:
                 stack.pop()
 
+    def _all(self) -> Iterator[Entry]:
+        """Every entry in no particular order (cheaper than iterating)."""
+        yield self._root
+        for kids in self._children.values():
+            yield from kids.values()
+
     def sorted(self) -> Tree:
         """A copy whose directories list children in byte order of name
         (what reproducible writers iterate)."""
         out = Tree.__new__(Tree)
-        out._entries = self._entries
+        out._root = self._root
+        out._count = self._count
         out.default_dir_mode = self.default_dir_mode
         out.info = self.info
         sorted_children = {}
         for path, kids in self._children.items():
-            names = list(kids)
-            _sort_bytewise(names)
-            sorted_children[path] = dict(zip(names, map(kids.__getitem__, names), strict=True))
+            paths = list(kids)
+            _sort_bytewise(paths)
+            sorted_children[path] = dict(zip(paths, map(kids.__getitem__, paths), strict=True))
         out._children = sorted_children
         return out
 
@@ -666,7 +740,8 @@ class Tree:
         directory 2 + its subdirectories."""
         counts: dict[str, int] = {}
         get = counts.get
-        for path, entry in self._entries.items():
+        for entry in self._all():
+            path = entry.path
             link = entry.link
             if link is not None:
                 counts[link] = get(link, 1) + 1
@@ -683,10 +758,10 @@ class Tree:
         """The entry holding the inode for a hardlink (itself otherwise)."""
         if entry.link is None:
             return entry
-        try:
-            return self._entries[entry.link]
-        except KeyError:
-            raise CorruptError(f"{entry.path!r}: hardlink to missing {entry.link!r}") from None
+        held = self._lookup(entry.link)
+        if held is None:
+            raise CorruptError(f"{entry.path!r}: hardlink to missing {entry.link!r}")
+        return held
 
     def data_order(self, entries: Iterable[Entry] | None = None) -> list[Entry]:
         """Regular files (not hardlink names) in the cheapest order to read
@@ -712,7 +787,7 @@ class Tree:
 
     def clamp_times(self, epoch_ns: int) -> None:
         """SOURCE_DATE_EPOCH: no time in the tree is later than ``epoch_ns``."""
-        for e in self._entries.values():
+        for e in self._all():
             e.mtime_ns = min(e.mtime_ns, epoch_ns)
             e.atime_ns = min(e.atime_ns, epoch_ns)
             e.ctime_ns = min(e.ctime_ns, epoch_ns)

@@ -28,8 +28,9 @@ from convcore.format import Context, Option
 from convcore.tree import (
     COPY_CHUNK,
     KIND_BY_IFMT,
+    NO_XATTRS,
     Entry,
-    FileRangeData,
+    HostTreeFileData,
     Kind,
     Tree,
     bytewise_sorted,
@@ -87,6 +88,11 @@ _FILE, _DIR, _SYMLINK = Kind.FILE, Kind.DIR, Kind.SYMLINK
 _CHAR, _BLOCK = Kind.CHAR, Kind.BLOCK
 
 
+#: every permission value as one shared int object: ``mode & 0o7777`` makes a
+#: new 28-byte int per entry, this table indexes the same one.
+_PERMS = tuple(range(0o10000))
+
+
 class _Scanner:
     def __init__(self, root: str, owner: tuple[int, int] | None,
                  excludes: Iterable[str]) -> None:
@@ -94,6 +100,11 @@ class _Scanner:
         self.owner = owner
         self.excluded = _exclude_matcher(excludes)
         self.inodes: dict[tuple[int, int], Entry] = {}
+        self.file_data = HostTreeFileData.for_root(root.rstrip("/") + "/")
+        # Equal ids and times share one int object (28-40 bytes each): a
+        # package's files have one mtime and owner. Bounded: a tree whose
+        # times all differ pays only the lookups.
+        self.ints: dict[int, int] = {}
 
     def entry(self, full: str, rel: str, st: os.stat_result) -> Entry:
         mode = st.st_mode
@@ -107,13 +118,22 @@ class _Scanner:
                 return Entry(rel, first.kind, first.mode, first.uid, first.gid,
                              first.mtime_ns, first.atime_ns, first.ctime_ns, None, first.size,
                              first.target, first.rdev, first.path, first.xattrs, first.data)
-        uid, gid = self.owner if self.owner is not None else (st.st_uid, st.st_gid)
+        ints = self.ints
+        if len(ints) > _INTS_KEPT:
+            ints.clear()
+        same = ints.setdefault
+        if self.owner is not None:
+            uid, gid = self.owner
+        else:
+            uid, gid = same(st.st_uid, st.st_uid), same(st.st_gid, st.st_gid)
+        m, a, c = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
+        m, a, c = same(m, m), same(a, a), same(c, c)
         try:
             names = os.listxattr(full, follow_symlinks=False)
         except OSError:
             names = None
-        # most files have no xattrs: no getxattr, no sort
-        xattrs = _read_xattrs(full, names) if names else {}
+        # most files have no xattrs: no getxattr, no sort, no dict
+        xattrs = (_read_xattrs(full, names) or NO_XATTRS) if names else NO_XATTRS
         size = 0
         target = ""
         rdev = _NO_RDEV
@@ -122,14 +142,14 @@ class _Scanner:
             size = st.st_size
             # Only a file with fewer blocks than bytes can have holes: the
             # rest need no SEEK_DATA probe when a writer copies them.
-            data = FileRangeData(full, 0, size, holes=st.st_blocks * 512 < size)
+            data = self.file_data(rel, size, st.st_blocks * 512 < size)
         elif kind is _SYMLINK:
             target = os.readlink(full)
         elif kind is _CHAR or kind is _BLOCK:
             rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
         # positional: a dataclass __init__ takes keywords several times slower
-        entry = Entry(rel, kind, mode & 0o7777, uid, gid, st.st_mtime_ns, st.st_atime_ns,
-                      st.st_ctime_ns, None, size, target, rdev, None, xattrs, data)
+        entry = Entry(rel, kind, _PERMS[mode & 0o7777], uid, gid, m, a, c, None, size,
+                      target, rdev, None, xattrs, data)
         if linked:
             self.inodes[(st.st_dev, st.st_ino)] = entry
         return entry
@@ -153,11 +173,12 @@ class _Scanner:
         tree = Tree(self.entry(self.root, "", st))
         # Every child comes from one directory listing, so its name is new
         # and its parent is a directory already in the tree: the scan fills
-        # Tree's maps directly instead of paying Tree.add's checks per entry.
-        entries, children = tree._entries, tree._children
+        # Tree's map directly instead of paying Tree.add's checks per entry.
+        children = tree._children
         excluded = self.excluded
         lstat = os.lstat
         full_root = self.root.rstrip("/") + "/"
+        count = 0
         # Depth first with children in byte order: the same order Tree
         # iterates, so the first name of a hardlinked inode comes first.
         stack = [("", full_root, iter(self.listing(self.root)), children[""])]
@@ -174,8 +195,8 @@ class _Scanner:
                     continue  # removed while we walked
                 except OSError as e:
                     raise ConvError(f"{full}: {e.strerror}") from None
-                entries[rel] = entry
-                kids[name] = entry
+                kids[rel] = entry
+                count += 1
                 if entry.kind is _DIR:
                     below: dict[str, Entry] = {}
                     children[rel] = below
@@ -183,10 +204,12 @@ class _Scanner:
                     break
             else:
                 stack.pop()
+        tree._count += count
         return tree
 
 
 _NO_RDEV = (0, 0)
+_INTS_KEPT = 1 << 16
 
 
 def source(path: str, opts: dict, ctx: Context) -> Tree:
