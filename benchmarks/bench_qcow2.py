@@ -16,12 +16,17 @@ Write, for each input and mode:
 Read: each qemu-img-made image back to raw (conv 'qcow2:X -> raw:Y' vs qemu-img -O raw).
 
 qemu-img runs with its defaults (-m 8 coroutines, in-order writes for
-compressed output). conv runs through its Python API (convcore.pipeline.convert)
-in a fresh interpreter, one subprocess per run; the fixed start-up cost of the
-`conv` command itself (its CLI imports) is printed once on its own line. Wall
-time, CPU time (user+sys) and peak RSS come from benchmarks/harness.py. Ratios are
-conv / qemu-img (below 1: conv is faster/smaller). Every conv output is judged
-with qemu-img check and compare, so a fast wrong answer does not count.
+compressed output). conv runs as users run it: the `conv` entry script installed
+beside this Python (not a pyenv shim, which adds its own bash and pyenv start-up),
+`conv convert CHAIN`, one process per run; `--via api` runs
+convcore.pipeline.convert in a fresh interpreter instead (no CLI imports). The
+start-up cost alone (`conv formats`, and the API's imports) is printed once on
+its own line. Modules are byte-compiled once before anything is timed, as an
+installed package is: with PYTHONDONTWRITEBYTECODE set, a checkout's edited
+modules would otherwise be compiled from source on every run (~15 ms).
+Wall time, CPU time (user+sys) and peak RSS come from benchmarks/harness.py.
+Ratios are conv / qemu-img (below 1: conv is faster/smaller). Every conv output
+is judged with qemu-img check and compare, so a fast wrong answer does not count.
 """
 
 from __future__ import annotations
@@ -65,6 +70,28 @@ def build_sparse(out: str, data_size: int, disk_size: int = 8 << 30) -> None:
             f.write(chunk)
 
 
+def byte_compile() -> None:
+    """Compile convcore and every conv plugin package (what an install does),
+    so no timed run compiles a module from source."""
+    import importlib.metadata
+    import importlib.util
+
+    import convcore
+    dirs = {os.path.dirname(convcore.__file__)}
+    for ep in importlib.metadata.entry_points(group="conv"):
+        spec = importlib.util.find_spec(ep.module.split(".")[0])
+        if spec is not None and spec.origin:
+            dirs.add(os.path.dirname(spec.origin))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *sorted(dirs)],
+                   stdout=subprocess.DEVNULL, check=True)
+
+
+def conv_command(chain: str, via: str) -> list[str]:
+    if via == "api":
+        return harness.conv_api(chain)
+    return harness.conv_cli("convert", chain)
+
+
 def judge(raw: str, image: str) -> None:
     for cmd in (["qemu-img", "check", "-q", image],
                 ["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, image]):
@@ -96,6 +123,9 @@ def main() -> None:
     ap.add_argument("--modes", default="none,zlib,zstd")
     ap.add_argument("--inputs", default="ext4,sparse")
     ap.add_argument("--work", help="work directory (default: a temp dir, removed after)")
+    ap.add_argument("--via", choices=("cli", "api"), default="cli",
+                    help="run conv as the `conv convert` command (default) or through "
+                    "convcore.pipeline.convert in a fresh interpreter")
     harness.add_repeat(ap)
     args = ap.parse_args()
     harness.require_tools("qemu-img", "mke2fs", "cmp")
@@ -116,10 +146,15 @@ def main() -> None:
             inputs["sparse"] = os.path.join(work, "sparse8g.raw")
             build_sparse(inputs["sparse"], args.sparse_data)
 
-        print(f"ext4 input from: {tree or '-'}; {harness.machine_line()}")
-        startup = harness.repeat(harness.conv_cli("formats"), args.repeat)
-        print(f"conv CLI start-up alone (conv formats): {startup.wall:.2f} s wall, "
-              f"{startup.cpu:.2f} s CPU, {startup.rss_mib:.0f} MiB")
+        byte_compile()
+        print(f"ext4 input from: {tree or '-'}; conv via {args.via} "
+              f"({' '.join(conv_command('CHAIN', args.via)[:2])} ...); {harness.machine_line()}")
+        for label, cmd in (("conv CLI start-up alone (conv formats)", harness.conv_cli("formats")),
+                           ("API imports alone (import convcore.pipeline)",
+                            [sys.executable, "-c", "import convcore.pipeline"])):
+            startup = harness.repeat(cmd, args.repeat)
+            print(f"{label}: {startup.wall:.2f} s wall, {startup.cpu:.2f} s CPU, "
+                  f"{startup.rss_mib:.0f} MiB")
         table = harness.Table("qcow2 (ratio: conv / qemu-img convert)",
                               ["input", "op", *harness.PAIR_COLUMNS, "conv MiB out",
                                "qemu MiB out", "size x"])
@@ -130,7 +165,7 @@ def main() -> None:
                 q_out = os.path.join(work, f"{name}-{mode}.qemu.qcow2")
                 c_out = os.path.join(work, f"{name}-{mode}.conv.qcow2")
                 ours, theirs = harness.side_by_side(
-                    harness.conv_api(f"raw:{raw} -> qcow2{copts}:{c_out}"),
+                    conv_command(f"raw:{raw} -> qcow2{copts}:{c_out}", args.via),
                     ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", *qargs, raw, q_out],
                     args.repeat, prepare=harness.clearing(q_out, c_out))
                 judge(raw, c_out)
@@ -142,7 +177,7 @@ def main() -> None:
                 # read side: qemu-img's image back to raw
                 q_raw, c_raw = q_out + ".raw", c_out + ".raw"
                 ours, theirs = harness.side_by_side(
-                    harness.conv_api(f"qcow2:{q_out} -> raw:{c_raw}"),
+                    conv_command(f"qcow2:{q_out} -> raw:{c_raw}", args.via),
                     ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", q_out, q_raw],
                     args.repeat, prepare=harness.clearing(q_raw, c_raw))
                 p = subprocess.run(["cmp", q_raw, c_raw], capture_output=True, text=True)
