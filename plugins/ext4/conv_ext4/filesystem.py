@@ -54,14 +54,22 @@ def _feature_names(compat: int, incompat: int, ro_compat: int) -> list[str]:
 
 
 class GroupDesc:
-    """What the reader needs of one block group descriptor."""
+    """What the reader needs of one block group descriptor: the inode table,
+    and the bitmaps with their checksums (16 bits with 32-byte descriptors)."""
 
-    __slots__ = ("inode_table", "flags", "itable_unused")
+    __slots__ = ("inode_table", "flags", "itable_unused", "block_bitmap", "inode_bitmap",
+                 "block_bitmap_csum", "inode_bitmap_csum")
 
-    def __init__(self, inode_table: int, flags: int, itable_unused: int) -> None:
+    def __init__(self, inode_table: int, flags: int, itable_unused: int, block_bitmap: int = 0,
+                 inode_bitmap: int = 0, block_bitmap_csum: int = 0,
+                 inode_bitmap_csum: int = 0) -> None:
         self.inode_table = inode_table
         self.flags = flags
         self.itable_unused = itable_unused
+        self.block_bitmap = block_bitmap
+        self.inode_bitmap = inode_bitmap
+        self.block_bitmap_csum = block_bitmap_csum
+        self.inode_bitmap_csum = inode_bitmap_csum
 
 
 class Ext4:
@@ -80,22 +88,31 @@ class Ext4:
         self.replayed = 0
         self._load()
         if self.incompat & L.INCOMPAT_RECOVER and self.compat & L.COMPAT_HAS_JOURNAL:
-            if not recover:
-                warn("the ext4 journal needs recovery; recover=no shows the image without "
-                     "replaying it (what the kernel shows after mounting may differ)")
-                return
-            from conv_ext4.journal_replay import OverlayVolume, replay_journal
-            replay = replay_journal(self)
-            if replay is not None:
-                for message in replay.warnings:
-                    warn(message)
-                if replay.blocks:
-                    # Superblock and group descriptors too may come from the journal.
-                    self.volume = OverlayVolume(volume, self.block_size, replay.blocks)
-                    self._load()
-                self.replayed = replay.transactions
-            # What e2fsck or a mount leave behind: the journal is replayed.
-            self.incompat &= ~L.INCOMPAT_RECOVER
+            self._recover(recover)
+        # Bitmaps are checked the first time an inode of their group is read;
+        # not on a journal left unreplayed: the kernel writes bitmaps and
+        # descriptors back at different times.
+        if self.metadata_csum and verify and not self.incompat & L.INCOMPAT_RECOVER:
+            self._bitmaps_unchecked = set(range(self.groups_count))
+
+    def _recover(self, recover: bool) -> None:
+        """Replay the journal in memory: reads go through an overlay of the
+        replayed blocks, superblock and descriptors are read again."""
+        if not recover:
+            warn("the ext4 journal needs recovery; recover=no shows the image without "
+                 "replaying it (what the kernel shows after mounting may differ)")
+            return
+        from conv_ext4.journal_replay import OverlayVolume, replay_journal
+        replay = replay_journal(self)
+        if replay is not None:
+            for message in replay.warnings:
+                warn(message)
+            if replay.blocks:
+                self.volume = OverlayVolume(self.volume, self.block_size, replay.blocks)
+                self._load()
+            self.replayed = replay.transactions
+        # What e2fsck or a mount leave behind: the journal is replayed.
+        self.incompat &= ~L.INCOMPAT_RECOVER
 
     def _load(self) -> None:
         """Superblock and group descriptors, checked, from ``self.volume``."""
@@ -128,6 +145,7 @@ class Ext4:
         else:
             self.csum_seed = crc32c_raw(0xFFFFFFFF, sb.s_uuid)
         self.groups = self._read_group_descs()
+        self._bitmaps_unchecked: set[int] = set()
         self._xattr_blocks: dict[int, dict[str, bytes]] = {}
         # Inodes are read a table block at a time: siblings are usually neighbours.
         self._itable_cache: dict[int, bytes] = {}
@@ -224,8 +242,37 @@ class Ext4:
                     raise CorruptError(
                         f"group {group}: inode table at block {table} lies outside the "
                         "filesystem")
-                groups.append(GroupDesc(table, gd.bg_flags, unused))
+                if wide:
+                    groups.append(GroupDesc(
+                        table, gd.bg_flags, unused,
+                        gd.bg_block_bitmap_lo | gd.bg_block_bitmap_hi << 32,
+                        gd.bg_inode_bitmap_lo | gd.bg_inode_bitmap_hi << 32,
+                        gd.bg_block_bitmap_csum_lo | gd.bg_block_bitmap_csum_hi << 16,
+                        gd.bg_inode_bitmap_csum_lo | gd.bg_inode_bitmap_csum_hi << 16))
+                else:
+                    groups.append(GroupDesc(
+                        table, gd.bg_flags, unused, gd.bg_block_bitmap_lo, gd.bg_inode_bitmap_lo,
+                        gd.bg_block_bitmap_csum_lo, gd.bg_inode_bitmap_csum_lo))
         return groups
+
+    def _check_bitmaps(self, group: int) -> None:
+        """The block and inode bitmap checksums of ``group`` (metadata_csum),
+        as the kernel checks them before using a bitmap."""
+        gd = self.groups[group]
+        # 32-byte descriptors keep the low 16 bits of each checksum only.
+        mask = 0xFFFFFFFF if self.desc_size >= 64 else 0xFFFF
+        clusters = (self.sb.s_clusters_per_group if self.cluster_size > self.block_size
+                    else self.blocks_per_group)
+        for what, flag, block, size, stored in (
+                ("block", L.BG_BLOCK_UNINIT, gd.block_bitmap, clusters // 8,
+                 gd.block_bitmap_csum),
+                ("inode", L.BG_INODE_UNINIT, gd.inode_bitmap, self.inodes_per_group // 8,
+                 gd.inode_bitmap_csum)):
+            if gd.flags & flag:
+                continue  # never written: the kernel computes it
+            data = self.read_block(block, f"group {group}: {what} bitmap block {block}")
+            if crc32c_raw(self.csum_seed, data[:size]) & mask != stored:
+                raise CorruptError(f"group {group}: {what} bitmap checksum mismatch")
 
     def _check_desc_csum(self, group: int, raw: bytes, stored: int) -> None:
         off = L.GROUP_DESC_32.offsets["bg_checksum"]
@@ -266,6 +313,9 @@ class Ext4:
         block = gd.inode_table + index // per_block
         table = self._itable_cache.get(block)
         if table is None:
+            if self._bitmaps_unchecked and group in self._bitmaps_unchecked:
+                self._bitmaps_unchecked.discard(group)
+                self._check_bitmaps(group)
             if len(self._itable_cache) >= ITABLE_CACHE_BLOCKS:
                 self._itable_cache.clear()
             table = self.read_block(block, f"inode table block {block} (inode {ino})")

@@ -467,3 +467,42 @@ def test_crc32_be_matches_the_bitwise_definition():
     data = random.Random(1).randbytes(300)
     assert crc32_be(0xFFFFFFFF, data) == slow(0xFFFFFFFF, data)
     assert crc32_be(0x12345678, data[:7]) == slow(0x12345678, data[:7])
+
+
+def test_corrupt_descriptor_block_means_no_replay(source, tmp_path, capfd):
+    """A descriptor block failing its checksum inside the log: recovery.c
+    fails its scan, so e2fsck replays nothing; conv shows the same and
+    says so once."""
+    before, image, after = _csum_image(source, tmp_path)
+    _modify(before, after, ["sif etc/hostname mode 0100600"], tmp_path)
+    first = _changed(before, after)
+    second = {_blocks(before, "data.bin")[0]: b"F" * _block_size(before)}
+    shutil.copyfile(before, image)
+    log = _journal(image, [Txn(first), Txn(second)], "-c", tmp_path)
+    desc = int(re.search(r"sequence 1, type 1 \(descriptor block\) at block (\d+)",
+                         log).group(1))
+    _flip(image, _journal_block_offset(image, desc) + 300)
+    capfd.readouterr()
+    fsck_out = _assert_judged(image, tmp_path, _conv_view(before))
+    assert "Journal checksum error" in fsck_out
+    assert capfd.readouterr().err == (
+        f"conv: warning: journal block {desc}: transaction 1 fails its checksum; the journal "
+        "is not replayed, as e2fsck does\n")
+
+
+# -- bitmap checksums (metadata_csum)
+
+@pytest.mark.parametrize("which", ["block", "inode"])
+@pytest.mark.parametrize("args", [["-b", "4096"], ["-b", "1024", "-O", "^64bit"]],
+                         ids=["64bit", "32bit-desc"])
+def test_bitmap_checksum_mismatch_names_the_group(source, tmp_path, which, args):
+    """A flipped bit in a bitmap: e2fsck -fn objects, conv says which group
+    and which bitmap (16-bit checksums with 32-byte descriptors)."""
+    image = _mkfs(source, str(tmp_path / "img"), ["-t", "ext4", *args])
+    _conv_view(image)  # clean: the checksums verify
+    dump = run("dumpe2fs", image).stdout
+    block = int(re.search(rf"{which.capitalize()} bitmap at (\d+)", dump).group(1))
+    _flip(image, block * _block_size(image) + 1)  # inodes 9-16 or blocks 8-15: in use
+    assert run("e2fsck", "-fn", image, check=False).returncode != 0
+    with pytest.raises(CorruptError, match=rf"^group 0: {which} bitmap checksum mismatch$"):
+        _conv_view(image)
