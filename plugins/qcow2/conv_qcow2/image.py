@@ -112,15 +112,51 @@ class ImageBuilder:
         self._set(guest_cluster, host | layout.OFLAG_COPIED)
         return host
 
-    def ensure(self, guest_cluster: int) -> int:
-        """The host offset of a guest cluster, allocating it if needed; safe
-        when writers use several threads."""
+    def host_offsets(self, first: int, count: int) -> list[int | None]:
+        """Host offsets of guest clusters ``first`` .. ``first + count - 1``
+        (None: unallocated, zero or compressed), read without the lock: a
+        cluster another thread allocates meanwhile reads as None, and
+        ``ensure_many`` then finds it."""
+        out: list[int | None] = []
+        entries = self.l2_entries
+        mask, skip = layout.L2_OFFSET_MASK, layout.OFLAG_COMPRESSED
+        c, end = first, first + count
+        while c < end:
+            j = c & (entries - 1)
+            k = min(end - c, entries - j)
+            table = self.l2.get(c >> self.l2_bits)
+            if table is None:
+                out.extend([None] * k)
+            else:
+                out.extend(None if e & skip or not e & mask else e & mask
+                           for e in table[j:j + k])
+            c += k
+        return out
+
+    def ensure_many(self, clusters: list[int]) -> list[int]:
+        """Host offsets of guest clusters (ascending), allocating those not yet
+        mapped, under one lock: safe when writers use several threads."""
+        entries, cs = self.l2_entries, self.cluster_size
+        mask, skip, copied = layout.L2_OFFSET_MASK, layout.OFLAG_COMPRESSED, layout.OFLAG_COPIED
+        out = []
         with self._lock:
-            host = self.host_offset(guest_cluster)
-            if host is None:
-                self._writer_threads.add(threading.get_ident())
-                host = self.allocate(guest_cluster)
-            return host
+            self._writer_threads.add(threading.get_ident())
+            # allocate() and host_offset() inlined: this runs once per cluster of data
+            for c in clusters:
+                index = c >> self.l2_bits
+                table = self.l2.get(index)
+                if table is None:
+                    table = self.l2[index] = array("Q", bytes(cs))
+                j = c & (entries - 1)
+                entry = table[j]
+                if entry & mask and not entry & skip:
+                    out.append(entry & mask)
+                else:
+                    host = self.next_host
+                    self.next_host = host + cs
+                    table[j] = host | copied
+                    out.append(host)
+        return out
 
     def host_offset(self, guest_cluster: int) -> int | None:
         entry = self.lookup(guest_cluster)
