@@ -28,7 +28,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +45,8 @@ from convcore.tree import COPY_CHUNK, BytesData, Data, Entry, FileRangeData, Tre
 #: raw bytes read per call, and the most decompressed bytes produced per call
 READ_CHUNK = 1 << 20
 OUT_CHUNK = 1 << 20
+#: decompressed chunks in flight between the reading thread and the parser
+QUEUE_DEPTH = 4
 #: spooled files start on a block boundary: holes of sparse files stay
 #: holes, and filesystems that share extents can reflink aligned ranges
 SPOOL_ALIGN = 4096
@@ -134,7 +138,11 @@ class LayerStream:
     """The tar bytes of one blob, read once from its start to its end: the
     raw bytes hashed as they are read, decompressed once (compression told
     by magic: docker labels plain layers as gzip), the tar bytes hashed when
-    asked. The cursor ``scan_stream`` reads headers and data from."""
+    asked. The cursor ``scan_stream`` reads headers and data from.
+
+    Reading, hashing and decompressing run on a thread of their own, a few
+    chunks ahead of the parser: zlib, zstandard, hashlib and pread release
+    the GIL, so on two cores they overlap the parsing and spooling."""
 
     def __init__(self, blob: LayerBlob, hash_tar: bool) -> None:
         self.blob = blob
@@ -149,20 +157,26 @@ class LayerStream:
         algorithm = blob.digest.partition(":")[0] if blob.digest else "sha256"
         self._raw_hash = hashlib.new(algorithm) if blob.digest else None
         self._tar_hash = hashlib.sha256() if hash_tar else None
-        self._raw_buf = bytearray(READ_CHUNK)
         self._out: memoryview = memoryview(b"")
-        self._scratch: bytearray | None = None
-        first = self._read_raw()
+        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self._stopping = False
+        self._ended = False
+        self._thread: threading.Thread | None = None
+        try:
+            first = self._read_raw()
+        except BaseException:
+            os.close(self._fd)
+            raise
         if first[:2] == b"\x1f\x8b":
             self.compression = "gzip"
-            self._input: bytes | memoryview = bytes(first)
+            self._input: bytes | memoryview = first
             self._z: Any = zlib.decompressobj(31)
             self._produce: Callable[[], bytes | memoryview] = self._gzip
         elif first[:4] == b"\x28\xb5\x2f\xfd":
             import zstandard
             self.compression = "zstd"
             self._frames = _ZstdFrames()
-            self._pending_raw: bytes | None = bytes(first)
+            self._pending_raw: bytes | memoryview | None = first
             self._zstd = zstandard.ZstdDecompressor().stream_reader(
                 self, read_size=READ_CHUNK, read_across_frames=True, closefd=False)
             self._zerror: type[Exception] = zstandard.ZstdError
@@ -175,15 +189,17 @@ class LayerStream:
                 self._tar_hash = None  # the tar is the blob: one hash tells both
             elif self._tar_hash is not None:
                 self._tar_hash.update(first)
+        self._thread = threading.Thread(target=self._run, name="conv-oci-layer", daemon=True)
+        self._thread.start()
 
-    # -- raw bytes
+    # -- the reading thread
     def _read_raw(self) -> memoryview:
-        """The next raw bytes (a view of the reused buffer), hashed; empty at
-        the blob's end."""
-        want = min(len(self._raw_buf), self._raw_end - self._raw_pos)
+        """The next raw bytes (a fresh buffer: the parser may still hold the
+        last one), hashed; empty at the blob's end."""
+        want = min(READ_CHUNK, self._raw_end - self._raw_pos)
         if want <= 0:
             return memoryview(b"")
-        view = memoryview(self._raw_buf)[:want]
+        view = memoryview(bytearray(want))
         got = 0
         while got < want:
             n = os.preadv(self._fd, [view[got:]], self._raw_pos + got)
@@ -196,29 +212,28 @@ class LayerStream:
             self._raw_hash.update(view)
         return view
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1) -> bytes | memoryview:
         """The raw reader zstandard pulls from (tar bytes: ``read_tar``)."""
         if self._pending_raw is not None:
             data, self._pending_raw = self._pending_raw, None
         else:
-            data = bytes(self._read_raw())
+            data = self._read_raw()
         self._frames.feed(memoryview(data))
         return data
 
-    # -- decompression
     def _gzip(self) -> bytes | memoryview:
         while True:
             z = self._z
             if z is None:
                 if not self._input:
-                    self._input = bytes(self._read_raw())
+                    self._input = self._read_raw()
                     if not self._input:
                         return b""
                 if self._input[:2] != b"\x1f\x8b":
                     raise zlib.error("data after the end of the gzip stream")
                 z = self._z = zlib.decompressobj(31)
             if not self._input:
-                self._input = bytes(self._read_raw())
+                self._input = self._read_raw()
                 if not self._input:
                     raise EOFError
             out = z.decompress(self._input, OUT_CHUNK)
@@ -235,17 +250,48 @@ class LayerStream:
             raise EOFError
         return out
 
-    def _next(self) -> bool:
-        """Refill the decompressed bytes; False at the end of the tar."""
+    def _run(self) -> None:
         try:
-            out = self._produce()
-        except (zlib.error, EOFError, OSError, *self._codec_errors()) as e:
-            raise self._corrupt(e) from None
-        if not out:
+            while not self._stopping:
+                out = self._produce()
+                if out and self._tar_hash is not None:
+                    self._tar_hash.update(out)
+                self._queue.put(out)
+                if not out:
+                    return
+        except BaseException as e:  # handed to the parser, raised there
+            self._queue.put(e)
+
+    def _stop(self) -> None:
+        """Stop the reading thread and wait for it (it may be blocked on a
+        full queue)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        while thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+        self._thread = None
+
+    # -- the cursor scan_stream reads
+    def _next(self) -> bool:
+        """The next decompressed chunk; False at the end of the tar."""
+        if self._ended:
             return False
-        if self._tar_hash is not None:
-            self._tar_hash.update(out)
-        self._out = memoryview(out)
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._ended = True
+            if isinstance(item, (zlib.error, EOFError, OSError, *self._codec_errors())):
+                raise self._corrupt(item) from None
+            raise item
+        if not item:
+            self._ended = True
+            return False
+        self._out = memoryview(item)
         return True
 
     def _codec_errors(self) -> tuple[type[Exception], ...]:
@@ -258,7 +304,6 @@ class LayerStream:
         return CorruptError(f"{self.where}: the {self.compression} stream is corrupt "
                             f"(after {self.pos} bytes of tar data): {e}")
 
-    # -- the cursor scan_stream reads
     def readinto(self, view: memoryview) -> int:
         """Fill ``view`` with the next tar bytes; short only at the end."""
         done, total = 0, len(view)
@@ -296,6 +341,16 @@ class LayerStream:
                 self._out = memoryview(b"")
         self.drain()
 
+    def drain(self) -> None:
+        """Stop decompressing and hash the raw bytes not read yet (also
+        after a parse error, to tell a corrupt blob from a well-formed bad
+        one)."""
+        self._stop()
+        if self._raw_hash is None:
+            return
+        while self._read_raw():
+            pass
+
     def check(self) -> None:
         """Both digests, once the whole blob was read."""
         self.check_digest()
@@ -306,14 +361,6 @@ class LayerStream:
             raise CorruptError(f"{self.blob.where or self.where} does not match its diff_id "
                                f"{short(diff_id)}")
 
-    def drain(self) -> None:
-        """Hash the raw bytes not read yet (after a parse error, to tell a
-        corrupt blob from a well-formed bad one)."""
-        if self._raw_hash is None:
-            return
-        while self._read_raw():
-            pass
-
     def check_digest(self) -> None:
         digest = self.blob.digest
         if digest is not None and self._raw_pos == self._raw_end and \
@@ -322,6 +369,7 @@ class LayerStream:
             raise CorruptError(f"blob {short(digest)} does not match its digest")
 
     def close(self) -> None:
+        self._stop()
         os.close(self._fd)
 
 
