@@ -12,6 +12,11 @@ read: that image (umoci's) is unpacked into a directory
 read into a filesystem: conv in one step against the two-step way
     conv convert 'oci[ref=t]:LAYOUT -> ext4 -> raw:OUT'      vs   umoci unpack + mke2fs -d
     conv convert 'oci[ref=t]:LAYOUT -> squashfs -> raw:OUT'  vs   umoci unpack + mksquashfs
+two layers: image t2 = t plus a layer (made by umoci, not timed) that
+deletes the tree's largest second-level directory and rewrites every tenth
+file, as an upgrade would; what it hides of the lower layer is never spooled
+    conv convert 'oci[ref=t2]:LAYOUT -> dir:OUT'             vs   umoci unpack --rootless
+    conv convert 'oci[ref=t2]:LAYOUT -> ext4 -> raw:OUT'     vs   umoci unpack + mke2fs -d
 
 Each run is one subprocess measured by benchmarks/harness.py (wall, CPU, peak
 RSS). The ratio is conv / umoci (below 1 means conv is faster). The
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -42,6 +48,32 @@ def build_tree(root: str, small_files: int, dense_size: int) -> None:
     harness.small_files(os.path.join(root, "usr"), small_files, mixed_text)
     os.makedirs(os.path.join(root, "big"))
     harness.dense_file(os.path.join(root, "big", "dense.bin"), dense_size)
+
+
+def upgrade(rootfs: str) -> str:
+    """Change an unpacked tree as an upgrade layer would: delete its
+    largest second-level directory, append a line to every tenth regular
+    file. Returns what was deleted."""
+    sizes: dict[str, int] = {}
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(rootfs):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, rootfs).split(os.sep)
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                files.append(path)
+                if len(rel) >= 2 and rel[0] != ".":
+                    key = os.path.join(rootfs, rel[0], rel[1])
+                    sizes[key] = sizes.get(key, 0) + os.path.getsize(path)
+    doomed = max(sizes, key=sizes.__getitem__) if sizes else ""
+    if doomed:
+        shutil.rmtree(doomed)
+    for path in files[::10]:
+        if not path.startswith(doomed + os.sep) and os.access(path, os.W_OK):
+            with open(path, "ab") as f:
+                f.write(b"\n# upgraded\n")
+    return os.path.relpath(doomed, rootfs) if doomed else "nothing"
 
 
 def main() -> None:
@@ -116,6 +148,33 @@ def main() -> None:
                            times, prepare=harness.clearing(j("ref.sqfs")), env=env)
         table.row("oci -> squashfs (gzip)", "umoci unpack + mksquashfs",
                   *harness.pair_cells(c, unpack.then(m)))
+
+        # two layers: the upper one hides part of the lower
+        shutil.rmtree(j("umoci-bundle"), ignore_errors=True)
+        subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:t",
+                        j("umoci-bundle")], check=True, capture_output=True)
+        gone = upgrade(rootfs)
+        subprocess.run(["umoci", "repack", "--image", f"{layout}:t2", j("umoci-bundle")],
+                       check=True)
+        print(f"two layers: the upper one deletes {gone} and rewrites every tenth file",
+              flush=True)
+        c, unpack2 = harness.side_by_side(
+            harness.conv_cli("--quiet", "convert", f"oci[ref=t2]:{layout} -> dir:{j('conv-out')}"),
+            ["umoci", "unpack", "--rootless", "--image", f"{layout}:t2", j("umoci-bundle")],
+            times, prepare=harness.clearing(j("conv-out"), j("umoci-bundle")), env=env)
+        table.row("oci (2 layers) -> dir", "umoci unpack --rootless",
+                  *harness.pair_cells(c, unpack2))
+        n_conv, n_umoci = harness.count_entries(j("conv-out")), harness.count_entries(rootfs)
+        if n_conv != n_umoci:
+            print(f"warning: conv unpacked {n_conv} entries, umoci {n_umoci}", file=sys.stderr)
+        c = harness.repeat(harness.conv_cli(
+            "--quiet", "convert", f"oci[ref=t2]:{layout} -> ext4 -> raw:{j('conv.ext4')}"),
+            times, prepare=harness.clearing(j("conv.ext4")), env=env)
+        size = os.path.getsize(j("conv.ext4"))
+        m = harness.repeat(["mke2fs", "-q", "-F", "-t", "ext4", "-d", rootfs, j("ref.ext4"),
+                            f"{size // 1024}k"], times, env=env)
+        table.row("oci (2 layers) -> ext4", "umoci unpack + mke2fs -d",
+                  *harness.pair_cells(c, unpack2.then(m)))
     table.print()
     print(f"\n{harness.machine_line()}")
 
