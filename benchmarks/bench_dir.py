@@ -13,7 +13,8 @@ What is timed (each in its own subprocess, so peak RSS is that process's own):
 - reference: ``find TREE -printf '%s %m %u %T@\\n' >/dev/null`` (an lstat per
   entry and a uid lookup, in C).
 
-The page cache is warmed with one untimed ``find`` first; each side runs
+A third, untimed child reports the scanned Tree's bytes per entry
+(tracemalloc). The page cache is warmed with one untimed ``find`` first; each side runs
 ``--repeat`` times and the fastest run counts. Per-entry µs is wall time over
 the entry count; the ratio is conv / find (below 1 means conv is faster).
 """
@@ -66,6 +67,24 @@ def measure_conv(tree: str) -> None:
                       "cpu": cpu}))
 
 
+def measure_memory(tree: str) -> None:
+    """Child mode: the scanned Tree's own bytes per entry (tracemalloc, after
+    the imports), printed as JSON. Separate from the timed run: tracing
+    slows allocation several times."""
+    import gc
+    import tracemalloc
+
+    from convcore.builtin import dirfmt
+    from convcore.format import Context
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    scanned = dirfmt.source(tree, {"owner": None, "exclude": ()}, Context())
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    print(json.dumps({"entries": len(scanned), "bytes": held}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("tree", nargs="?", help="tree to scan (default: build a synthetic one)")
@@ -74,9 +93,13 @@ def main() -> None:
     ap.add_argument("--flat", type=int, default=20000, help="files in one directory")
     ap.add_argument("--repeat", type=int, default=3, help="runs per side; the fastest counts")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         measure_conv(args.child)
+        return
+    if args.memory_child:
+        measure_memory(args.memory_child)
         return
 
     with harness.scratch("bench-dir-", args.work) as work:
@@ -107,6 +130,9 @@ def main() -> None:
         if n_find != best_conv["entries"]:
             sys.exit(f"entry counts differ: conv {best_conv['entries']}, find {n_find}")
 
+        traced = json.loads(subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--memory-child", tree],
+            capture_output=True, check=True).stdout)
         n = best_conv["entries"]
         conv_walk = best_conv["scan"] + best_conv["sorted"] + best_conv["link_counts"]
         print(f"tree: {tree} ({n} entries); {harness.machine_line()}")
@@ -126,7 +152,9 @@ def main() -> None:
         table.print()
         print(f"\nconv CPU in process: {best_conv['cpu']:.3f} s "
               f"({best_conv['cpu'] / n * 1e6:.2f} µs/entry); "
-              f"ratio conv total / find: {harness.ratio(conv_walk, find_wall)}")
+              f"ratio conv total / find: {harness.ratio(conv_walk, find_wall)}; "
+              f"the Tree holds {traced['bytes'] / traced['entries']:.0f} B/entry "
+              "(tracemalloc)")
 
 
 if __name__ == "__main__":

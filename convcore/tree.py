@@ -558,6 +558,10 @@ class _NoXattrs(dict):
         return "{}"
 
 
+#: every permission value as one shared int object: ``mode & 0o7777`` makes
+#: a new 28-byte int per entry, indexing this table gives the shared one.
+PERMS = tuple(range(0o10000))
+
 #: the empty xattrs mapping entries share in a Tree (read-only; see _NoXattrs)
 NO_XATTRS: dict[str, bytes] = _NoXattrs()
 
@@ -595,6 +599,9 @@ class Tree:
         is_dir = entry.kind is _DIR and entry.link is None
         if not entry.xattrs and type(entry.xattrs) is dict:
             entry.xattrs = NO_XATTRS
+        mode = entry.mode
+        if 0 <= mode <= 0o7777:
+            entry.mode = PERMS[mode]
         children = self._children
         if path:
             parent = path.rpartition("/")[0]

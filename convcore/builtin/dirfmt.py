@@ -29,6 +29,7 @@ from convcore.tree import (
     COPY_CHUNK,
     KIND_BY_IFMT,
     NO_XATTRS,
+    PERMS,
     Entry,
     HostTreeFileData,
     Kind,
@@ -88,11 +89,6 @@ _FILE, _DIR, _SYMLINK = Kind.FILE, Kind.DIR, Kind.SYMLINK
 _CHAR, _BLOCK = Kind.CHAR, Kind.BLOCK
 
 
-#: every permission value as one shared int object: ``mode & 0o7777`` makes a
-#: new 28-byte int per entry, this table indexes the same one.
-_PERMS = tuple(range(0o10000))
-
-
 class _Scanner:
     def __init__(self, root: str, owner: tuple[int, int] | None,
                  excludes: Iterable[str]) -> None:
@@ -148,7 +144,7 @@ class _Scanner:
         elif kind is _CHAR or kind is _BLOCK:
             rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
         # positional: a dataclass __init__ takes keywords several times slower
-        entry = Entry(rel, kind, _PERMS[mode & 0o7777], uid, gid, m, a, c, None, size,
+        entry = Entry(rel, kind, PERMS[mode & 0o7777], uid, gid, m, a, c, None, size,
                       target, rdev, None, xattrs, data)
         if linked:
             self.inodes[(st.st_dev, st.st_ino)] = entry
