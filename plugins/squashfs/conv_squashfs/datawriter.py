@@ -1,7 +1,8 @@
 """Writing squashfs file data: blocks and fragments, compressed on a thread pool.
 
-The main thread reads each file block by block into a reusable buffer and
-submits it to the pool, a few blocks per task; results are retired strictly in
+The main thread reads each file of a block or more block by block into a
+reusable buffer and submits it to the pool, a few blocks per task; smaller
+files are read on the pool itself, many per task. Results are retired strictly in
 submission order and written sequentially to the image file, so the bytes do
 not depend on the number of threads. At most ``inflight`` blocks (and their
 buffers) are alive at any time: memory is bounded by
@@ -35,17 +36,6 @@ _UNCOMPRESSED = layout.DATA_UNCOMPRESSED
 _SIZE_MASK = layout.DATA_SIZE_MASK
 _BLOCK, _FRAGMENT = 0, 1
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
-
-
-def _pread_rest(fd: int, content: bytes, size: int, offset: int) -> bytes:
-    """Finish a short read of a small file (the rare case: a read interrupted,
-    or a file shrinking under us, which the caller then reports)."""
-    while len(content) < size:
-        more = os.pread(fd, size - len(content), offset + len(content))
-        if not more:
-            break
-        content += more
-    return content
 
 
 class FileData:
@@ -98,6 +88,77 @@ class _Batch:
 
     def result(self) -> list:
         return self.future.result()  # type: ignore[union-attr]
+
+
+# Small files are read on the pool in chunks of about this many bytes (or
+# files); placing a chunk waits for the read submitted this many chunks
+# before it. A fixed distance: the image must not depend on the threads.
+_CHUNK_BYTES = 256 * 1024
+_CHUNK_FILES = 512
+_CHUNKS_AHEAD = 4
+
+
+class _Chunk:
+    """Small files read by one pool task into one buffer, back to back."""
+
+    __slots__ = ("recs", "sources", "size", "buf", "future")
+
+    def __init__(self) -> None:
+        self.recs: list[FileData] = []
+        self.sources: list[tuple[Data, str]] = []
+        self.size = 0
+        self.buf: bytearray | None = None
+        self.future: Future | None = None
+
+    def add(self, rec: FileData, data: Data, path: str) -> None:
+        self.recs.append(rec)
+        self.sources.append((data, path))
+        self.size += rec.size
+
+    def read(self) -> list[bytes]:
+        """Read every file (on a pool thread); returns their SHA-256 digests.
+        A 256-bit digest finds duplicates without reading an earlier file
+        again, which for a compressed tar source restarts its decompressor;
+        SHA-256 is hardware-accelerated (SHA-NI) where BLAKE2b is not."""
+        buf = self.buf = bytearray(self.size)
+        view = memoryview(buf)
+        digests = []
+        sha256 = hashlib.sha256
+        open_, preadv, close = os.open, os.preadv, os.close
+        pos = 0
+        for rec, (data, path) in zip(self.recs, self.sources, strict=True):
+            size = rec.size
+            part = view[pos:pos + size]
+            if isinstance(data, FileRangeData):
+                host = data.path
+                try:
+                    fd = open_(host, _O_READ)
+                except OSError as e:
+                    raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
+                try:
+                    got = preadv(fd, [part], data.offset)
+                    while got < size:  # rare: an interrupted read, or a shrunk file
+                        more = preadv(fd, [part[got:]], data.offset + got)
+                        if more <= 0:
+                            break
+                        got += more
+                except OSError as e:
+                    raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
+                finally:
+                    close(fd)
+            else:
+                got = 0
+                while got < size:
+                    more = data.readinto(got, part[got:])
+                    if more <= 0:
+                        break
+                    got += more
+            if got != size:
+                raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
+            digests.append(sha256(part).digest())
+            pos += size
+        self.sources = []  # the Data objects are not needed past the read
+        return digests
 
 
 class DataWriter:
@@ -232,72 +293,82 @@ class DataWriter:
         """Queue many files' contents, in order; records are complete after
         ``finish``.
 
-        Small files are read here, on this thread, and packed at once: this
-        loop runs once per file of the tree, so reading, dedup and packing are
-        inlined. (Reading them ahead on the pool measured slower: between its
-        syscalls a reader thread waits for the GIL this thread holds.)"""
+        Files smaller than a block are read on the pool, many to a task
+        (``_Chunk``): a reader thread's open, preadv and close release the
+        GIL, so reading overlaps compression and this thread's work. Their
+        digests come back with the bytes, and this thread places them in
+        fragment blocks (or finds them duplicates) ``_CHUNKS_AHEAD`` chunks
+        later: a fixed distance, so where fragment blocks land among the
+        larger files' blocks does not depend on the thread count."""
         records: dict[str, FileData] = {}
         small_max = self.block_size if self.fragments_enabled else 0
-        block_size = self.block_size
-        dedup = self.dedup
-        dups = self._dups_small
-        sha256 = hashlib.sha256
-        file_range = FileRangeData
-        open_, pread, close = os.open, os.pread, os.close
+        ahead: deque[_Chunk] = deque()
+        chunk = _Chunk()
         for path, data in files:
             size = data.size if data is not None else 0
             if size == 0 or data is None:
                 records[path] = FileData(0)
                 continue
+            records[path] = rec = FileData(size)
             if size >= small_max:
-                records[path] = rec = FileData(size)
                 self._add_blocks(rec, data, path)
                 continue
-            if type(data) is file_range:
-                try:
-                    fd = open_(data.path, _O_READ)
-                except OSError as e:
-                    raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") \
-                        from None
-                try:
-                    content = pread(fd, size, data.offset)
-                    if len(content) < size:
-                        content = _pread_rest(fd, content, size, data.offset)
-                finally:
-                    close(fd)
-            else:
-                content = data.read(0, size)
-            if len(content) != size:
-                raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
-            records[path] = rec = FileData(size)
-            if dedup:
-                # A 256-bit digest, not a byte comparison: comparing would mean
-                # reading the earlier file again, which for a compressed tar
-                # source restarts its decompressor (quadratic). SHA-256 is
-                # hardware-accelerated (SHA-NI) where BLAKE2b is not.
-                key = (size, sha256(content).digest())
+            chunk.add(rec, data, path)
+            if chunk.size >= _CHUNK_BYTES or len(chunk.recs) >= _CHUNK_FILES:
+                self._submit_chunk(chunk)
+                ahead.append(chunk)
+                if len(ahead) > _CHUNKS_AHEAD:
+                    self._place_chunk(ahead.popleft())
+                chunk = _Chunk()
+        if chunk.recs:
+            self._submit_chunk(chunk)
+            ahead.append(chunk)
+        while ahead:
+            self._place_chunk(ahead.popleft())
+        return records
+
+    def _submit_chunk(self, chunk: _Chunk) -> None:
+        # Without a pool the chunk is read when it is placed.
+        if self.pool is not None:
+            chunk.future = self.pool.submit(chunk.read)
+
+    def _place_chunk(self, chunk: _Chunk) -> None:
+        """Put one chunk's files, read on the pool, into fragment blocks."""
+        digests = chunk.read() if chunk.future is None else chunk.future.result()
+        view = memoryview(chunk.buf)
+        block_size = self.block_size
+        dups = self._dups_small if self.dedup else None
+        buf, fill = self._frag_buf, self._frag_fill
+        pos = 0
+        for rec, digest in zip(chunk.recs, digests, strict=True):
+            size = rec.size
+            if dups is not None:
+                key = (size, digest)
                 other = dups.get(key)
                 if other is not None:
                     rec.fragment = other.fragment
                     rec.fragment_offset = other.fragment_offset
+                    pos += size
                     continue
                 dups[key] = rec
-            fill = self._frag_fill
-            buf = self._frag_buf
             if buf is None or fill + size > block_size:
                 if buf is not None:
+                    self._frag_fill = fill
                     self._flush_fragment()
                 buf = self._frag_buf = self._take_buffer()
                 fill = 0
-            buf[fill:fill + size] = content
+            buf[fill:fill + size] = view[pos:pos + size]
             rec.fragment = self._frag_count
             rec.fragment_offset = fill
-            self._frag_fill = fill + size
-        return records
+            fill += size
+            pos += size
+        self._frag_fill = fill
+        view.release()
+        chunk.buf = None
 
     def _reader(self, data: Data, path: str) -> tuple[Callable[[int, memoryview], int], int]:
         """A readinto(offset, view) for ``data`` and a descriptor to close (-1)."""
-        if type(data) is FileRangeData:
+        if isinstance(data, FileRangeData):
             # One descriptor per file instead of one open per block.
             try:
                 fd = os.open(data.path, os.O_RDONLY | os.O_CLOEXEC)

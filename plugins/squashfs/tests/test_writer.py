@@ -517,12 +517,16 @@ def test_same_input_gives_same_bytes_whatever_the_threads(sample, tmp_path):
     assert superblock(images[0]).mkfs_time == MTIME
 
 
-def test_many_pool_batches_give_the_serial_bytes(tmp_path):
+def test_many_pool_batches_give_the_serial_bytes(tmp_path, monkeypatch):
     """More blocks than fit in flight (4K blocks: 128 per pool task), with
-    duplicates, holes and fragments between them: the image is the serial
+    duplicates, holes and fragments between them, and small files read on the
+    pool in many chunks between the larger files: the image is the serial
     one, and unsquashfs extracts it exactly."""
     import random
 
+    from conv_squashfs import datawriter
+
+    monkeypatch.setattr(datawriter, "_CHUNK_FILES", 3)
     rng = random.Random(7)
     src = tmp_path / "src"
     (src / "small").mkdir(parents=True)
@@ -532,6 +536,8 @@ def test_many_pool_batches_give_the_serial_bytes(tmp_path):
         if i % 5 == 0:
             body = body[:50_000] + bytes(60_000) + body[110_000:]  # whole zero blocks
         (src / f"f{i:02d}").write_bytes(body)
+        for j in range(i % 4):
+            (src / f"f{i:02d}-s{j}").write_bytes(body[j * 100:j * 100 + 50 + i * 30])
     (src / "copy").write_bytes((src / "f03").read_bytes())
     for i in range(400):
         body = b" ".join(rng.choices(words, k=rng.randrange(1, 300)))
@@ -550,6 +556,21 @@ def test_many_pool_batches_give_the_serial_bytes(tmp_path):
     files = root_files(images[3])
     assert files["copy"].blocks_start == files["f03"].blocks_start
     assert files["copy"].blocks_start != files["f04"].blocks_start
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_small_file_that_shrank_or_went_after_the_scan_is_one_error(tmp_path, threads):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i:02d}").write_bytes(b"x" * (100 + i))
+    tree = dir_tree(str(src))
+    (src / "f20").write_bytes(b"short")
+    with pytest.raises(CorruptError, match="f20: file data ended before its size of 120"):
+        build(tree, str(tmp_path / "out.sqfs"), threads=threads)
+    (src / "f20").unlink()
+    with pytest.raises(CorruptError, match="f20: cannot read .*f20: No such file"):
+        build(tree, str(tmp_path / "out.sqfs"), threads=threads)
 
 
 # --------------------------------------------------------------------------
