@@ -123,11 +123,22 @@ class OverlayVolume(Volume):
             if pos < start:
                 yield pos, start - pos, pos, False
                 pos = start
-            hi = min(end, start + bs)
             src, escaped = self.blocks[block]
+            # Blocks logged one after the other usually sit one after the
+            # other in the journal too: one piece (one copy_file_range) for
+            # the run, unless a block needs its magic put back.
+            run_end = start + bs
+            i += 1
+            while (not escaped and i < len(keys) and keys[i] * bs == run_end
+                   and run_end < end):
+                nsrc, nescaped = self.blocks[keys[i]]
+                if nescaped or nsrc != src + run_end - start:
+                    break
+                run_end += bs
+                i += 1
+            hi = min(end, run_end)
             yield pos, hi - pos, src + pos - start, escaped and pos - start < 4
             pos = hi
-            i += 1
         if pos < end:
             yield pos, end - pos, pos, False
 

@@ -506,3 +506,43 @@ def test_bitmap_checksum_mismatch_names_the_group(source, tmp_path, which, args)
     assert run("e2fsck", "-fn", image, check=False).returncode != 0
     with pytest.raises(CorruptError, match=rf"^group 0: {which} bitmap checksum mismatch$"):
         _conv_view(image)
+
+
+def test_overlay_volume_reads_and_copies_like_the_replayed_image(tmp_path):
+    """OverlayVolume against a model (the image with the blocks copied over):
+    reads and copy_to_fd at random offsets and lengths, across runs of
+    adjacent logged blocks, escaped blocks and untouched ones."""
+    from conv_ext4.journal_replay import OverlayVolume
+
+    bs = 1024
+    rng = random.Random("overlay")
+    base = bytearray(rng.randbytes(64 * bs))
+    path = tmp_path / "base.img"
+    path.write_bytes(base)
+    # fs blocks 3-6 logged in a row at journal blocks 40-43, 8 escaped at 44,
+    # 9 at 50 (not adjacent in the journal), 20 at 45, 63 (the last) at 46.
+    blocks = {3: 40, 4: 41, 5: 42, 6: 43, 8: 44, 9: 50, 20: 45, 63: 46}
+    escaped = {8}
+    base[44 * bs:44 * bs + 4] = b"\0\0\0\0"
+    path.write_bytes(base)
+    model = bytearray(base)
+    for fs_block, jblock in blocks.items():
+        model[fs_block * bs:(fs_block + 1) * bs] = base[jblock * bs:(jblock + 1) * bs]
+    model[8 * bs:8 * bs + 4] = JBD2_MAGIC
+    with _closing(FileVolume(str(path))) as volume:
+        overlay = OverlayVolume(volume, bs, {b: (j * bs, b in escaped)
+                                             for b, j in blocks.items()})
+        out = os.open(tmp_path / "copy", os.O_RDWR | os.O_CREAT)
+        try:
+            for _ in range(400):
+                offset = rng.randrange(len(model))
+                length = rng.randrange(0, 12 * bs)
+                want = bytes(model[offset:offset + length])
+                assert overlay.pread(length, offset) == want
+                length = len(want)
+                overlay.copy_to_fd(offset, length, out, 7)
+                assert os.pread(out, length, 7) == want
+        finally:
+            os.close(out)
+        assert overlay.read_exact(bs, 8 * bs)[:4] == JBD2_MAGIC
+        assert sum(n for _, n in overlay.data_ranges()) == len(model)
