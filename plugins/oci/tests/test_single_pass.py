@@ -280,3 +280,78 @@ def test_placeholders_never_reach_the_tree(layout):
     L.image([[L.file("a", BIG), L.file("b", b"b")], [L.file("a", b"A")]])
     for entry in read(L.root):
         assert not isinstance(entry.data, SpoolData) or entry.data.path
+
+
+def test_top_down_read_gives_umoci_tree_in_every_case(layout, tmp_path, judge, counted):
+    """Upper layers replacing, whiting out, making opaque and hardlinking
+    lower files, gzip and plain layers mixed (umoci 0.4 reads no zstd): the
+    tree is what umoci unpacks, and no layer needed a second read."""
+    require_tool("umoci")
+    L = layout
+    reads, _, _ = counted
+    desc = L.image([
+        [L.dir("etc"), L.file("etc/a", b"a1"), L.file("etc/b", BIG[:5000]),
+         L.dir("opt"), L.dir("opt/o"), L.file("opt/o/x", BIG[:7000]), L.file("opt/keep", b"k"),
+         L.dir("bin"), L.file("bin/tool", BIG[:9000], mode=0o755), L.hardlink("bin/t2", "bin/tool"),
+         L.file("swap", b"file first"), L.dir("dir2file"), L.file("dir2file/in", b"in")],
+        ([L.file("etc/a", b"a2"), L.whiteout("etc/.wh.b"), L.dir("opt/o"),
+          L.whiteout("opt/o/.wh..wh..opq"), L.file("opt/o/new", b"new"),
+          L.hardlink("bin/t3", "bin/tool"), L.dir("swap"), L.file("swap/inside", b"i")],
+         "gzip"),
+        ([L.whiteout("bin/.wh.tool"), L.file("dir2file", b"now a file"),
+          L.file("etc/b", b"b back")], None),
+        [L.file("swap", b"file again"), L.file("etc/a", b"a4"), L.hardlink("etc/a2", "etc/a")],
+    ])
+    tree = read(L.root)
+    assert write_out(tree) == {
+        "etc/a": b"a4", "etc/b": b"b back", "opt/o/new": b"new", "opt/keep": b"k",
+        "bin/t2": BIG[:9000], "dir2file": b"now a file", "swap": b"file again"}
+    assert tree.get("bin/t3").link == "bin/t2" and tree.get("etc/a2").link == "etc/a"
+    compare_with_umoci(L, tree, tmp_path, judge)
+    assert [reads[p] for p in layer_paths(L, desc)] == \
+        [os.path.getsize(p) for p in layer_paths(L, desc)]
+
+
+def test_overlay_markers_with_skipped_lower_data(layout):
+    L = layout
+    L.image([
+        [L.dir("d"), L.file("d/old", BIG), L.file("gone", BIG)],
+        [L.dir("d"), L.whiteout("d/.wh..wh..opq"), L.file("d/new", b"n"), L.whiteout(".wh.gone")],
+    ])
+    tree = read(L.root, whiteouts="overlay")
+    assert write_out(tree) == {"d/new": b"n"}
+    assert tree.get("gone").rdev == (0, 0)
+    assert tree.get("d").xattrs == {"trusted.overlay.opaque": b"y"}
+    assert os.fstat(tree.get("d/new").data.spool.fd).st_size < 4096 + 1
+
+
+def test_sparse_member_of_a_compressed_layer_stays_sparse(layout, tmp_path):
+    require_tool("tar")
+    import gzip
+    import subprocess
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(1 << 20)
+        f.write(b"x" * 8192)
+        f.seek(40 << 20)
+        f.write(b"y" * 4096)
+    subprocess.run(["tar", "-C", str(src), "--sparse", "--format=posix", "-cf",
+                    str(tmp_path / "l.tar"), "sparse"], check=True)
+    raw = (tmp_path / "l.tar").read_bytes()
+    L = layout
+    layer = L.blob(gzip.compress(raw, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
+    config = L.json_blob({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}},
+        "application/vnd.oci.image.config.v1+json")
+    L.index.append(L.json_blob({"schemaVersion": 2, "config": config, "layers": [layer]},
+                               "application/vnd.oci.image.manifest.v1+json",
+                               annotations={"org.opencontainers.image.ref.name": "latest"}))
+    L.write_index()
+    data = read(L.root).get("sparse").data
+    assert data.size == 64 << 20 and data.holes
+    assert sum(n for _, n in data.extents()) <= 2 * 4096 + 8192
+    want = open(src / "sparse", "rb").read()
+    assert write_out(read(L.root))["sparse"] == want
+    assert os.fstat(data.spool.fd).st_blocks * 512 < 1 << 20  # holes never written
