@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import uuid as uuidlib
+from array import array
 from collections.abc import Iterable, Sequence
 
 from conv_ext4 import journal, mapping, xattrwriter
@@ -60,6 +61,7 @@ _LE32 = struct.Struct("<I")
 _FTYPE = {Kind.FILE: FT_REG_FILE, Kind.DIR: FT_DIR, Kind.SYMLINK: FT_SYMLINK,
           Kind.CHAR: FT_CHRDEV, Kind.BLOCK: FT_BLKDEV, Kind.FIFO: FT_FIFO,
           Kind.SOCKET: FT_SOCK}
+_FTYPE_OF_MODE = {k._value_: t for k, t in _FTYPE.items()}
 _LINK_MAX = 65000
 _XATTR_SPACE = INODE_SIZE - INODE_BASE_SIZE - INODE_EXTRA_ISIZE
 #: lost+found is at least this big, so fsck can add names without allocating.
@@ -106,41 +108,6 @@ def _data_ranges(data: Data, size: int, bs: int) -> Sequence[tuple[int, int]]:
     return _block_ranges(data.extents(), size, bs)
 
 
-class Node:
-    """One inode to write: its metadata entry and where its blocks go."""
-
-    __slots__ = ("ino", "entry", "links", "size", "flags", "ranges", "content", "data",
-                 "runs", "map_runs", "i_block", "ibody", "xblock", "map_count")
-
-    def __init__(self, ino: int, entry: Entry) -> None:
-        self.ino = ino
-        self.entry = entry
-        self.links = 1
-        self.size = 0
-        self.flags = 0
-        # (shared empty tuples until set: a node costs little memory)
-        #: logical (block, count) ranges holding data
-        self.ranges: Sequence[tuple[int, int]] = ()
-        #: rendered blocks (directories, slow symlinks); None for file data
-        self.content: bytes | None = None
-        self.data: Data | None = None
-        #: physical (block, count) runs the ranges are laid on, in order
-        self.runs: Sequence[tuple[int, int]] = ()
-        self.map_runs: Sequence[tuple[int, int]] = ()
-        self.map_count = 0
-        #: i_block for inodes without mapped blocks (fast symlinks, devices)
-        self.i_block: bytes | None = None
-        self.ibody: bytes | None = None
-        self.xblock = -1
-
-    @property
-    def nblocks(self) -> int:
-        r = self.ranges
-        if len(r) == 1:
-            return r[0][1]
-        return sum(n for _, n in r)
-
-
 class Options:
     """The writer's options, parsed and checked."""
 
@@ -171,154 +138,279 @@ class Options:
         self.csum_seed = crc32c_raw(_M32, self.uuid) if self.csum else 0
 
 
+Run = tuple[int, int]
+_INF = 1 << 64
+
+
+def _zeros(typecode: str, n: int) -> array:
+    return array(typecode, bytes(array(typecode).itemsize * n))
+
+
 class Planner:
-    """Turns a tree into inodes and block addresses for one set of options."""
+    """Turns a tree into inodes and block addresses for one set of options.
+
+    Per-inode state lives in flat arrays indexed by inode number (a few
+    dozen bytes an inode, no object each); what only some inodes have
+    (rendered blocks, split runs, block maps, xattrs) in dicts keyed by
+    inode number. A file's logical ranges default to one from block 0 and
+    its physical runs to one at ``start``.
+    """
 
     def __init__(self, tree: Tree, o: Options) -> None:
         self.tree = tree.sorted()
         self.o = o
-        self.nodes: list[Node] = []  # by inode number - FIRST_INO, then root
-        self.root: Node | None = None
+        #: the entry holding each inode's metadata; None for reserved inodes
+        self.ents: list[Entry | None] = []
+        self.nlink = array("I")
+        self.size = array("Q")
+        self.flags = array("I")
+        #: data blocks (directory, symlink or file contents), holes excluded
+        self.nblocks = array("Q")
+        #: first physical block of the data
+        self.start = array("Q")
+        #: extent-tree or indirect blocks
+        self.map_count = array("I")
+        #: rendered blocks (directories, slow symlinks)
+        self.content: dict[int, bytes] = {}
+        #: logical (block, count) ranges, where not one range from block 0
+        self.ranges: dict[int, Sequence[Run]] = {}
+        #: physical runs, where more than one
+        self.runs: dict[int, Sequence[Run]] = {}
+        self.map_runs: dict[int, Sequence[Run]] = {}
+        #: i_block of inodes that map no blocks (fast symlinks, devices)
+        self.i_block: dict[int, bytes] = {}
+        self.ibody: dict[int, bytes] = {}
+        #: index into xblocks of the inode's shared xattr block
+        self.xblock: dict[int, int] = {}
         self.xblocks: list[bytes] = []
         self.xrefs: list[int] = []
         self._xblock_index: dict[bytes, int] = {}
-        self.xblock_runs: list[tuple[int, int]] = []
+        self.xblock_runs: Sequence[Run] = []
+        self.resize_dind = 0
+
+    def ranges_of(self, ino: int) -> Sequence[Run]:
+        r = self.ranges.get(ino)
+        if r is not None:
+            return r
+        n = self.nblocks[ino]
+        return ((0, n),) if n else ()
+
+    def runs_of(self, ino: int) -> Sequence[Run]:
+        r = self.runs.get(ino)
+        if r is not None:
+            return r
+        n = self.nblocks[ino]
+        return ((self.start[ino], n),) if n else ()
 
     # -- inodes and contents
     def plan(self):
         """(geometry, end of allocation, journal runs, journal mapping runs)."""
-        self._number()
-        self._render()
-        del self.ino_of  # only rendering needs names
+        kids = self._number()
+        self._render(kids)
         return self._solve()
 
-    def _number(self) -> None:
+    def _number(self) -> dict[int, array]:
+        """Number the inodes in tree order (depth first, lost+found first) and
+        count links; returns each directory's child inode numbers, in its
+        child order."""
         tree = self.tree
-        self.ino_of: dict[str, int] = {"": ROOT_INO}
-        order: list[Entry] = []
+        children = tree.children
+        root = tree.root
         lpf = tree.get("lost+found") if "lost+found" in tree else None
         self.make_lpf = lpf is None
-        nxt = FIRST_INO
+        ents: list[Entry | None] = [None] * FIRST_INO
+        ents[ROOT_INO] = root
+        lpf_ino = 0
         if lpf is None or lpf.is_dir():
-            self.ino_of["lost+found"] = nxt
-            nxt += 1
-            order.append(lpf if lpf is not None else Entry(
-                "lost+found", Kind.DIR, mode=0o700,
-                mtime_ns=self.o.timestamp * 1_000_000_000,
-                atime_ns=self.o.timestamp * 1_000_000_000,
-                ctime_ns=self.o.timestamp * 1_000_000_000))
-        links: list[Entry] = []
-        for e in tree:
-            if e.path in self.ino_of:
-                continue
-            if e.link is not None:
-                links.append(e)
-                continue
-            self.ino_of[e.path] = nxt
-            nxt += 1
-            order.append(e)
-        for e in links:
-            self.ino_of[e.path] = self.ino_of[tree.resolve(e).path]
-        self.max_ino = nxt - 1
-        counts = tree.link_counts()
-        self.root = Node(ROOT_INO, tree.root)
-        self.root.links = counts.get("", 2) + (1 if self.make_lpf else 0)
-        self.nodes = []
-        for i, e in enumerate(order):
-            node = Node(FIRST_INO + i, e)
-            node.links = counts.get(e.path, 2 if e.kind is Kind.DIR else 1)
-            self.nodes.append(node)
+            t = self.o.timestamp * 1_000_000_000
+            lpf_ino = FIRST_INO
+            ents.append(lpf if lpf is not None else Entry(
+                "lost+found", Kind.DIR, mode=0o700, mtime_ns=t, atime_ns=t, ctime_ns=t))
+        kids: dict[int, array] = {}
+        #: parent of each directory ("..")
+        self.parent: dict[int, int] = {ROOT_INO: ROOT_INO}
+        if lpf_ino:
+            self.parent[lpf_ino] = ROOT_INO
+        subdirs: dict[int, int] = {}
+        links: list[tuple[array, int, Entry]] = []
+        dir_ino: dict[str, int] = {"": ROOT_INO}
+        top = kids[ROOT_INO] = array("I")
+        stack = [(iter(children("")), top, ROOT_INO)]
+        DIR = Kind.DIR  # noqa: N806
+        while stack:
+            it, arr, parent = stack[-1]
+            for e in it:
+                if e.link is not None:
+                    links.append((arr, len(arr), e))
+                    arr.append(0)
+                    continue
+                if e is lpf and lpf_ino:
+                    ino = lpf_ino
+                else:
+                    ino = len(ents)
+                    ents.append(e)
+                arr.append(ino)
+                if e.kind is DIR:
+                    subdirs[parent] = subdirs.get(parent, 0) + 1
+                    self.parent[ino] = parent
+                    dir_ino[e.path] = ino
+                    sub = kids[ino] = array("I")
+                    stack.append((iter(children(e.path)), sub, ino))
+                    break
+            else:
+                stack.pop()
+        n = len(ents)
+        nlink = _zeros("I", n)
+        for ino in range(ROOT_INO, n):
+            e = ents[ino]
+            if e is not None:
+                nlink[ino] = 2 + subdirs.get(ino, 0) if e.kind is DIR else 1
+        if self.make_lpf:
+            nlink[ROOT_INO] += 1
+            if lpf_ino:
+                nlink[lpf_ino] = 2
+        # hardlinks: the inode of the entry they name, found through its
+        # parent directory's child list
+        index: dict[int, dict[int, int]] = {}
+        for arr, slot, e in links:
+            held = tree.resolve(e)
+            if held is lpf and lpf_ino:
+                ino = lpf_ino
+            else:
+                pino = dir_ino[held.path.rpartition("/")[0]] if held.path else None
+                if pino is None:
+                    ino = ROOT_INO
+                else:
+                    where = index.get(pino)
+                    if where is None:
+                        where = index[pino] = {id(k): i for i, k in
+                                               enumerate(children(ents[pino].path))}
+                    ino = kids[pino][where[id(held)]]
+            arr[slot] = ino
+            nlink[ino] += 1
+        self.ents = ents
+        self.nlink = nlink
+        self.max_ino = n - 1
+        return kids
 
     def inode_seed(self, ino: int) -> int:
         if not self.o.csum:
             return 0
         return crc32c_raw(crc32c_raw(self.o.csum_seed, _LE32.pack(ino)), _LE32.pack(0))
 
-    def _render(self) -> None:
+    def _render(self, kids: dict[int, array]) -> None:
         o = self.o
         bs = o.block_size
         self.style = DirStyle(
             block_size=bs, csum=o.csum, htree="dir_index" in o.feats,
             filetype="filetype" in o.feats,
             hasher=DirHasher(o.hash_seed, HASH_HALF_MD4), hash_version=HASH_HALF_MD4)
-        for node in [self.root, *self.nodes]:
-            assert node is not None
-            e = node.entry
-            what = f"/{e.path}"
+        ents = self.ents
+        n = len(ents)
+        size = self.size = _zeros("Q", n)
+        nblocks = self.nblocks = _zeros("Q", n)
+        flags = self.flags = _zeros("I", n)
+        self.start = _zeros("Q", n)
+        self.map_count = _zeros("I", n)
+        ext = EXTENTS_FL if o.extents else 0
+        FILE, DIR, SYMLINK = Kind.FILE, Kind.DIR, Kind.SYMLINK  # noqa: N806
+        for ino in range(ROOT_INO, n):
+            e = ents[ino]
+            if e is None:
+                continue
             kind = e.kind
-            if kind is Kind.DIR:
-                self._render_dir(node)
-            elif kind is Kind.FILE:
+            if kind is FILE:
+                flags[ino] = ext
                 data = e.data
-                node.size = data.size if data is not None else e.size
-                if data is not None and node.size:
-                    node.data = data
-                    node.ranges = _data_ranges(data, node.size, bs)
-            elif kind is Kind.SYMLINK:
+                if data is None:
+                    size[ino] = e.size
+                    continue
+                sz = size[ino] = data.size
+                if not sz:
+                    pass
+                elif sz <= bs or isinstance(data, FileRangeData) and not data.holes or \
+                        type(data).extents is Data.extents:
+                    nblocks[ino] = -(-sz // bs)  # no holes to look for
+                else:
+                    r = _data_ranges(data, sz, bs)
+                    if len(r) == 1 and r[0][0] == 0:
+                        nblocks[ino] = r[0][1]
+                    else:
+                        self.ranges[ino] = r
+                        nblocks[ino] = sum(c for _, c in r)
+            elif kind is DIR:
+                self._render_dir(ino, e, kids.pop(ino, None))
+                flags[ino] |= ext
+            elif kind is SYMLINK:
+                what = f"/{e.path}"
                 target = e.target.encode("utf-8", "surrogateescape")
-                node.size = len(target)
+                size[ino] = len(target)
                 if not target:
                     raise CorruptError(f"{what}: symlink with an empty target")
                 if len(target) < FAST_SYMLINK_MAX:
-                    node.i_block = target.ljust(60, b"\0")
+                    self.i_block[ino] = target.ljust(60, b"\0")
                 elif len(target) >= bs:
                     raise UnsupportedError(
                         f"{what}: symlink target of {len(target)} bytes does not fit a "
                         f"{bs}-byte block")
                 else:
-                    node.content = target.ljust(bs, b"\0")
-                    node.ranges = ((0, 1),)
+                    self.content[ino] = target.ljust(bs, b"\0")
+                    nblocks[ino] = 1
+                    flags[ino] = ext
             elif kind in (Kind.CHAR, Kind.BLOCK):
-                node.i_block = _device_i_block(*e.rdev)
-            else:
-                node.i_block = bytes(60)
-            if kind is not Kind.DIR and node.links > _LINK_MAX:
-                raise UnsupportedError(f"{what}: {node.links} hardlinks exceed ext4's {_LINK_MAX}")
+                self.i_block[ino] = _device_i_block(*e.rdev)
             if e.xattrs:
-                self._render_xattrs(node, what)
-            if node.ranges and node.i_block is None:
-                node.flags |= EXTENTS_FL if o.extents else 0
-            elif kind in (Kind.FILE, Kind.DIR) and o.extents:
-                node.flags |= EXTENTS_FL
+                self._render_xattrs(ino, e, f"/{e.path}")
+        if max(self.nlink) > _LINK_MAX:
+            for ino in range(ROOT_INO, n):
+                e = ents[ino]
+                if e is not None and e.kind is not DIR and self.nlink[ino] > _LINK_MAX:
+                    raise UnsupportedError(
+                        f"/{e.path}: {self.nlink[ino]} hardlinks exceed ext4's {_LINK_MAX}")
 
-    def _render_dir(self, node: Node) -> None:
-        e = node.entry
+    def _render_dir(self, ino: int, e: Entry, child_inos: array | None) -> None:
         path = e.path
-        ino = self.ino_of[path]
-        entries = []
-        for child in self.tree.children(path):
-            cino = self.ino_of[child.path]
-            kind = self.tree.resolve(child).kind
-            name = child.name.encode("utf-8", "surrogateescape")
+        tree = self.tree
+        filetype = self.style.filetype
+        kids = tree.children(path)
+        names = [k.path.rpartition("/")[2] for k in kids]
+        # one encode for the whole directory (names hold no NUL)
+        encoded = "\0".join(names).encode("utf-8", "surrogateescape").split(b"\0") \
+            if names else []
+        for name, k in zip(encoded, kids, strict=True):
             if len(name) > 255:
-                raise UnsupportedError(f"/{child.path}: name longer than 255 bytes")
-            entries.append((name, cino, _FTYPE[kind] if self.style.filetype else 0))
+                raise UnsupportedError(f"/{k.path}: name longer than 255 bytes")
+        if filetype:
+            ftypes = [_FTYPE_OF_MODE[(tree.resolve(k) if k.link is not None else k).kind._value_]
+                      for k in kids]
+        else:
+            ftypes = [0] * len(kids)
+        entries = list(zip(encoded, child_inos or (), ftypes, strict=True))
         if path == "" and self.make_lpf:
-            entries.append((b"lost+found", FIRST_INO, FT_DIR if self.style.filetype else 0))
+            entries.append((b"lost+found", FIRST_INO, FT_DIR if filetype else 0))
             entries.sort(key=lambda t: t[0])
-        parent = ROOT_INO if path in ("", "lost+found") else self.ino_of[e.parent]
         min_blocks = 1
         if path == "lost+found":
             min_blocks = 12 if self.o.block_size == 1024 else _LPF_BYTES // self.o.block_size
-        content, indexed = render_dir(self.style, ino, parent, entries, self.inode_seed(ino),
-                                      min_blocks)
-        node.content = content
-        node.size = len(content)
-        node.ranges = ((0, len(content) // self.o.block_size),)
+        content, indexed = render_dir(self.style, ino, self.parent[ino], entries,
+                                      self.inode_seed(ino), min_blocks)
+        self.content[ino] = content
+        self.size[ino] = len(content)
+        self.nblocks[ino] = len(content) // self.o.block_size
         if indexed:
-            node.flags |= INDEX_FL
-        if node.links > _LINK_MAX:
+            self.flags[ino] |= INDEX_FL
+        if self.nlink[ino] > _LINK_MAX:
             if "dir_nlink" not in self.o.feats:
                 raise UnsupportedError(f"/{path}: too many subdirectories without dir_nlink")
-            node.links = 1
+            self.nlink[ino] = 1
 
-    def _render_xattrs(self, node: Node, what: str) -> None:
+    def _render_xattrs(self, ino: int, e: Entry, what: str) -> None:
         if "ext_attr" not in self.o.feats:
             raise UnsupportedError(f"{what}: has xattrs but the ext_attr feature is off")
-        items = xattrwriter.to_items(node.entry.xattrs, what)
+        items = xattrwriter.to_items(e.xattrs, what)
         inside, rest = xattrwriter.split(items, _XATTR_SPACE, self.o.block_size, what)
         if inside:
-            node.ibody = xattrwriter.ibody(inside, _XATTR_SPACE)
+            self.ibody[ino] = xattrwriter.ibody(inside, _XATTR_SPACE)
         if rest:
             blk = xattrwriter.block(rest, self.o.block_size)
             idx = self._xblock_index.get(blk)
@@ -327,13 +419,9 @@ class Planner:
                 self.xblocks.append(blk)
                 self.xrefs.append(0)
             self.xrefs[idx] += 1
-            node.xblock = idx
+            self.xblock[ino] = idx
 
     # -- sizing and allocation
-    def all_nodes(self) -> list[Node]:
-        assert self.root is not None
-        return [self.root, *self.nodes]
-
     def _allocate(self, geo: Geometry):
         """Allocate every block for ``geo``; returns (end of allocation,
         journal runs, journal mapping runs)."""
@@ -345,19 +433,50 @@ class Planner:
         jblocks = journal.default_journal_blocks(geo.blocks_count) if (
             "has_journal" in o.feats) else 0
         jruns = alloc.alloc(jblocks) if jblocks else []
-        nodes = self.all_nodes()
-        for node in nodes:
-            if node.content is not None:
-                node.runs = alloc.alloc(node.nblocks)
+        nblocks, start = self.nblocks, self.start
+        self.runs = runs = {}
+        for ino in sorted(self.content):
+            r = alloc.alloc(nblocks[ino])
+            start[ino] = r[0][0]
+            if len(r) > 1:
+                runs[ino] = r
         self.xblock_runs = alloc.alloc(len(self.xblocks)) if self.xblocks else []
-        for node in nodes:
-            if node.content is None and node.ranges:
-                node.runs = alloc.alloc(node.nblocks)
+        # file data in inode order: the common case (the run fits before the
+        # next fixed range) inline, the Allocator for the rest
+        content = self.content
+        fixed = alloc.fixed
+        nfixed = len(fixed)
+        cursor = alloc.cursor
+        limit = fixed[alloc.i][0] if alloc.i < nfixed else _INF
+        for ino in range(len(nblocks)):
+            k = nblocks[ino]
+            if not k or ino in content:
+                continue
+            if cursor + k <= limit:
+                start[ino] = cursor
+                cursor += k
+                continue
+            alloc.cursor = cursor
+            r = alloc.alloc(k)
+            start[ino] = r[0][0]
+            if len(r) > 1:
+                runs[ino] = r
+            cursor = alloc.cursor
+            limit = fixed[alloc.i][0] if alloc.i < nfixed else _INF
+        alloc.cursor = cursor
         bs = o.block_size
-        for node in nodes:
-            if node.ranges:
-                node.map_count = self._map_count(node.ranges, node.runs, bs)
-                node.map_runs = alloc.alloc(node.map_count) if node.map_count else []
+        one_piece = EXTENT_ROOT_MAX * EXTENT_MAX_LEN if o.extents else NDIR_BLOCKS
+        map_count = self.map_count
+        self.map_runs = map_runs = {}
+        ranges = self.ranges
+        for ino in range(len(nblocks)):
+            k = nblocks[ino]
+            if not k or k <= one_piece and ino not in ranges and ino not in runs:
+                continue
+            n = self._map_count(self.ranges_of(ino), self.runs_of(ino), bs)
+            map_count[ino] = n
+            if n:
+                map_runs[ino] = alloc.alloc(n)
         jmap: list[tuple[int, int]] = []
         if jblocks:
             n = self._map_count([(0, jblocks)], jruns, bs)
@@ -373,7 +492,6 @@ class Planner:
         if self.o.extents:
             return mapping.extent_tree_blocks(mapping.count_extents(ranges, runs), bs)
         return mapping.blockmap_blocks(ranges, bs)
-
     def _geometry(self, blocks: int, inodes: int) -> Geometry:
         return Geometry.make(self.o.block_size, blocks, inodes, self.o.feats)
 
@@ -391,7 +509,7 @@ class Planner:
     def _solve(self):
         o = self.o
         bs = o.block_size
-        data = sum(n.nblocks for n in self.all_nodes()) + len(self.xblocks)
+        data = sum(self.nblocks) + len(self.xblocks)
         if o.size not in (None, "min"):
             blocks = o.size // bs
             geo = self._geometry(blocks, self._inodes_for(blocks, True))

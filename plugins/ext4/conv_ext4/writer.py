@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from crc32c import crc32c as _crc32c
 
@@ -53,14 +55,12 @@ from conv_ext4.layout import (
     SUPERBLOCK_MAGIC,
     SUPERBLOCK_OFFSET,
 )
-from conv_ext4.planner import Node, Options, Planner
+from conv_ext4.planner import Options, Planner
 from convcore.blockdev import Plan, Target
 from convcore.errors import CorruptError, NoSpaceError, UnsupportedError
 from convcore.format import Context
 from convcore.tree import (
     COPY_CHUNK,
-    BytesData,
-    Data,
     FileRangeData,
     Kind,
     Tree,
@@ -75,6 +75,8 @@ _LE16 = struct.Struct("<H")
 _INO_GEN = struct.Struct("<II")
 _INODE = INODE.struct
 _ONE_EXTENT = struct.Struct("<HHHHIIHHI36x")  # extent header + one extent, as i_block
+_DIRECT = struct.Struct("<15I")  # a block map of direct blocks only
+_NO_BLOCKS = (0,) * 15
 #: metadata is written in pieces up to this size.
 _FLUSH_BYTES = 8 << 20
 
@@ -128,55 +130,24 @@ class _MetaWriter:
 
 
 _SMALL_FILE = 64 << 10
+#: small files that land next to each other are read into one buffer of up
+#: to this size and written with one pwrite (a task for the data threads)
+_BATCH_BYTES = 1 << 20
+#: threads moving file data: opens and reads release the GIL, so two keep
+#: both cores busy while the main thread builds metadata
+_DATA_THREADS = 2
+_ZERO_TAIL = memoryview(bytes(4096))
 
 
-class _SmallFileWriter:
-    """Gathers small files that land next to each other into one buffer and
-    writes it with one pwrite: one read per file instead of an open, a
-    SEEK_DATA probe and a copy_file_range."""
+class _Buffers(threading.local):
+    """Each data thread's reusable buffers."""
 
-    def __init__(self, target: Target, bs: int) -> None:
-        self.target = target
-        self.bs = bs
-        self.buf = bytearray(_FLUSH_BYTES)
-        self.view = memoryview(self.buf)
-        self.start = -1
-        self.fill = 0
+    def __init__(self) -> None:
+        self.batch = bytearray(_BATCH_BYTES)
+        self.copy = bytearray(COPY_CHUNK)
 
-    def add(self, data: Data, node: Node) -> bool:
-        """Buffer one contiguous file; False when it is not a plain host file."""
-        if not (isinstance(data, FileRangeData) or isinstance(data, BytesData)):
-            return False
-        dst = node.runs[0][0] * self.bs
-        span = node.runs[0][1] * self.bs
-        if self.start < 0 or dst != self.start + self.fill or self.fill + span > len(self.buf):
-            self.flush()
-            self.start = dst
-        view = self.view[self.fill:self.fill + span]
-        size = node.size
-        if isinstance(data, FileRangeData):
-            try:
-                fd = os.open(data.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise CorruptError(f"/{node.entry.path}: cannot read {data.path}: "
-                                   f"{e.strerror}") from None
-            try:
-                got = os.preadv(fd, [view[:size]], data.offset)
-            finally:
-                os.close(fd)
-        else:
-            got = data.readinto(0, view[:size])
-        if got != size:
-            raise CorruptError(f"/{node.entry.path}: file is shorter than its recorded size")
-        view[size:] = bytes(span - size)  # the buffer is reused: clear the block's tail
-        self.fill += span
-        return True
 
-    def flush(self) -> None:
-        if self.fill:
-            self.target.pwrite(self.view[:self.fill], self.start)
-        self.start = -1
-        self.fill = 0
+_BUFFERS = _Buffers()
 
 
 def _set_bits(buf: bytearray, start: int, n: int) -> None:
@@ -216,13 +187,11 @@ class Ext4Plan(Plan):
             raise NoSpaceError(
                 f"ext4: the filesystem needs {self.geo.blocks_count * self.o.block_size} bytes, "
                 f"the output has {target.size}")
-        from concurrent.futures import ThreadPoolExecutor, wait
-
         meta = _MetaWriter(target, self.o.block_size)
-        # File data goes in on a second thread: it waits on reads and writes
+        # File data goes in on other threads: they wait on reads and writes
         # (GIL released) while this one builds metadata. The regions are disjoint.
-        with ThreadPoolExecutor(1, thread_name_prefix="ext4-data") as pool:
-            data = pool.submit(self._write_data, target)
+        with ThreadPoolExecutor(_DATA_THREADS, thread_name_prefix="ext4-data") as pool:
+            futures = self._start_data(pool, target)
             try:
                 self._write_journal(meta)
                 self._write_contents(meta)
@@ -232,9 +201,12 @@ class Ext4Plan(Plan):
                 gdt = self._write_bitmaps(meta, inode_groups)
                 meta.flush()
             except BaseException:
-                wait([data])  # report this error, not the data thread's
+                for f in futures:
+                    f.cancel()
+                wait(futures)  # report this error, not a data thread's
                 raise
-            data.result()
+            for f in futures:
+                f.result()  # the first failure in file order
         # the superblocks last: an interrupted write leaves no valid filesystem
         self._write_super(target, gdt)
 
@@ -279,32 +251,52 @@ class Ext4Plan(Plan):
 
     def _write_contents(self, meta: _MetaWriter) -> None:
         bs = self.o.block_size
-        nodes = self.p.all_nodes()
-        for node in nodes:
-            if node.content is not None:
-                pos = 0
-                for start, n in node.runs:
-                    meta.write(start, memoryview(node.content)[pos:pos + n * bs])
-                    pos += n * bs
-        xblocks = [b for s, n in self.p.xblock_runs for b in range(s, s + n)]
+        p = self.p
+        for ino in sorted(p.content):
+            content = memoryview(p.content[ino])
+            pos = 0
+            for start, n in p.runs_of(ino):
+                meta.write(start, content[pos:pos + n * bs])
+                pos += n * bs
+        xblocks = [b for s, n in p.xblock_runs for b in range(s, s + n)]
         self.xblock_numbers = xblocks
-        for blk, content, refs in zip(xblocks, self.p.xblocks, self.p.xrefs, strict=True):
+        for blk, content, refs in zip(xblocks, p.xblocks, p.xrefs, strict=True):
             buf = bytearray(content)
             _LE32.pack_into(buf, 4, refs)
             if self.o.csum:
                 c = crc32c_raw(self.o.csum_seed, _LE64.pack(blk))
                 _LE32.pack_into(buf, 16, crc32c_raw(c, buf))
             meta.write(blk, buf)
-        # mapping blocks (after the data, in node order)
-        for node in nodes:
-            node_map = self._render_mapping(node)
-            for blk, content in node_map:
+        # mapping blocks (after the data, in inode order); inodes whose data
+        # is one piece their i_block maps need none, and are packed directly
+        one_piece = EXTENT_MAX_LEN if self.o.extents else NDIR_BLOCKS
+        nblocks, ranges, runs = p.nblocks, p.ranges, p.runs
+        for ino in range(len(nblocks)):
+            k = nblocks[ino]
+            if not k or k <= one_piece and ino not in ranges and ino not in runs:
+                continue
+            for blk, content in self._render_mapping(ino):
                 meta.write(blk, content)
         for blk, content in getattr(self, "_jmap_blocks", []):
             meta.write(blk, content)
         if self.geo.resize_inode:
             for blk, content in self._resize_blocks():
                 meta.write(blk, content)
+
+    def _render_mapping(self, ino: int) -> list[tuple[int, bytes]]:
+        """Put the inode's block map root in its i_block; return its mapping
+        blocks."""
+        p = self.p
+        bs = self.o.block_size
+        map_blocks = [b for s, n in p.map_runs.get(ino, ()) for b in range(s, s + n)]
+        ranges, runs = p.ranges_of(ino), p.runs_of(ino)
+        if p.flags[ino] & EXTENTS_FL:
+            extents = mapping.make_extents(ranges, runs)
+            p.i_block[ino], blocks = mapping.render_extent_tree(
+                extents, map_blocks, bs, self._extent_sealer(ino))
+            return list(zip(map_blocks, blocks, strict=True))
+        p.i_block[ino], pieces = mapping.render_blockmap(ranges, runs, map_blocks, bs)
+        return pieces
 
     def _resize_blocks(self) -> list[tuple[int, bytes]]:
         """The resize inode's block map (what e2fsck's check_resize_inode
@@ -323,131 +315,196 @@ class Ext4Plan(Plan):
             out.append((primary, table.ljust(self.o.block_size, b"\0")))
         return [(self.p.resize_dind, struct.pack(f"<{apb}I", *dind)), *out]
 
-    def _render_mapping(self, node: Node) -> list[tuple[int, bytes]]:
-        """Fill node.i_block (when it maps blocks); return its mapping blocks."""
-        if node.i_block is not None and not node.ranges:
-            return []
-        bs = self.o.block_size
-        if not node.map_runs and len(node.runs) == 1 and len(node.ranges) == 1 and \
-                node.ranges[0][1] <= EXTENT_MAX_LEN and node.flags & EXTENTS_FL:
-            return []  # one extent in the inode: _inode_bytes packs it
-        map_blocks = [b for s, n in node.map_runs for b in range(s, s + n)]
-        if self.o.extents and node.flags & EXTENTS_FL:
-            extents = mapping.make_extents(node.ranges, node.runs)
-            i_block, blocks = mapping.render_extent_tree(
-                extents, map_blocks, bs, self._extent_sealer(node.ino))
-            node.i_block = i_block
-            return list(zip(map_blocks, blocks, strict=True))
-        if not node.ranges:
-            node.i_block = bytes(60)
-            return []
-        i_block, pieces = mapping.render_blockmap(node.ranges, node.runs, map_blocks, bs)
-        node.i_block = i_block
-        return pieces
-
     # -- file data
-    def _write_data(self, target: Target) -> None:
+    def _start_data(self, pool: ThreadPoolExecutor, target: Target) -> list[Future]:
+        """Submit every file's data to ``pool``, in tasks of one batch of small
+        neighbouring host files, one larger host file, or (in one task, in
+        their cheapest read order: a stream) every file of other sources."""
+        p = self.p
         bs = self.o.block_size
-        buf = bytearray(COPY_CHUNK)
+        ents, nblocks, start, size = p.ents, p.nblocks, p.start, p.size
+        ranges, runs, content = p.ranges, p.runs, p.content
+        futures: list[Future] = []
+        batch: list[int] = []
+        batch_start = batch_end = -1
+        others: list[int] = []
+        FILE = Kind.FILE  # noqa: N806
+        for ino in range(FIRST_INO, len(ents)):
+            k = nblocks[ino]
+            if not k or ino in content:
+                continue
+            e = ents[ino]
+            if e is None or e.kind is not FILE:
+                continue
+            if not isinstance(e.data, FileRangeData):
+                others.append(ino)
+                continue
+            s = start[ino]
+            if size[ino] <= _SMALL_FILE and ino not in ranges and ino not in runs:
+                if s != batch_end or (batch_end - batch_start + k) * bs > _BATCH_BYTES:
+                    if batch:
+                        futures.append(pool.submit(self._write_batch, target, batch_start,
+                                                   batch))
+                    batch, batch_start = [], s
+                batch.append(ino)
+                batch_end = s + k
+                continue
+            futures.append(pool.submit(self._write_file, target, ino))
+        if batch:
+            futures.append(pool.submit(self._write_batch, target, batch_start, batch))
+        if others:
+            others.sort(key=lambda ino: data_order_key(ents[ino].data))  # type: ignore[union-attr]
+            futures.append(pool.submit(self._write_files, target, others))
+        return futures
+
+    def _write_batch(self, target: Target, first: int, inos: list[int]) -> None:
+        """Read neighbouring small host files into one buffer; one pwrite."""
+        p = self.p
+        bs = self.o.block_size
+        ents, size, nblocks = p.ents, p.size, p.nblocks
+        view = memoryview(_BUFFERS.batch)
+        fill = 0
+        for ino in inos:
+            data = ents[ino].data  # type: ignore[union-attr]
+            sz = size[ino]
+            span = nblocks[ino] * bs
+            path = data.path
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise CorruptError(f"/{ents[ino].path}: cannot read {path}: "
+                                   f"{e.strerror}") from None
+            try:
+                got = os.preadv(fd, [view[fill:fill + sz]], data.offset)
+            finally:
+                os.close(fd)
+            if got != sz:
+                raise CorruptError(f"/{ents[ino].path}: file is shorter than its recorded "
+                                   "size")
+            # the buffer is reused: clear the last block's tail
+            view[fill + sz:fill + span] = _ZERO_TAIL[:span - sz]
+            fill += span
+        target.pwrite(view[:fill], first * bs)
+
+    def _write_files(self, target: Target, inos: list[int]) -> None:
+        for ino in inos:
+            self._write_file(target, ino)
+
+    def _write_file(self, target: Target, ino: int) -> None:
+        p = self.p
+        bs = self.o.block_size
+        buf = _BUFFERS.copy
+        data = p.ents[ino].data  # type: ignore[union-attr]
+        assert data is not None
+        if ino not in p.ranges and ino not in p.runs:
+            target.copy_from_data(data, p.start[ino] * bs, buf)
+            return
+        size = p.size[ino]
+        pieces = [(lb * bs, pb * bs, min(n * bs, size - lb * bs))
+                  for lb, pb, n in mapping.zip_runs(p.ranges_of(ino), p.runs_of(ino))]
         host = target.host_fd()
-        nodes = [n for n in self.p.nodes if n.data is not None and n.ranges]
-        # Host files are read in the order they land (seekable, and small ones
-        # coalesce); other sources in their cheapest read order (a stream).
-        host_files = [n for n in nodes if isinstance(n.data, FileRangeData)]
-        others = [n for n in nodes if not isinstance(n.data, FileRangeData)]
-        host_files.sort(key=lambda n: n.runs[0][0])
-        others.sort(key=lambda n: data_order_key(n.data))
-        nodes = host_files + others
-        small = _SmallFileWriter(target, bs)
-        for node in nodes:
-            data = node.data
-            assert data is not None
-            contiguous = len(node.runs) == 1 and len(node.ranges) == 1 and \
-                node.ranges[0] == (0, node.runs[0][1])
-            if contiguous and node.size <= _SMALL_FILE and small.add(data, node):
-                continue
-            if contiguous:
-                target.copy_from_data(data, node.runs[0][0] * bs, buf)
-                continue
-            pieces = [(lb * bs, pb * bs, min(n * bs, node.size - lb * bs))
-                      for lb, pb, n in mapping.zip_runs(node.ranges, node.runs)]
-            if host is not None and isinstance(data, FileRangeData):
-                fd, base = host
-                with open(data.path, "rb", buffering=0) as f:
-                    for src, dst, length in pieces:
-                        copy_range(f.fileno(), data.offset + src, fd, base + dst, length, buf,
-                                   name=data.path)
-                continue
-            view = memoryview(buf)
-            for src, dst, length in pieces:
-                pos = 0
-                while pos < length:
-                    n = data.readinto(src + pos, view[:min(len(view), length - pos)])
-                    if n <= 0:
-                        raise CorruptError(f"/{node.entry.path}: data ended early at offset "
-                                           f"{src + pos}")
-                    target.pwrite(view[:n], dst + pos)
-                    pos += n
-        small.flush()
+        if host is not None and isinstance(data, FileRangeData):
+            fd, base = host
+            with open(data.path, "rb", buffering=0) as f:
+                for src, dst, length in pieces:
+                    copy_range(f.fileno(), data.offset + src, fd, base + dst, length, buf,
+                               name=data.path)
+            return
+        view = memoryview(buf)
+        for src, dst, length in pieces:
+            pos = 0
+            while pos < length:
+                n = data.readinto(src + pos, view[:min(len(view), length - pos)])
+                if n <= 0:
+                    raise CorruptError(f"/{p.ents[ino].path}: data ended early at "  # type: ignore[union-attr]
+                                       f"offset {src + pos}")
+                target.pwrite(view[:n], dst + pos)
+                pos += n
 
     # -- inodes
-    def _inode_bytes(self, buf: bytearray, off: int, node: Node) -> None:
+    def _pack_inodes(self, buf: bytearray, first: int, last: int) -> int:
+        """Pack inodes ``first``..``last`` (none reserved) into ``buf`` (whose
+        first inode is ``first``); returns how many are directories."""
         o = self.o
-        e = node.entry
-        bs = o.block_size
-        blocks = node.nblocks + node.map_count
-        xattr_blk = 0
-        if node.xblock >= 0:
-            xattr_blk = self.xblock_numbers[node.xblock]
-            blocks += 1
-        sectors = blocks * (bs // 512)
-        flags = node.flags
-        if sectors >= 1 << 32:
-            if "huge_file" not in o.feats or sectors >= 1 << 48:
+        p = self.p
+        spb = o.block_size // 512
+        ents, nlink, size, flags = p.ents, p.nlink, p.size, p.flags
+        nblocks, map_count, start = p.nblocks, p.map_count, p.start
+        i_blocks, ibodies, xblock = p.i_block, p.ibody, p.xblock
+        xnumbers = self.xblock_numbers
+        huge_ok = "huge_file" in o.feats
+        csum = o.csum
+        seed = o.csum_seed ^ _M32
+        pack = _INODE.pack_into
+        one_extent = _ONE_EXTENT.pack
+        direct = _DIRECT.pack
+        empty_root = _empty_extent_root()
+        zero60 = bytes(60)
+        DIR = Kind.DIR  # noqa: N806
+        dirs = 0
+        off = 0
+        for ino in range(first, last + 1):
+            e = ents[ino]
+            assert e is not None
+            if e.kind is DIR:
+                dirs += 1
+            k = nblocks[ino]
+            blocks = k + map_count[ino]
+            xattr_blk = 0
+            x = xblock.get(ino)
+            if x is not None:
+                xattr_blk = xnumbers[x]
+                blocks += 1
+            sectors = blocks * spb
+            if sectors >= 1 << 32 and (not huge_ok or sectors >= 1 << 48):
                 raise UnsupportedError(f"/{e.path}: file too large for this filesystem")
-        i_block = node.i_block
-        if i_block is None:
-            if flags & EXTENTS_FL and len(node.runs) == 1:
-                (lblk, n), (pblk, _) = node.ranges[0], node.runs[0]
-                i_block = _ONE_EXTENT.pack(EXTENT_MAGIC, 1, EXTENT_ROOT_MAX, 0, 0, lblk, n,
-                                           pblk >> 32, pblk & _M32)
-            elif flags & EXTENTS_FL:
-                i_block = _empty_extent_root()
+            fl = flags[ino]
+            i_block = i_blocks.get(ino)
+            if i_block is None:
+                if not k:
+                    i_block = empty_root if fl & EXTENTS_FL else zero60
+                elif fl & EXTENTS_FL:
+                    s = start[ino]
+                    i_block = one_extent(EXTENT_MAGIC, 1, EXTENT_ROOT_MAX, 0, 0, 0, k,
+                                         s >> 32, s & _M32)
+                else:
+                    s = start[ino]
+                    i_block = direct(*range(s, s + k), *_NO_BLOCKS[k:])
+            # times: the common 1970-2038 case inline, _time() for the rest
+            at, atx = divmod(e.atime_ns, 1_000_000_000)
+            ct, ctx_ = divmod(e.ctime_ns, 1_000_000_000)
+            mt, mtx = divmod(e.mtime_ns, 1_000_000_000)
+            cr_ns = e.crtime_ns
+            cr, crx = divmod(cr_ns if cr_ns is not None else e.ctime_ns, 1_000_000_000)
+            if 0 <= at < 0x80000000 and 0 <= ct < 0x80000000 and 0 <= mt < 0x80000000 and \
+                    0 <= cr < 0x80000000:
+                atx <<= 2
+                ctx_ <<= 2
+                mtx <<= 2
+                crx <<= 2
             else:
-                i_block = bytes(60)
-        # times: the common 1970-2038 case inline, _time() for the rest
-        at, atx = divmod(e.atime_ns, 1_000_000_000)
-        ct, ctx_ = divmod(e.ctime_ns, 1_000_000_000)
-        mt, mtx = divmod(e.mtime_ns, 1_000_000_000)
-        cr, crx = divmod(e.crtime_ns if e.crtime_ns is not None else e.ctime_ns, 1_000_000_000)
-        if 0 <= at < 0x80000000 and 0 <= ct < 0x80000000 and 0 <= mt < 0x80000000 and \
-                0 <= cr < 0x80000000:
-            atx <<= 2
-            ctx_ <<= 2
-            mtx <<= 2
-            crx <<= 2
-        else:
-            at, atx = _time(e.atime_ns)
-            ct, ctx_ = _time(e.ctime_ns)
-            mt, mtx = _time(e.mtime_ns)
-            cr, crx = _time(e.crtime_ns if e.crtime_ns is not None else e.ctime_ns)
-        uid, gid = e.uid, e.gid
-        if not (0 <= uid <= _M32 and 0 <= gid <= _M32):
-            raise UnsupportedError(f"/{e.path}: uid/gid {uid}/{gid} out of range")
-        size = node.size
-        _INODE.pack_into(
-            buf, off, e.kind.value | (e.mode & 0o7777), uid & 0xFFFF, size & _M32, at, ct, mt,
-            0, gid & 0xFFFF, node.links, sectors & _M32, flags & ~HUGE_FILE_FL, 0, i_block, 0,
-            xattr_blk & _M32, size >> 32, 0, sectors >> 32, xattr_blk >> 32,
-            uid >> 16, gid >> 16, 0, 0, INODE_EXTRA_ISIZE, 0, ctx_, mtx, atx, cr, crx, 0, 0)
-        if node.ibody is not None:
-            buf[off + INODE.size:off + INODE_SIZE] = node.ibody
-        if o.csum:
-            # crc32c(seed, ino, generation 0, inode with both checksum halves zero)
-            c = _crc32c(_INO_GEN.pack(node.ino, 0) + buf[off:off + INODE_SIZE],
-                        value=o.csum_seed ^ _M32) ^ _M32
-            _LE16.pack_into(buf, off + INODE_CHECKSUM_LO_OFFSET, c & 0xFFFF)
-            _LE16.pack_into(buf, off + INODE_CHECKSUM_HI_OFFSET, c >> 16)
+                at, atx = _time(e.atime_ns)
+                ct, ctx_ = _time(e.ctime_ns)
+                mt, mtx = _time(e.mtime_ns)
+                cr, crx = _time(cr_ns if cr_ns is not None else e.ctime_ns)
+            uid, gid = e.uid, e.gid
+            if not (0 <= uid <= _M32 and 0 <= gid <= _M32):
+                raise UnsupportedError(f"/{e.path}: uid/gid {uid}/{gid} out of range")
+            sz = size[ino]
+            pack(buf, off, e.kind._value_ | (e.mode & 0o7777), uid & 0xFFFF, sz & _M32, at, ct,
+                 mt, 0, gid & 0xFFFF, nlink[ino], sectors & _M32, fl & ~HUGE_FILE_FL, 0,
+                 i_block, 0, xattr_blk & _M32, sz >> 32, 0, sectors >> 32, xattr_blk >> 32,
+                 uid >> 16, gid >> 16, 0, 0, INODE_EXTRA_ISIZE, 0, ctx_, mtx, atx, cr, crx, 0, 0)
+            ibody = ibodies.get(ino)
+            if ibody is not None:
+                buf[off + INODE.size:off + INODE_SIZE] = ibody
+            if csum:
+                # crc32c(seed, ino, generation 0, inode with both checksum halves zero)
+                c = _crc32c(_INO_GEN.pack(ino, 0) + buf[off:off + INODE_SIZE], value=seed) ^ _M32
+                _LE16.pack_into(buf, off + INODE_CHECKSUM_LO_OFFSET, c & 0xFFFF)
+                _LE16.pack_into(buf, off + INODE_CHECKSUM_HI_OFFSET, c >> 16)
+            off += INODE_SIZE
+        return dirs
 
     def _seal_inode(self, buf: bytearray, off: int, ino: int) -> None:
         if not self.o.csum:
@@ -490,31 +547,28 @@ class Ext4Plan(Plan):
         """Write every used inode; returns per group (used inodes, directories)."""
         geo = self.geo
         ipg = geo.inodes_per_group
-        root = self.p.root
-        assert root is not None
+        max_ino = self.p.max_ino
         stats = []
-        nodes = self.p.nodes
         for g, grp in enumerate(geo.groups):
             first = g * ipg + 1
-            last = min((g + 1) * ipg, self.p.max_ino)
+            last = min((g + 1) * ipg, max_ino)
             if last < first:
                 stats.append((0, 0))
                 continue
             count = last - first + 1
             buf = bytearray(count * INODE_SIZE)
             dirs = 0
-            for ino in range(first, last + 1):
-                off = (ino - first) * INODE_SIZE
-                if ino == ROOT_INO:
-                    node = root
-                elif ino >= FIRST_INO:
-                    node = nodes[ino - FIRST_INO]
-                else:
-                    self._special_inode(buf, off, ino)
-                    continue
-                if node.entry.kind is Kind.DIR:
-                    dirs += 1
-                self._inode_bytes(buf, off, node)
+            lo = first
+            if first < FIRST_INO:
+                for ino in range(first, min(FIRST_INO, last + 1)):
+                    if ino == ROOT_INO:
+                        dirs += self._pack_inodes(memoryview(buf)[(ino - first) * INODE_SIZE:],
+                                                  ino, ino)
+                    else:
+                        self._special_inode(buf, (ino - first) * INODE_SIZE, ino)
+                lo = FIRST_INO
+            if lo <= last:
+                dirs += self._pack_inodes(memoryview(buf)[(lo - first) * INODE_SIZE:], lo, last)
             meta.write(grp.inode_table, buf)
             stats.append((count, dirs))
         return stats
