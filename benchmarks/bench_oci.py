@@ -119,28 +119,41 @@ def main() -> None:
             prepare=umoci_bundle, env=env)
         table.row("dir -> oci (gzip layer)", "umoci repack", *harness.pair_cells(c, u))
 
-        # read: umoci's image into a directory
-        c, unpack = harness.side_by_side(
-            harness.conv_cli("--quiet", "convert", f"oci[ref=t]:{layout} -> dir:{j('conv-out')}"),
-            ["umoci", "unpack", "--rootless", "--image", f"{layout}:t", j("umoci-bundle")],
-            times, prepare=harness.clearing(j("conv-out"), j("umoci-bundle")), env=env)
-        table.row("oci -> dir", "umoci unpack --rootless", *harness.pair_cells(c, unpack))
         rootfs = j("umoci-bundle", "rootfs")
-        n_conv, n_umoci = harness.count_entries(j("conv-out")), harness.count_entries(rootfs)
-        if n_conv != n_umoci:
-            print(f"warning: conv unpacked {n_conv} entries, umoci {n_umoci}", file=sys.stderr)
 
-        # read into a filesystem: conv in one step; the classic way is
-        # umoci unpack, then mke2fs -d / mksquashfs over the unpacked rootfs
-        # (the reference time adds the unpack measured above).
-        c = harness.repeat(harness.conv_cli(
-            "--quiet", "convert", f"oci[ref=t]:{layout} -> ext4 -> raw:{j('conv.ext4')}"),
-            times, prepare=harness.clearing(j("conv.ext4")), env=env)
-        size = os.path.getsize(j("conv.ext4"))
-        m = harness.repeat(["mke2fs", "-q", "-F", "-t", "ext4", "-d", rootfs, j("ref.ext4"),
-                            f"{size // 1024}k"], times, env=env)
-        table.row("oci -> ext4", "umoci unpack + mke2fs -d",
-                  *harness.pair_cells(c, unpack.then(m)))
+        def to_dir(tag: str, what: str) -> harness.Run:
+            """``oci -> dir`` against umoci unpack of image ``tag``; returns
+            umoci's run (leaving its rootfs for the mke2fs reference)."""
+            c, unpack = harness.side_by_side(
+                harness.conv_cli("--quiet", "convert",
+                                 f"oci[ref={tag}]:{layout} -> dir:{j('conv-out')}"),
+                ["umoci", "unpack", "--rootless", "--image", f"{layout}:{tag}",
+                 j("umoci-bundle")],
+                times, prepare=harness.clearing(j("conv-out"), j("umoci-bundle")), env=env)
+            table.row(f"{what} -> dir", "umoci unpack --rootless", *harness.pair_cells(c, unpack))
+            n_conv, n_umoci = harness.count_entries(j("conv-out")), harness.count_entries(rootfs)
+            if n_conv != n_umoci:
+                print(f"warning: conv unpacked {n_conv} entries, umoci {n_umoci}",
+                      file=sys.stderr)
+            return unpack
+
+        def to_ext4(tag: str, what: str, unpack: harness.Run) -> None:
+            """``oci -> ext4`` in one step against umoci unpack + mke2fs -d
+            (the reference time adds the unpack measured before)."""
+            c = harness.repeat(harness.conv_cli(
+                "--quiet", "convert", f"oci[ref={tag}]:{layout} -> ext4 -> raw:{j('conv.ext4')}"),
+                times, prepare=harness.clearing(j("conv.ext4")), env=env)
+            size = os.path.getsize(j("conv.ext4"))
+            m = harness.repeat(["mke2fs", "-q", "-F", "-t", "ext4", "-d", rootfs, j("ref.ext4"),
+                                f"{size // 1024}k"], times, env=env)
+            table.row(f"{what} -> ext4", "umoci unpack + mke2fs -d",
+                      *harness.pair_cells(c, unpack.then(m)))
+
+        # read: umoci's image into a directory, and into filesystems: conv
+        # in one step; the classic way is umoci unpack, then mke2fs -d /
+        # mksquashfs over the unpacked rootfs
+        unpack = to_dir("t", "oci")
+        to_ext4("t", "oci", unpack)
         c = harness.repeat(harness.conv_cli(
             "--quiet", "convert", f"oci[ref=t]:{layout} -> squashfs -> raw:{j('conv.sqfs')}"),
             times, prepare=harness.clearing(j("conv.sqfs")), env=env)
@@ -158,23 +171,7 @@ def main() -> None:
                        check=True)
         print(f"two layers: the upper one deletes {gone} and rewrites every tenth file",
               flush=True)
-        c, unpack2 = harness.side_by_side(
-            harness.conv_cli("--quiet", "convert", f"oci[ref=t2]:{layout} -> dir:{j('conv-out')}"),
-            ["umoci", "unpack", "--rootless", "--image", f"{layout}:t2", j("umoci-bundle")],
-            times, prepare=harness.clearing(j("conv-out"), j("umoci-bundle")), env=env)
-        table.row("oci (2 layers) -> dir", "umoci unpack --rootless",
-                  *harness.pair_cells(c, unpack2))
-        n_conv, n_umoci = harness.count_entries(j("conv-out")), harness.count_entries(rootfs)
-        if n_conv != n_umoci:
-            print(f"warning: conv unpacked {n_conv} entries, umoci {n_umoci}", file=sys.stderr)
-        c = harness.repeat(harness.conv_cli(
-            "--quiet", "convert", f"oci[ref=t2]:{layout} -> ext4 -> raw:{j('conv.ext4')}"),
-            times, prepare=harness.clearing(j("conv.ext4")), env=env)
-        size = os.path.getsize(j("conv.ext4"))
-        m = harness.repeat(["mke2fs", "-q", "-F", "-t", "ext4", "-d", rootfs, j("ref.ext4"),
-                            f"{size // 1024}k"], times, env=env)
-        table.row("oci (2 layers) -> ext4", "umoci unpack + mke2fs -d",
-                  *harness.pair_cells(c, unpack2.then(m)))
+        to_ext4("t2", "oci (2 layers)", to_dir("t2", "oci (2 layers)"))
     table.print()
     print(f"\n{harness.machine_line()}")
 

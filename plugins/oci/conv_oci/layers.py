@@ -38,6 +38,7 @@ from typing import Any
 
 from conv_oci.model import short
 from conv_oci.whiteouts import CHANGE, OPAQUE, WHITEOUT, LayerMerger, classify, layer_errors
+from convcore.builtin.tar_codec import StreamCursor
 from convcore.builtin.tar_reader import PlainArchive, plain_member_data, scan_stream
 from convcore.errors import CorruptError, NoSpaceError, NotFoundError
 from convcore.tree import COPY_CHUNK, BytesData, Data, Entry, FileRangeData, Tree
@@ -168,13 +169,13 @@ class LayerStream:
             os.close(self._fd)
             raise
         if first[:2] == b"\x1f\x8b":
-            self.compression = "gzip"
+            self.compression = "gz"
             self._input: bytes | memoryview = first
             self._z: Any = zlib.decompressobj(31)
             self._produce: Callable[[], bytes | memoryview] = self._gzip
         elif first[:4] == b"\x28\xb5\x2f\xfd":
             import zstandard
-            self.compression = "zstd"
+            self.compression = "zst"
             self._frames = _ZstdFrames()
             self._pending_raw: bytes | memoryview | None = first
             self._zstd = zstandard.ZstdDecompressor().stream_reader(
@@ -295,14 +296,15 @@ class LayerStream:
         return True
 
     def _codec_errors(self) -> tuple[type[Exception], ...]:
-        return (self._zerror,) if self.compression == "zstd" else ()
+        return (self._zerror,) if self.compression == "zst" else ()
 
-    def _corrupt(self, e: BaseException) -> CorruptError:
-        if isinstance(e, EOFError):
-            return CorruptError(f"{self.where}: the {self.compression} stream is truncated "
-                                f"(after {self.pos} bytes of tar data)")
-        return CorruptError(f"{self.where}: the {self.compression} stream is corrupt "
-                            f"(after {self.pos} bytes of tar data): {e}")
+    # "layer X: the gz stream is truncated (after N bytes of tar data)": the
+    # core tar reader's words, with the layer for the file name
+    _corrupt = StreamCursor._corrupt
+
+    @property
+    def path(self) -> str:
+        return self.where
 
     def readinto(self, view: memoryview) -> int:
         """Fill ``view`` with the next tar bytes; short only at the end."""

@@ -256,7 +256,7 @@ def test_spool_removed_on_a_truncated_zstd_layer(layout, spool_dir):
     L.write_index([L.json_blob(manifest, "application/vnd.oci.image.manifest.v1+json",
                                annotations={"org.opencontainers.image.ref.name": "latest"})])
     digest = hashlib.sha256(cut).hexdigest()
-    with pytest.raises(CorruptError, match=f"^layer sha256:{digest[:12]}: the zstd stream is "
+    with pytest.raises(CorruptError, match=f"^layer sha256:{digest[:12]}: the zst stream is "
                                            "truncated"):
         read(L.root)
     assert open_in(spool_dir) == [] and os.listdir(spool_dir) == []
