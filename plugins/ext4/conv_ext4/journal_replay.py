@@ -35,7 +35,7 @@ from conv_ext4 import layout as L
 from conv_ext4.csum import crc32c_raw
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError, UnsupportedError
-from convcore.tree import COPY_CHUNK, Kind
+from convcore.tree import Kind
 
 if TYPE_CHECKING:
     from conv_ext4.filesystem import Ext4
@@ -185,18 +185,6 @@ class OverlayVolume(Volume):
                 end = max(end, s + n)
         if end > start:
             yield start, end - start
-
-    def write_to(self, target) -> None:
-        buf = bytearray(COPY_CHUNK)
-        for start, length in self.data_ranges():
-            for pos in range(start, start + length, COPY_CHUNK):
-                n = min(COPY_CHUNK, start + length - pos)
-                view = memoryview(buf)[:n]
-                self.readinto(view, pos)
-                target.pwrite(view, pos)
-
-    def close(self) -> None:
-        self.base.close()
 
 
 class Replay:
