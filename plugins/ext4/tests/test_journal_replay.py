@@ -572,3 +572,56 @@ def test_cli_inside_a_gpt_partition(source, tmp_path):
         dst.seek(2048 * 512)
         dst.write(src.read())
     assert run("conv", "cat", disk, "/etc/hostname").stdout == "parted\n"
+
+
+def test_recover_no_skips_bitmap_checks_of_a_half_written_state(source, tmp_path, capfd):
+    """The kernel writes descriptors and bitmaps back at different times: on
+    disk, a descriptor may already carry the checksum of a bitmap that is
+    still only in the journal. recover=no reads that state without calling
+    the bitmap corrupt; the default replays and both agree again."""
+    before, image, after = _csum_image(source, tmp_path)
+    hostfile = tmp_path / "new.txt"
+    hostfile.write_bytes(b"x" * 50000)
+    _modify(before, after, [f"write {hostfile} new.txt"], tmp_path)
+    changed = _changed(before, after)
+    bitmap = int(re.search(r"Block bitmap at (\d+)", run("dumpe2fs", after).stdout).group(1))
+    assert bitmap in changed and 1 in changed
+    shutil.copyfile(before, image)
+    _journal(image, [Txn(changed)], "-c", tmp_path)
+    _poke_block(image, 1, changed[1])  # the descriptors went to disk, the bitmap did not
+    assert _conv_view(image, recover=False) == _conv_view(before)
+    assert "needs recovery" in capfd.readouterr().err
+    _assert_judged(image, tmp_path, _conv_view(after))
+
+
+def test_async_commit_follows_recovery_c(source, tmp_path, capfd):
+    """With async_commit a commit failing its checksum does not stop the
+    scan: recovery.c ends the log at the last failing commit, so with
+    transactions 1 and 2 failing and 3 fine, transaction 1 is replayed
+    (e2fsck does so too)."""
+    from conv_ext4.csum import crc32c_raw
+
+    before, image, mid = _csum_image(source, tmp_path)
+    _modify(before, mid, ["sif etc/hostname mode 0100600"], tmp_path)
+    bs = _block_size(before)
+    data = _blocks(before, "data.bin")
+    shutil.copyfile(before, image)
+    log = _journal(image, [Txn(_changed(before, mid)), Txn({data[0]: b"2" * bs}),
+                           Txn({data[1]: b"3" * bs})], "-c", tmp_path)
+    jsb = _journal_block_offset(image, 0)
+    with open(image, "r+b") as f:
+        f.seek(jsb)
+        sb = bytearray(f.read(1024))
+        incompat = struct.unpack_from(">I", sb, 40)[0] | 0x4  # JBD2 ASYNC_COMMIT
+        struct.pack_into(">I", sb, 40, incompat)
+        struct.pack_into(">I", sb, 0xFC, 0)
+        struct.pack_into(">I", sb, 0xFC, crc32c_raw(0xFFFFFFFF, bytes(sb)))
+        f.seek(jsb)
+        f.write(sb)
+    for seq in (1, 2):
+        commit = int(re.search(rf"sequence {seq}, type 2 \(commit block\) at block (\d+)",
+                               log).group(1))
+        _flip(image, _journal_block_offset(image, commit) + 200)
+    capfd.readouterr()
+    _assert_judged(image, tmp_path, _conv_view(mid))
+    assert capfd.readouterr().err.count("fails its commit checksum") == 2
