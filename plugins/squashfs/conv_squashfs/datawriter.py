@@ -38,16 +38,21 @@ _BLOCK, _FRAGMENT = 0, 1
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
 
 
+#: the block list of every file without blocks (never appended to)
+_NO_BLOCKS = array("I")
+
+
 class FileData:
-    """Where one regular file's contents went."""
+    """Where one regular file's contents went; final once ``ready``."""
 
-    __slots__ = ("size", "blocks_start", "block_sizes", "fragment", "fragment_offset",
-                 "sparse", "_key", "_blocks_total", "_blocks_done")
+    __slots__ = ("size", "ready", "blocks_start", "block_sizes", "fragment",
+                 "fragment_offset", "sparse", "_key", "_blocks_total", "_blocks_done")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, ready: bool = False) -> None:
         self.size = size
+        self.ready = ready
         self.blocks_start = 0
-        self.block_sizes = array("I")
+        self.block_sizes = _NO_BLOCKS
         self.fragment = layout.INVALID_FRAGMENT
         self.fragment_offset = 0
         #: bytes of blocks that are holes in the source (reported by stat).
@@ -187,6 +192,8 @@ class DataWriter:
         self._frag_count = 0
         self._frag_buf: bytearray | None = None
         self._frag_fill = 0
+        #: every file queued so far, by the caller's key
+        self.records: dict[str, FileData] = {}
         self._dups_blocks: dict[tuple[int, int], list[FileData]] = {}
         # Small files are matched by size and a 256-bit BLAKE2b digest: a
         # byte comparison would mean reading the earlier file again, which for
@@ -259,8 +266,10 @@ class DataWriter:
             rec.block_sizes.append(word)
             rec._key = hash((rec._key, crc))
             rec._blocks_done += 1
-            if rec._blocks_done == rec._blocks_total and self.dedup:
-                self._dedup_blocks(rec)
+            if rec._blocks_done == rec._blocks_total:
+                if self.dedup:
+                    self._dedup_blocks(rec)
+                rec.ready = True
         else:
             self.fragment_table.append((self.pos, word))
             self._write_result(packed, word, buf, n)
@@ -289,9 +298,12 @@ class DataWriter:
 
     # -- files
 
-    def add_files(self, files: list[tuple[str, Data | None]]) -> dict[str, FileData]:
-        """Queue many files' contents, in order; records are complete after
-        ``finish``.
+    def add_files(self, files: list[tuple[str, Data | None]],
+                  idle: Callable[[], object] | None = None) -> None:
+        """Queue many files' contents, in order, recording each in
+        ``records`` at once; a record is complete when ``ready``, all of them
+        after ``finish``. ``idle`` is called whenever more records may have
+        become ready: work for this thread while the pool reads and compresses.
 
         Files smaller than a block are read on the pool, many to a task
         (``_Chunk``): a reader thread's open, preadv and close release the
@@ -300,18 +312,20 @@ class DataWriter:
         fragment blocks (or finds them duplicates) ``_CHUNKS_AHEAD`` chunks
         later: a fixed distance, so where fragment blocks land among the
         larger files' blocks does not depend on the thread count."""
-        records: dict[str, FileData] = {}
+        records = self.records
         small_max = self.block_size if self.fragments_enabled else 0
         ahead: deque[_Chunk] = deque()
         chunk = _Chunk()
         for path, data in files:
             size = data.size if data is not None else 0
             if size == 0 or data is None:
-                records[path] = FileData(0)
+                records[path] = FileData(0, True)
                 continue
             records[path] = rec = FileData(size)
             if size >= small_max:
                 self._add_blocks(rec, data, path)
+                if idle is not None:
+                    idle()
                 continue
             chunk.add(rec, data, path)
             if chunk.size >= _CHUNK_BYTES or len(chunk.recs) >= _CHUNK_FILES:
@@ -319,13 +333,16 @@ class DataWriter:
                 ahead.append(chunk)
                 if len(ahead) > _CHUNKS_AHEAD:
                     self._place_chunk(ahead.popleft())
+                    if idle is not None:
+                        idle()
                 chunk = _Chunk()
         if chunk.recs:
             self._submit_chunk(chunk)
             ahead.append(chunk)
         while ahead:
             self._place_chunk(ahead.popleft())
-        return records
+            if idle is not None:
+                idle()
 
     def _submit_chunk(self, chunk: _Chunk) -> None:
         # Without a pool the chunk is read when it is placed.
@@ -348,6 +365,7 @@ class DataWriter:
                 if other is not None:
                     rec.fragment = other.fragment
                     rec.fragment_offset = other.fragment_offset
+                    rec.ready = True
                     pos += size
                     continue
                 dups[key] = rec
@@ -360,6 +378,7 @@ class DataWriter:
             buf[fill:fill + size] = view[pos:pos + size]
             rec.fragment = self._frag_count
             rec.fragment_offset = fill
+            rec.ready = True
             fill += size
             pos += size
         self._frag_fill = fill
@@ -401,6 +420,7 @@ class DataWriter:
         size = rec.size
         count = (size + bs - 1) // bs
         rec._blocks_total = count
+        rec.block_sizes = array("I")
         extents = list(data.extents())
         whole = len(extents) == 1 and extents[0] == (0, size)
         read, fd = self._reader(data, path)

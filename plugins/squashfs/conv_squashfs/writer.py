@@ -22,7 +22,9 @@ import os
 import struct
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec, make_codec
@@ -40,6 +42,7 @@ _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
                Kind.SOCKET: layout.INODE_SOCKET}
 _U32 = 0xFFFFFFFF
 _DIR = Kind.DIR
+_FILE = Kind.FILE
 _INODE_HEADER_PACK = layout.INODE_HEADER.pack
 _FILE_INODE_FULL_PACK = struct.Struct(
     layout.INODE_HEADER.format + layout.FILE_INODE.format.lstrip("<")).pack
@@ -232,18 +235,23 @@ class ImageWriter:
             os.pwrite(self.fd, block, pos)
             pos += len(block)
 
-        pos = self._write_data(order, pos)
-        root_ref = self._write_inodes(order, nlinks, inode_count)
-        return self._write_tables(pos, root_ref, inode_count, options is not None)
+        # The inode and directory tables are written while the pool reads and
+        # compresses file data, as far as the files' records are ready.
+        steps = self._write_inodes(order, nlinks, inode_count)
+        pos = self._write_data(pos, partial(next, steps, None))
+        for _ in steps:
+            raise AssertionError("a file's record is not ready after the data")
+        return self._write_tables(pos, self.dirent[""][0], inode_count, options is not None)
 
-    def _write_data(self, order, pos: int) -> int:
+    def _write_data(self, pos: int, idle: Callable[[], object]) -> int:
         files = sorted(((key, inode) for key, inode in self.inode_of.items()
                         if inode.kind is Kind.FILE),
                        key=lambda kv: data_order_key(kv[1].data))
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
                             self.s.fragments, self.s.dedup)
+        self.files = writer.records
         try:
-            self.files = writer.add_files([(key, inode.data) for key, inode in files])
+            writer.add_files([(key, inode.data) for key, inode in files], idle)
             end = writer.finish()
         finally:
             writer.close()
@@ -281,7 +289,10 @@ class ImageWriter:
             return layout.INVALID_XATTR
         return self.xattrs.add(inode.xattrs, inode.path)
 
-    def _write_inodes(self, order, nlinks: dict[str, int], inode_count: int) -> int:
+    def _write_inodes(self, order, nlinks: dict[str, int],
+                      inode_count: int) -> Iterator[None]:
+        """Write every inode and directory, in ``order``; pauses (yields) at
+        a file whose data record is not ready yet."""
         dirent = self.dirent
         inode_of, numbers, files = self.inode_of, self.numbers, self.files
         # The common case, a plain file, is packed here straight into the
@@ -300,6 +311,10 @@ class ImageWriter:
                     continue
                 inode = inode_of[key]
                 rec = files.get(key)
+                if inode.kind is _FILE:
+                    while rec is None or not rec.ready:
+                        yield
+                        rec = files.get(key)
                 if (rec is not None and nlinks[key] == 1 and not inode.xattrs
                         and rec.size <= _U32 and rec.blocks_start <= _U32 and not rec.sparse):
                     uid = inode.uid if force_uid is None else force_uid
@@ -332,7 +347,6 @@ class ImageWriter:
             else:
                 ref = self._write_dir(entry, kids, nlinks[entry.path], inode_count)
                 dirent[entry.path] = (ref, numbers[entry.path], layout.INODE_DIR)
-        return dirent[""][0]
 
     def _write_leaf(self, inode: Entry, key: str, nlink: int) -> int:
         ref = self.inodes.ref
