@@ -34,7 +34,7 @@ from conv_squashfs.xattr_writer import XattrWriter
 from convcore.blockdev import Plan, Target
 from convcore.errors import UnsupportedError, UsageError
 from convcore.format import Context
-from convcore.tree import Entry, Kind, Tree, data_order_key, gc_paused
+from convcore.tree import Entry, Kind, Tree, gc_paused
 
 _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
                Kind.SYMLINK: layout.INODE_SYMLINK, Kind.BLOCK: layout.INODE_BLKDEV,
@@ -203,27 +203,34 @@ class ImageWriter:
         nlinks: dict[str, int] = {}
         numbers = self.numbers
         inode_of = self.inode_of
+        number = 0
+        # Once per entry: a name that is its own inode (nearly all) takes the
+        # first branch; names counted before it are hardlinks to it.
         for entry, kids in order:
-            if kids is not None:
-                nlinks[entry.path] = 2 + sum(1 for k in kids
-                                             if k.kind is _DIR and k.link is None)
-                numbers[entry.path] = len(numbers) + 1
-                inode_of[entry.path] = entry
-            elif entry.link is None:
+            key = entry.link
+            if key is None:
                 key = entry.path
-                nlinks[key] = nlinks.get(key, 0) + 1
                 if key not in numbers:
-                    numbers[key] = len(numbers) + 1
+                    number += 1
+                    numbers[key] = number
                     inode_of[key] = entry
+                    if kids is None:
+                        nlinks[key] = 1
+                    else:
+                        nlinks[key] = 2 + sum(1 for k in kids
+                                              if k.kind is _DIR and k.link is None)
+                else:
+                    nlinks[key] += 1
+            elif key not in numbers:
+                number += 1
+                numbers[key] = number
+                nlinks[key] = 1
+                inode = inode_of[key] = self.tree.resolve(entry)
+                if inode.kind is Kind.DIR:
+                    raise UnsupportedError(f"/{entry.path}: hardlink to a directory")
             else:
-                key = entry.link
-                nlinks[key] = nlinks.get(key, 0) + 1
-                if key not in numbers:
-                    numbers[key] = len(numbers) + 1
-                    inode = inode_of[key] = self.tree.resolve(entry)
-                    if inode.kind is Kind.DIR:
-                        raise UnsupportedError(f"/{entry.path}: hardlink to a directory")
-        inode_count = len(self.numbers)
+                nlinks[key] += 1
+        inode_count = number
         if inode_count > _U32 - 1:
             raise UnsupportedError(f"squashfs holds at most {_U32 - 1} inodes")
 
@@ -244,14 +251,16 @@ class ImageWriter:
         return self._write_tables(pos, self.dirent[""][0], inode_count, options is not None)
 
     def _write_data(self, pos: int, idle: Callable[[], object]) -> int:
-        files = sorted(((key, inode) for key, inode in self.inode_of.items()
-                        if inode.kind is Kind.FILE),
-                       key=lambda kv: data_order_key(kv[1].data))
+        # An inode's key is its holder's path; files without data (empty)
+        # come first, as data_order_key sorted them.
+        inodes = self.inode_of.values()
+        files = [(e.path, None) for e in inodes if e.kind is _FILE and e.data is None]
+        files += [(e.path, e.data) for e in self.tree.data_order(inodes)]
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
                             self.s.fragments, self.s.dedup)
         self.files = writer.records
         try:
-            writer.add_files([(key, inode.data) for key, inode in files], idle)
+            writer.add_files(files, idle)
             end = writer.finish()
         finally:
             writer.close()
@@ -390,7 +399,8 @@ class ImageWriter:
             rec.blocks_start, rec.fragment, rec.fragment_offset, rec.size) + sizes
 
     def _write_dir(self, entry: Entry, kids: list[Entry], nlink: int, inode_count: int) -> int:
-        listing, index, start_pos = self._write_listing(kids)
+        skip = len(entry.path) + 1 if entry.path else 0
+        listing, index, start_pos = self._write_listing(kids, skip)
         start_block = self.dirs.block_start(start_pos)
         offset = start_pos % layout.METADATA_SIZE
         number = self.numbers[entry.path]
@@ -411,9 +421,11 @@ class ImageWriter:
             self.inodes.write(self._header(layout.INODE_DIR, entry, number) + body)
         return ref
 
-    def _write_listing(self, kids: list[Entry]) -> tuple[int, list, int]:
-        """Write one directory's entries into the directory table; returns
-        (listing size, index entries (offset, block, first name), stream start)."""
+    def _write_listing(self, kids: list[Entry], skip: int) -> tuple[int, list, int]:
+        """Write one directory's entries (their paths start with ``skip``
+        characters of the directory's own and a slash) into the directory
+        table; returns (listing size, index entries (offset, block, first
+        name), stream start)."""
         start_pos = self.dirs.position
         buf = bytearray()
         index_pos: list[tuple[int, bytes]] = []  # (listing offset, first name)
@@ -423,10 +435,11 @@ class ImageWriter:
         index_block = start_pos // layout.METADATA_SIZE
         dirent = self.dirent
         for kid in kids:
-            name = kid.name.encode("utf-8", "surrogateescape")
+            path = kid.path
+            name = path[skip:].encode("utf-8", "surrogateescape")
             if not 0 < len(name) <= layout.NAME_MAX:
-                raise UnsupportedError(f"/{kid.path}: name longer than {layout.NAME_MAX} bytes")
-            ref, number, inode_type = dirent[kid.path if kid.link is None else kid.link]
+                raise UnsupportedError(f"/{path}: name longer than {layout.NAME_MAX} bytes")
+            ref, number, inode_type = dirent[path if kid.link is None else kid.link]
             block, offset = ref >> 16, ref & 0xFFFF
             if (header_at < 0 or count == layout.DIR_ENTRIES_MAX or block != base_block
                     or not layout.DIR_INODE_DELTA_MIN <= number - base_number
