@@ -1,201 +1,63 @@
-"""The ``conv`` command (typer). Plugin modules load only when a command needs
-them, so ``conv --help`` stays fast."""
+"""The ``conv`` command: its entry point. User errors are one line and a
+non-zero exit. The commands themselves are a typer app (convcore.commands);
+a plain ``conv [-q] [--debug] [--seed S] convert CHAIN`` runs without it:
+importing typer and its click is a fifth of a small conversion's time."""
 
 from __future__ import annotations
 
-import json
 import os
-import stat
 import sys
-import time
-from typing import Annotated, Any
 
-import typer
-
-from convcore import __version__
 from convcore.errors import ConvError
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Convert between disk-image formats in userspace: directories, tar, OCI layouts, "
-         "ext2/3/4, SquashFS, GPT/MBR, raw and qcow2.\n\n"
-         "Example: conv convert 'dir:./rootfs -> ext4 -> gpt -> qcow2:disk.qcow2'",
-)
+
+def __getattr__(name: str):
+    # ``convcore.cli.app`` as before the commands moved to convcore.commands
+    if name == "app":
+        from convcore.commands import app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _State:
-    quiet = False
-    debug = False
-    seed: str | None = None
+def _plain_convert(args: list[str]) -> tuple[list[str], bool, bool, str | None] | None:
+    """(chain, quiet, debug, seed) when ``args`` are global options conv
+    knows and ``convert`` with only chain words after it (no option, no
+    --help, ``->`` allowed); None for anything typer should parse."""
+    quiet = debug = False
+    seed = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-q", "--quiet"):
+            quiet = True
+        elif arg == "--debug":
+            debug = True
+        elif arg == "--seed" and i + 1 < len(args):
+            i += 1
+            seed = args[i]
+        elif arg.startswith("--seed="):
+            seed = arg[len("--seed="):]
+        elif arg == "convert":
+            break
+        else:
+            return None
+        i += 1
+    chain = args[i + 1:]
+    if i >= len(args) or not chain or any(a.startswith("-") and a != "->" for a in chain):
+        return None
+    return chain, quiet, debug, seed
 
 
-def _context():
+def _run(args: list[str]) -> None:
+    plain = _plain_convert(args)
+    if plain is None:
+        from convcore.commands import app
+        app(args=args, prog_name="conv", standalone_mode=False)
+        return
+    chain, quiet, debug, seed = plain
     from convcore.format import Context
-    return Context(seed=_State.seed, quiet=_State.quiet, debug=_State.debug)
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"conv {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-    seed: Annotated[str | None, typer.Option(
-        "--seed", help="Seed for UUIDs and hash seeds (default: SOURCE_DATE_EPOCH, or fixed).")
-    ] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version.")] = False,
-) -> None:
-    _State.quiet = quiet
-    _State.debug = debug
-    _State.seed = seed
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def convert(
-    ctx: typer.Context,
-    chain: Annotated[list[str], typer.Argument(
-        help="'SOURCE -> STAGE -> ... -> SINK:PATH' as one quoted argument, or the stages as "
-             "separate arguments with '->' quoted or --to between them.")],
-) -> None:
-    """Convert along a chain, e.g. 'oci:./layout -> ext4 -> gpt -> qcow2:out.qcow2'."""
-    from convcore.pipeline import convert as run
-    run(list(chain) + list(ctx.args), _context())
-
-
-@app.command()
-def build(spec: Annotated[str, typer.Argument(help="A TOML disk spec.")],
-          output: Annotated[str | None, typer.Option(
-              "--output", "-o", help="Write here instead of the spec's output.")] = None) -> None:
-    """Build a multi-partition disk from a TOML spec."""
-    from convcore import spec as specs
-    specs.build(spec, _context(), output=output)
-
-
-@app.command()
-def formats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
-            ) -> None:
-    """List every format: directions, kinds, options and the distribution providing it."""
-    from convcore.plugins import registry
-    rows = []
-    for name, fmt in sorted(registry().formats.items()):
-        kinds = fmt.describe_directions()
-        rows.append({
-            "name": name,
-            "help": fmt.help,
-            "reads": bool(fmt.source or fmt.decode),
-            "writes": bool(fmt.encode or fmt.sink),
-            "directions": kinds,
-            "options": [{"name": o.name, "default": _jsonable(o.default), "help": o.help,
-                         **({"choices": list(o.choices)} if o.choices else {})}
-                        for o in fmt.options],
-            "distribution": fmt.distribution,
-        })
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        rw = "/".join(x for x, on in (("reads", row["reads"]), ("writes", row["writes"])) if on)
-        print(f"{row['name']:<10} {rw:<13} {row['help']}  [{row['distribution']}]")
-        for d in row["directions"]:
-            print(f"{'':13}{d}")
-        for o in row["options"]:
-            default = "" if o["default"] in (None, "") else f" (default: {o['default']})"
-            choices = f" {{{'|'.join(o['choices'])}}}" if "choices" in o else ""
-            print(f"{'':13}{o['name']}={choices} {o['help']}{default}")
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-
-@app.command()
-def info(path: Annotated[str, typer.Argument(
-             help="An image file (raw, qcow2, partitioned or not), a directory, an OCI layout, "
-                  "or a chain without a sink.")],
-         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
-         ) -> None:
-    """Show the layers of an image: container, partitions, filesystem, sizes."""
-    from convcore.inspect import describe, render
-    report = describe(path, _context())
-    print(json.dumps(report, indent=2, default=str) if as_json else render(report))
-
-
-def _mode_string(mode: int) -> str:
-    return stat.filemode(mode)
-
-
-@app.command("ls")
-def ls(source: Annotated[str, typer.Argument(
-           help="An image, a directory, or a chain without a sink "
-                "(e.g. 'qcow2:vm.qcow2 -> gpt[part=2]').")],
-       path: Annotated[str, typer.Argument(help="Directory or file inside.")] = "/",
-       recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
-       as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List files inside an image without mounting it."""
-    from convcore.pipeline import open_tree
-    from convcore.tree import Kind
-    tree = open_tree(source, _context())
-    top = tree.get(path)
-    if recursive:
-        prefix = f"{top.path}/" if top.path else ""
-        entries = [e for e in tree if e.path.startswith(prefix) or e.path == top.path]
-    elif top.is_dir():
-        entries = tree.children(top.path)
-    else:
-        entries = [top]
-    rows = []
-    for e in entries:
-        node = tree.resolve(e)
-        row = {"path": "/" + e.path, "type": node.kind.name.lower(), "mode": node.st_mode,
-               "uid": node.uid, "gid": node.gid, "size": node.size if node.kind is Kind.FILE
-               else 0, "mtime_ns": node.mtime_ns}
-        if node.kind is Kind.SYMLINK:
-            row["target"] = node.target
-        if node.kind in (Kind.CHAR, Kind.BLOCK):
-            row["rdev"] = list(node.rdev)
-        if e.link is not None:
-            row["hardlink"] = "/" + e.link
-        if node.xattrs:
-            row["xattrs"] = sorted(node.xattrs)
-        rows.append(row)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["mtime_ns"] // 10**9))
-        size = f"{row['rdev'][0]}, {row['rdev'][1]}" if "rdev" in row else str(row["size"])
-        name = row["path"] if recursive else (row["path"].rpartition("/")[2] or "/")
-        extra = f" -> {row['target']}" if "target" in row else (
-            f" link to {row['hardlink']}" if "hardlink" in row else "")
-        print(f"{_mode_string(row['mode'])} {row['uid']:>5} {row['gid']:>5} {size:>10} "
-              f"{when} {name}{extra}")
-
-
-@app.command("cat")
-def cat(source: Annotated[str, typer.Argument(help="An image, a directory, or a chain.")],
-        path: Annotated[str, typer.Argument(help="File inside.")]) -> None:
-    """Write a file from inside an image to stdout."""
-    from convcore.errors import UsageError
-    from convcore.pipeline import open_tree
-    from convcore.tree import Kind
-    tree = open_tree(source, _context())
-    entry = tree.resolve(tree.get(path))
-    if entry.kind is not Kind.FILE:
-        raise UsageError(f"{path}: is a {entry.kind.name.lower()}, not a regular file")
-    if entry.data is None or entry.size == 0:
-        return
-    out = sys.stdout.buffer
-    with entry.data.open() as f:
-        while chunk := f.read(1 << 20):
-            out.write(chunk)
-    out.flush()
+    from convcore.pipeline import convert
+    convert(chain, Context(seed=seed, quiet=quiet, debug=debug))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,16 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     try:
-        app(args=args, prog_name="conv", standalone_mode=False)
+        _run(args)
     except ConvError as e:
         if debug:
             raise
         print(f"conv: {e}", file=sys.stderr)
-        return e.exit_code
-    except _click_errors() as e:  # bad usage of the command itself
-        e.show()
-        return 2
-    except typer.Exit as e:
         return e.exit_code
     except KeyboardInterrupt:
         print("conv: interrupted", file=sys.stderr)
@@ -234,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"conv: {e.strerror or e}{where}", file=sys.stderr)
         return 1
-    except Exception as e:  # a bug: still one line, the traceback on --debug
-        if debug:
+    except Exception as e:
+        code = _typer_outcome(e)
+        if code is not None:
+            return code
+        if debug:  # a bug: still one line, the traceback on --debug
             raise
         print(f"conv: internal error: {type(e).__name__}: {e} (run with --debug for details)",
               file=sys.stderr)
@@ -243,13 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _click_errors():
-    # typer 0.26+ carries its own copy of click; older ones use click itself.
-    try:
-        from typer._click.exceptions import ClickException
-    except ImportError:
-        from click import ClickException
-    return ClickException
+def _typer_outcome(e: Exception) -> int | None:
+    """The exit code for typer's own exceptions (bad usage of the command,
+    --version's exit), None for anything else."""
+    if "convcore.commands" not in sys.modules:
+        return None
+    import typer
+
+    from convcore.commands import click_errors
+    if isinstance(e, click_errors()):
+        e.show()  # type: ignore[attr-defined]
+        return 2
+    if isinstance(e, typer.Exit):
+        return e.exit_code
+    return None
 
 
 def run() -> None:

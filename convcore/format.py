@@ -22,16 +22,17 @@ temporary name beside the real target and renames it only on success.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convcore.errors import UsageError
+
+if TYPE_CHECKING:
+    import uuid
 
 TREE = "tree"
 VOLUME = "volume"
@@ -207,7 +208,7 @@ class Context:
         disks built the same day do not share filesystem and partition
         UUIDs, while the same command still gives the same bytes."""
         if not self.seed_given:
-            self.seed = hashlib.sha256("\0".join((self.seed, *inputs)).encode()).hexdigest()
+            self.seed = _sha256("\0".join((self.seed, *inputs)).encode()).hexdigest()
 
     @property
     def timestamp(self) -> int:
@@ -216,15 +217,16 @@ class Context:
 
     def uuid(self, *names: str) -> uuid.UUID:
         """A stable random-looking UUID (version 4 bits) for ``names``."""
-        digest = hashlib.sha256("\0".join((self.seed, *names)).encode()).digest()
-        return uuid.UUID(bytes=digest[:16], version=4)
+        from uuid import UUID
+        digest = _sha256("\0".join((self.seed, *names)).encode()).digest()
+        return UUID(bytes=digest[:16], version=4)
 
     def random_bytes(self, n: int, *names: str) -> bytes:
         """``n`` stable pseudo-random bytes for ``names`` (hash seeds, salts)."""
         out = b""
         counter = 0
         while len(out) < n:
-            out += hashlib.sha256("\0".join((self.seed, *names, str(counter))).encode()).digest()
+            out += _sha256("\0".join((self.seed, *names, str(counter))).encode()).digest()
             counter += 1
         return out[:n]
 
@@ -233,3 +235,17 @@ class Context:
         Use as a context manager; call ``.update(n)``."""
         from convcore.progress import bar
         return bar(total, desc, unit, disabled=self.quiet or not sys.stderr.isatty())
+
+
+def _sha256(data: bytes):
+    """hashlib.sha256 without importing hashlib (its OpenSSL binding costs a
+    few ms of every command's start): the builtin module gives the same
+    digests."""
+    try:
+        from _sha256 import sha256  # CPython <= 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # CPython 3.12+
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data)

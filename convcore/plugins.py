@@ -8,10 +8,11 @@ blocks plugins by entry-point name (or ``builtin``).
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
+import re
 import sys
 from functools import lru_cache
+from typing import NamedTuple
 
 import pluggy
 
@@ -63,6 +64,80 @@ def _disabled() -> set[str]:
     return {p.strip() for p in os.environ.get("CONV_DISABLE_PLUGINS", "").split(",") if p.strip()}
 
 
+class EntryPoint(NamedTuple):
+    """One ``[conv]`` entry point: ``name = module[:attr]`` of a distribution."""
+
+    name: str
+    value: str
+    dist: str
+
+    def load(self) -> object:
+        module, _, attr = self.value.partition(":")
+        obj: object = importlib.import_module(module.strip())
+        for part in attr.strip().split(".") if attr.strip() else ():
+            obj = getattr(obj, part)
+        return obj
+
+
+_NORMALIZE = re.compile(r"[-_.]+")
+
+
+def entry_points(group: str = GROUP) -> list[EntryPoint]:
+    """The ``group`` entry points of the distributions on sys.path, as
+    ``importlib.metadata.entry_points(group=...)`` finds them (the first
+    distribution of a name on the path wins), read straight from the
+    ``*.dist-info`` and ``*.egg-info`` directories: importing
+    importlib.metadata costs more than conv's whole plugin loading."""
+    header = f"[{group}]"
+    seen: set[str] = set()
+    found: list[EntryPoint] = []
+    for base in sys.path:
+        try:
+            names = sorted(os.listdir(base or "."))
+        except OSError:  # a zip file, a missing directory
+            continue
+        for info in names:
+            if not info.endswith((".dist-info", ".egg-info")):
+                continue
+            key = _NORMALIZE.sub("_", info.rpartition(".")[0].partition("-")[0]).lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            folder = os.path.join(base, info)
+            try:
+                with open(os.path.join(folder, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if header not in text:
+                continue
+            dist = _dist_name(folder) or key
+            section = None
+            for line in text.splitlines():
+                line = line.strip()
+                if line.startswith("["):
+                    section = line
+                elif section == header and "=" in line and not line.startswith(("#", ";")):
+                    name, _, value = line.partition("=")
+                    found.append(EntryPoint(name.strip(), value.strip(), dist))
+    return found
+
+
+def _dist_name(folder: str) -> str | None:
+    """The ``Name:`` of a distribution's METADATA (PKG-INFO for an egg)."""
+    for meta in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(folder, meta), encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("Name:"):
+                        return line[5:].strip()
+                    if not line.strip():
+                        break
+        except OSError:
+            continue
+    return None
+
+
 @lru_cache(maxsize=1)
 def registry() -> Registry:
     """Load every plugin once and return the registry."""
@@ -75,10 +150,10 @@ def registry() -> Registry:
     if "builtin" not in disabled:
         from convcore import builtin
         plugins.append(("builtin", "conv", builtin))
-    for ep in sorted(importlib.metadata.entry_points(group=GROUP), key=lambda e: e.name):
+    for ep in sorted(entry_points(GROUP), key=lambda e: e.name):
         if ep.name in disabled:
             continue
-        dist = ep.dist.name if ep.dist else ep.name
+        dist = ep.dist
         try:
             module = ep.load()
         except Exception as e:  # a broken plugin must not take conv down

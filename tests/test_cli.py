@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from convcore.testing import run_conv, scan_dir
 
 
@@ -168,3 +170,33 @@ def test_ls_prints_undecodable_names_as_bytes_in_any_locale(tmp_path):
                            capture_output=True, env={**os.environ, **env})
         assert p.returncode == 0, p.stderr
         assert name in p.stdout
+
+
+@pytest.mark.parametrize("args, plain", [
+    (["convert", "raw:a -> raw:b"], (["raw:a -> raw:b"], False, False, None)),
+    (["-q", "--seed", "s", "convert", "raw:a", "->", "raw:b"],
+     (["raw:a", "->", "raw:b"], True, False, "s")),
+    (["--debug", "--seed=x", "convert", "raw:a -> raw:b"], (["raw:a -> raw:b"], False, True, "x")),
+    (["convert"], None),
+    (["convert", "--help"], None),
+    (["convert", "raw:a", "--to", "raw:b"], None),
+    (["--version", "convert", "x"], None),
+    (["formats"], None),
+    ([], None),
+])
+def test_plain_convert_is_recognised_only_without_options(args, plain):
+    """What runs without typer is exactly a chain after known global options;
+    everything else (help, unknown options) goes to typer."""
+    from convcore.cli import _plain_convert
+    assert _plain_convert(args) == plain
+
+
+def test_entry_points_read_like_importlib_metadata():
+    import importlib.metadata
+
+    from convcore.plugins import entry_points
+    for group in ("conv", "console_scripts"):
+        ours = sorted((e.name, e.value, e.dist) for e in entry_points(group))
+        theirs = sorted((e.name, e.value, e.dist.name)
+                        for e in importlib.metadata.entry_points(group=group))
+        assert ours == theirs, group

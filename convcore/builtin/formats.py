@@ -17,12 +17,10 @@ def raw_format() -> Format:
 
 
 def dir_format() -> Format:
-    # Filled in by the dir/tar work (convcore/builtin/dirfmt.py).
-    from convcore.builtin.dirfmt import OPTIONS
     return Format(
         name="dir",
         help="a directory tree on the host",
-        options=OPTIONS,
+        options=DIR_OPTIONS,
         source=_lazy("dirfmt", "source"), source_kind=TREE,
         sink=_lazy("dirfmt", "sink"), sink_kind=TREE,
     )
@@ -37,6 +35,32 @@ def tar_format() -> Format:
         source=_lazy("tarfmt", "source"), source_kind=TREE,
         sink=_lazy("tarfmt", "sink"), sink_kind=TREE,
     )
+
+
+def parse_owner(text: str) -> tuple[int, int]:
+    uid, sep, gid = text.partition(":")
+    try:
+        values = (int(uid), int(gid) if sep else int(uid))
+    except ValueError:
+        raise ValueError(f"{text!r} is not UID:GID (numbers, e.g. 0:0)") from None
+    if min(values) < 0 or max(values) >= 1 << 32:
+        raise ValueError(f"{text!r}: ids must be between 0 and 4294967295")
+    return values
+
+
+def parse_globs(text: str) -> tuple[str, ...]:
+    return tuple(g.strip().strip("/").removeprefix("./") for g in text.split(",") if g.strip())
+
+
+#: the dir format's options (here, not in dirfmt, so registering dir imports
+#: nothing heavy)
+DIR_OPTIONS: list[Option] = [
+    Option("owner", None, "UID:GID to own every entry (build root images without root)",
+           parse=parse_owner),
+    Option("exclude", None, "comma-separated globs matched against the path inside the "
+           "directory; excluding a directory excludes everything below it",
+           parse=parse_globs),
+]
 
 
 __all__ = ["Option"]

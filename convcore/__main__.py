@@ -1,0 +1,5 @@
+"""``python -m convcore``: the conv command."""
+
+from convcore.cli import run
+
+run()
