@@ -119,6 +119,22 @@ def render_dir(style: DirStyle, ino: int, parent: int,
     return bytes(buf), first_leaf > 0
 
 
+def linear_blocks(style: DirStyle, name_lens: list[int], min_blocks: int = 1) -> int:
+    """Blocks ``render_dir`` gives a directory with names of these lengths
+    when it renders it linearly; 0 when it would build an htree."""
+    space = style.leaf_space
+    if style.htree and 24 + sum(rec_len(n) for n in name_lens) > space:
+        return 0
+    blocks, pos = 1, 24  # "." and ".."
+    for n in name_lens:
+        rl = (DIRENT.size + n + 3) & ~3
+        if pos + rl > space:
+            blocks += 1
+            pos = 0
+        pos += rl
+    return max(blocks, min_blocks)
+
+
 def _render_linear(style, ino, parent, entries, ft, min_blocks) -> bytearray:
     buf = bytearray()
     pk = _LeafPacker(style, buf, 0)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from conv_ext4 import journal, mapping, xattrwriter
 from conv_ext4.csum import crc32c_raw
 from conv_ext4.dirhash import DirHasher
-from conv_ext4.dirwriter import DirStyle, render_dir
+from conv_ext4.dirwriter import DirStyle, linear_blocks, render_dir
 from conv_ext4.geometry import (
     INODE_RATIO,
     INODE_SIZE,
@@ -171,7 +171,10 @@ class Planner:
         #: extent-tree or indirect blocks
         self.map_count = array("I")
         #: rendered blocks (directories, slow symlinks)
-        self.content: dict[int, bytes] = {}
+        #: None: a linear directory, rendered when written (see content_of)
+        self.content: dict[int, bytes | None] = {}
+        #: child inode numbers of those directories, in name order
+        self.dir_kids: dict[int, array] = {}
         #: logical (block, count) ranges, where not one range from block 0
         self.ranges: dict[int, Sequence[Run]] = {}
         #: physical runs, where more than one
@@ -368,8 +371,8 @@ class Planner:
                     raise UnsupportedError(
                         f"/{e.path}: {self.nlink[ino]} hardlinks exceed ext4's {_LINK_MAX}")
 
-    def _render_dir(self, ino: int, e: Entry, child_inos: array | None) -> None:
-        path = e.path
+    def _dir_entries(self, path: str, child_inos: array | None) -> list[tuple[bytes, int, int]]:
+        """(name, inode, file type) of a directory's entries, in name order."""
         tree = self.tree
         filetype = self.style.filetype
         kids = tree.children(path)
@@ -377,9 +380,6 @@ class Planner:
         # one encode for the whole directory (names hold no NUL)
         encoded = "\0".join(names).encode("utf-8", "surrogateescape").split(b"\0") \
             if names else []
-        for name, k in zip(encoded, kids, strict=True):
-            if len(name) > 255:
-                raise UnsupportedError(f"/{k.path}: name longer than 255 bytes")
         if filetype:
             ftypes = [_FTYPE_OF_MODE[(tree.resolve(k) if k.link is not None else k).kind._value_]
                       for k in kids]
@@ -389,20 +389,59 @@ class Planner:
         if path == "" and self.make_lpf:
             entries.append((b"lost+found", FIRST_INO, FT_DIR if filetype else 0))
             entries.sort(key=lambda t: t[0])
-        min_blocks = 1
+        return entries
+
+    def _min_dir_blocks(self, path: str) -> int:
         if path == "lost+found":
-            min_blocks = 12 if self.o.block_size == 1024 else _LPF_BYTES // self.o.block_size
-        content, indexed = render_dir(self.style, ino, self.parent[ino], entries,
-                                      self.inode_seed(ino), min_blocks)
-        self.content[ino] = content
-        self.size[ino] = len(content)
-        self.nblocks[ino] = len(content) // self.o.block_size
-        if indexed:
-            self.flags[ino] |= INDEX_FL
+            return 12 if self.o.block_size == 1024 else _LPF_BYTES // self.o.block_size
+        return 1
+
+    def _render_dir(self, ino: int, e: Entry, child_inos: array | None) -> None:
+        path = e.path
+        entries = self._dir_entries(path, child_inos)
+        for name, _, _ in entries:
+            if len(name) > 255:
+                raise UnsupportedError(f"/{path + '/' if path else ''}"
+                                       f"{name.decode('utf-8', 'surrogateescape')}: "
+                                       "name longer than 255 bytes")
+        min_blocks = self._min_dir_blocks(path)
+        bs = self.o.block_size
+        n = linear_blocks(self.style, [len(name) for name, _, _ in entries], min_blocks)
+        if n:
+            # a linear directory: only its size now; its blocks are rendered
+            # when written (4 KiB a directory not held meanwhile), from the
+            # child inode numbers kept here
+            self.content[ino] = None
+            self.dir_kids[ino] = child_inos if child_inos is not None else array("I")
+            content_len = n * bs
+        else:
+            content, indexed = render_dir(self.style, ino, self.parent[ino], entries,
+                                          self.inode_seed(ino), min_blocks)
+            self.content[ino] = content
+            content_len = len(content)
+            if indexed:
+                self.flags[ino] |= INDEX_FL
+        self.size[ino] = content_len
+        self.nblocks[ino] = content_len // bs
         if self.nlink[ino] > _LINK_MAX:
             if "dir_nlink" not in self.o.feats:
                 raise UnsupportedError(f"/{path}: too many subdirectories without dir_nlink")
             self.nlink[ino] = 1
+
+    def content_of(self, ino: int) -> bytes:
+        """Rendered blocks (directories, slow symlinks): from planning, or
+        rendered now for a linear directory."""
+        content = self.content[ino]
+        if content is not None:
+            return content
+        e = self.ents[ino]
+        assert e is not None
+        entries = self._dir_entries(e.path, self.dir_kids[ino])
+        content, indexed = render_dir(self.style, ino, self.parent[ino], entries,
+                                      self.inode_seed(ino), self._min_dir_blocks(e.path))
+        if indexed or len(content) != self.nblocks[ino] * self.o.block_size:
+            raise AssertionError(f"directory inode {ino}: rendered unlike its plan")
+        return content
 
     def _render_xattrs(self, ino: int, e: Entry, what: str) -> None:
         if "ext_attr" not in self.o.feats:

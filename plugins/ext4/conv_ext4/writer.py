@@ -253,7 +253,7 @@ class Ext4Plan(Plan):
         bs = self.o.block_size
         p = self.p
         for ino in sorted(p.content):
-            content = memoryview(p.content[ino])
+            content = memoryview(p.content_of(ino))
             pos = 0
             for start, n in p.runs_of(ino):
                 meta.write(start, content[pos:pos + n * bs])
@@ -325,8 +325,9 @@ class Ext4Plan(Plan):
         ents, nblocks, start, size = p.ents, p.nblocks, p.start, p.size
         ranges, runs, content = p.ranges, p.runs, p.content
         futures: list[Future] = []
-        batch: list[int] = []
-        batch_start = batch_end = -1
+        # a batch is (first block, first inode, end inode): every inode with
+        # file data in that range belongs to it (no list of numbers each)
+        lo = hi = batch_start = batch_end = -1
         others: list[int] = []
         FILE = Kind.FILE  # noqa: N806
         for ino in range(FIRST_INO, len(ents)):
@@ -334,40 +335,47 @@ class Ext4Plan(Plan):
             if not k or ino in content:
                 continue
             e = ents[ino]
-            if e is None or e.kind is not FILE:
-                continue
-            if not isinstance(e.data, FileRangeData):
-                others.append(ino)
-                continue
+            assert e is not None and e.kind is FILE
+            host = isinstance(e.data, FileRangeData)
             s = start[ino]
-            if size[ino] <= _SMALL_FILE and ino not in ranges and ino not in runs:
-                if s != batch_end or (batch_end - batch_start + k) * bs > _BATCH_BYTES:
-                    if batch:
-                        futures.append(pool.submit(self._write_batch, target, batch_start,
-                                                   batch))
-                    batch, batch_start = [], s
-                batch.append(ino)
+            if host and size[ino] <= _SMALL_FILE and ino not in ranges and ino not in runs and \
+                    s == batch_end and (batch_end - batch_start + k) * bs <= _BATCH_BYTES:
+                hi = ino + 1
                 batch_end = s + k
                 continue
-            futures.append(pool.submit(self._write_file, target, ino))
-        if batch:
-            futures.append(pool.submit(self._write_batch, target, batch_start, batch))
+            if hi > lo:
+                futures.append(pool.submit(self._write_batch, target, batch_start, lo, hi))
+            lo = hi = -1
+            batch_end = -1
+            if not host:
+                others.append(ino)
+            elif size[ino] <= _SMALL_FILE and ino not in ranges and ino not in runs:
+                lo, hi = ino, ino + 1
+                batch_start, batch_end = s, s + k
+            else:
+                futures.append(pool.submit(self._write_file, target, ino))
+        if hi > lo:
+            futures.append(pool.submit(self._write_batch, target, batch_start, lo, hi))
         if others:
             others.sort(key=lambda ino: data_order_key(ents[ino].data))  # type: ignore[union-attr]
             futures.append(pool.submit(self._write_files, target, others))
         return futures
 
-    def _write_batch(self, target: Target, first: int, inos: list[int]) -> None:
-        """Read neighbouring small host files into one buffer; one pwrite."""
+    def _write_batch(self, target: Target, first: int, lo: int, hi: int) -> None:
+        """Read the small host files of inodes ``lo``..``hi - 1``, whose blocks
+        follow each other from block ``first``, into one buffer; one pwrite."""
         p = self.p
         bs = self.o.block_size
-        ents, size, nblocks = p.ents, p.size, p.nblocks
+        ents, size, nblocks, content = p.ents, p.size, p.nblocks, p.content
         view = memoryview(_BUFFERS.batch)
         fill = 0
-        for ino in inos:
+        for ino in range(lo, hi):
+            k = nblocks[ino]
+            if not k or ino in content:
+                continue
             data = ents[ino].data  # type: ignore[union-attr]
             sz = size[ino]
-            span = nblocks[ino] * bs
+            span = k * bs
             path = data.path
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
