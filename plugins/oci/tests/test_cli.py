@@ -131,3 +131,29 @@ def test_ext4_made_by_mke2fs_to_oci(tmp_path, judge):
             rec["mtime_ns"] -= rec["mtime_ns"] % 10**9
     del got[""]["mtime_ns"], want[""]["mtime_ns"]  # mke2fs stamps the root itself
     assert got == want
+
+
+def test_bad_lower_blob_is_one_line_and_writes_nothing(layout, tmp_path):
+    """Blobs are verified as the tree is read, before a writer starts: a
+    corrupt bottom layer (read last, after the top one was spooled) leaves
+    no output and no spool behind."""
+    require_tool("conv")
+    L = layout
+    desc = L.image([[L.file("a", b"a" * 100_000)], [L.file("b", b"b" * 100_000)]])
+    lower = L.blob_path(json.load(open(L.blob_path(desc)))["layers"][0])
+    with open(lower, "r+b") as f:
+        f.seek(50)
+        byte = f.read(1)
+        f.seek(50)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    out = tmp_path / "out.img"
+    p = run("conv", "convert", f"oci:{L.root} -> ext4 -> raw:{out}", check=False,
+            env={**os.environ, "TMPDIR": str(spool)})
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"conv: {L.root}: blob sha256:{os.path.basename(lower)[:12]} does not match its "
+        "digest"]
+    assert not out.exists() and os.listdir(tmp_path) == ["layout", "tmp"]
+    assert os.listdir(spool) == []
