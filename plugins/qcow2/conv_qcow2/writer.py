@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 from conv_qcow2 import layout
-from conv_qcow2.image import ImageBuilder, pwrite_all
+from conv_qcow2.image import ImageBuilder
 from conv_qcow2.target import ZEROS, Qcow2Target
 from convcore.blockdev import FileTarget, FileVolume, Volume
 from convcore.errors import NotFoundError, UsageError
@@ -148,6 +148,38 @@ def _unique(clusters: Iterable[int]) -> Iterator[int]:
             last = c
 
 
+class _ClusterReader:
+    """Batches of clusters of one volume, read into recycled buffers (a fresh
+    1 MiB buffer costs a page fault per 4 KiB): one readinto per run of
+    neighbouring clusters, zeros past the end of the volume."""
+
+    def __init__(self, volume: Volume, bits: int, batch_size: int) -> None:
+        self.volume = volume
+        self.bits = bits
+        self.buffer_size = batch_size << bits
+        self.free: list[bytearray] = []
+
+    def read(self, clusters: list[int]) -> tuple[bytearray, list[memoryview]]:
+        bits, size = self.bits, self.volume.size
+        buf = self.free.pop() if self.free else bytearray(self.buffer_size)
+        view = memoryview(buf)
+        i = 0
+        while i < len(clusters):
+            j = i + 1
+            while j < len(clusters) and clusters[j] == clusters[j - 1] + 1:
+                j += 1
+            start, at, span = clusters[i] << bits, i << bits, (j - i) << bits
+            got = self.volume.readinto(view[at:at + min(span, size - start)], start) \
+                if start < size else 0
+            if got < span:  # a recycled buffer holds the last batch's bytes
+                view[at + got:at + span] = bytes(span - got)
+            i = j
+        return buf, [view[k << bits:(k + 1) << bits] for k in range(len(clusters))]
+
+    def recycle(self, buf: bytearray) -> None:
+        self.free.append(buf)
+
+
 def write_clusters(image: ImageBuilder, volume: Volume, compress: Callable[[bytes], bytes] | None,
                    threads: int, backing: Volume | None) -> None:
     """Store every cluster of ``volume`` that is not a hole (or, over a
@@ -155,8 +187,10 @@ def write_clusters(image: ImageBuilder, volume: Volume, compress: Callable[[byte
     cs, bits = image.cluster_size, image.cluster_bits
     limit = cs - 1  # qemu stores a cluster compressed only if it fits in cluster_size - 1
 
-    def classify(data: bytes, base: bytes | None) -> tuple[int, bytes | None]:
-        if base is not None and data == base:
+    def classify(data: memoryview, base: memoryview | None) -> tuple[int, object]:
+        # memoryview == memoryview compares byte by byte in Python's C loop
+        # (0.13 ms a cluster); bytes compare with memcmp
+        if base is not None and data.tobytes() == base.tobytes():
             return _SKIP, None
         if ZEROS.startswith(data):
             return (_SKIP, None) if base is None or ZEROS.startswith(base) else (_ZERO, None)
@@ -166,12 +200,12 @@ def write_clusters(image: ImageBuilder, volume: Volume, compress: Callable[[byte
                 return _COMPRESSED, packed
         return _PLAIN, data
 
-    def emit(c: int, result: tuple[int, bytes | None]) -> None:
+    def emit(c: int, result: tuple[int, object]) -> None:
         kind, payload = result
         if kind == _PLAIN:
-            pwrite_all(image.fd, payload, image.allocate(c))
+            image.put_plain(c, payload)
         elif kind == _COMPRESSED:
-            image.put_compressed(c, payload)
+            image.put_compressed(c, payload)  # type: ignore[arg-type]
         elif kind == _ZERO:
             image.set_zero(c)
 
@@ -182,48 +216,56 @@ def write_clusters(image: ImageBuilder, volume: Volume, compress: Callable[[byte
                                   if s < visible), bits))
     last_cluster = (volume.size - 1) >> bits
 
-    def read(vol: Volume, c: int) -> bytes | None:
-        if (c << bits) >= vol.size:
-            return None
-        data = vol.pread(cs, c << bits)
-        return data if len(data) == cs else data + bytes(cs - len(data))
-
-    def classify_batch(batch: list[tuple[int, bytes, bytes | None]]) -> list:
-        return [(c, classify(data, base)) for c, data, base in batch]
+    def classify_batch(clusters: list[int], data: list[memoryview],
+                       bases: list[memoryview] | list[None]) -> list:
+        return [(c, classify(d, b)) for c, d, b in zip(clusters, data, bases, strict=True)]
 
     # Clusters go to the pool in batches of about 1 MiB: fewer hand-overs of
     # the GIL per byte, which matters most when the cores are busy.
     batch_size = max(1, (1 << 20) // cs)
+    # Read on this thread (volumes such as a qcow2 reader keep caches that are
+    # not shared between threads); workers only compare and compress.
+    readers = [_ClusterReader(v, bits, batch_size) for v in (volume, backing) if v is not None]
     pool = None
     if threads > 1 and compress is not None:
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(threads, thread_name_prefix="conv-qcow2")
     try:
         inflight: deque = deque()
-        batch: list[tuple[int, bytes, bytes | None]] = []
+        batch: list[int] = []
+
+        def retire(results: list, buffers: list[bytearray]) -> None:
+            for c, result in results:
+                emit(c, result)
+            # emit copied or wrote every payload: the buffers are free again
+            for reader, buf in zip(readers, buffers, strict=True):
+                reader.recycle(buf)
 
         def submit() -> None:
+            reads = [reader.read(batch) for reader in readers]
+            buffers = [buf for buf, _ in reads]
+            data = reads[0][1]
+            bases = reads[1][1] if backing is not None else [None] * len(batch)
             if pool is None:
-                for c, result in classify_batch(batch):
-                    emit(c, result)
+                retire(classify_batch(batch, data, bases), buffers)
             else:
-                inflight.append(pool.submit(classify_batch, list(batch)))
+                inflight.append((pool.submit(classify_batch, list(batch), data, bases), buffers))
                 if len(inflight) > threads * _BATCHES_PER_THREAD:
-                    for c, result in inflight.popleft().result():
-                        emit(c, result)
+                    future, bufs = inflight.popleft()
+                    retire(future.result(), bufs)
             batch.clear()
 
         for c in _unique(heapq.merge(*sources)):
             if c > last_cluster:
                 break
-            batch.append((c, read(volume, c), read(backing, c) if backing is not None else None))
+            batch.append(c)
             if len(batch) >= batch_size:
                 submit()
         if batch:
             submit()
         while inflight:
-            for c, result in inflight.popleft().result():
-                emit(c, result)
+            future, bufs = inflight.popleft()
+            retire(future.result(), bufs)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
