@@ -104,21 +104,29 @@ _CHUNKS_AHEAD = 4
 
 
 class _Chunk:
-    """Small files read by one pool task into one buffer, back to back."""
+    """Small files read by one pool task into one buffer, back to back.
 
-    __slots__ = ("recs", "sources", "size", "buf", "future")
+    Only host files are read on the pool: other sources (a compressed tar's
+    shared decompressor, an image's reader) are read in order on the
+    writer's thread, as reading them out of order would restart them."""
+
+    __slots__ = ("recs", "sources", "size", "host_only", "buf", "future", "digests")
 
     def __init__(self) -> None:
         self.recs: list[FileData] = []
         self.sources: list[tuple[Data, str]] = []
         self.size = 0
+        self.host_only = True
         self.buf: bytearray | None = None
         self.future: Future | None = None
+        self.digests: list[bytes] | None = None
 
     def add(self, rec: FileData, data: Data, path: str) -> None:
         self.recs.append(rec)
         self.sources.append((data, path))
         self.size += rec.size
+        if self.host_only and not isinstance(data, FileRangeData):
+            self.host_only = False
 
     def read(self) -> list[bytes]:
         """Read every file (on a pool thread); returns their SHA-256 digests.
@@ -345,13 +353,14 @@ class DataWriter:
                 idle()
 
     def _submit_chunk(self, chunk: _Chunk) -> None:
-        # Without a pool the chunk is read when it is placed.
-        if self.pool is not None:
+        if self.pool is not None and chunk.host_only:
             chunk.future = self.pool.submit(chunk.read)
+        else:
+            chunk.digests = chunk.read()
 
     def _place_chunk(self, chunk: _Chunk) -> None:
         """Put one chunk's files, read on the pool, into fragment blocks."""
-        digests = chunk.read() if chunk.future is None else chunk.future.result()
+        digests = chunk.digests if chunk.future is None else chunk.future.result()
         view = memoryview(chunk.buf)
         block_size = self.block_size
         dups = self._dups_small if self.dedup else None

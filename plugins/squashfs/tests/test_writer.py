@@ -558,6 +558,45 @@ def test_many_pool_batches_give_the_serial_bytes(tmp_path, monkeypatch):
     assert files["copy"].blocks_start != files["f04"].blocks_start
 
 
+class _StreamedData(Data):
+    """A streamed source's member (a compressed tar's): reads are logged,
+    as reading out of order would restart its decompressor."""
+
+    def __init__(self, body: bytes, index: int, log: list) -> None:
+        self.body, self.size, self.index, self.log = body, len(body), index, log
+
+    @property
+    def order_key(self) -> tuple:
+        return (self.index,)
+
+    def readinto(self, offset: int, buf) -> int:
+        import threading
+
+        self.log.append((self.index, threading.get_ident()))
+        part = self.body[offset:offset + len(buf)]
+        buf[:len(part)] = part
+        return len(part)
+
+
+def test_a_streamed_source_is_read_in_order_on_one_thread(tmp_path, monkeypatch):
+    import threading
+
+    from conv_squashfs import datawriter
+
+    monkeypatch.setattr(datawriter, "_CHUNK_FILES", 4)
+    log: list = []
+    tree = Tree(Entry("", Kind.DIR, mode=0o755))
+    for i in range(60):
+        body = b"member %d " % i * (3 + i)
+        tree.add(Entry(f"m{i:02d}", Kind.FILE, mode=0o644, size=len(body),
+                       data=_StreamedData(body, i, log)))
+    image = build(tree, str(tmp_path / "out.sqfs"), comp="lz4", threads=2)
+    assert [index for index, _ in log] == list(range(60))
+    assert {thread for _, thread in log} == {threading.get_ident()}
+    out = extract(image, str(tmp_path / "out"))
+    assert open(os.path.join(out, "m07"), "rb").read() == b"member 7 " * 10
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_small_file_that_shrank_or_went_after_the_scan_is_one_error(tmp_path, threads):
     src = tmp_path / "src"
