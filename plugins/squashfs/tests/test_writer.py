@@ -130,6 +130,24 @@ def test_every_codec_extracts_the_sample_tree(sample, tmp_path, comp):
     assert_same_tree(sample, extract(image, str(tmp_path / "out")))
 
 
+def test_lzo_level_1_and_without_the_library(sample, tmp_path, monkeypatch):
+    """lzo1x_1 (level=1) records its options block and unsquashfs reads it;
+    without python-lzo, comp=lzo is one clear error, the other codecs work."""
+    import importlib.util
+    import sys
+
+    if (importlib.util.find_spec("lzo") is not None
+            and "lzo" in _unsquashfs_decompressors().split()):
+        image = build(dir_tree(sample), str(tmp_path / "img.sqfs"), comp="lzo", level=1)
+        assert "Compression lzo" in judge(image)
+        assert superblock(image).flags & layout.FLAG_COMPRESSOR_OPTIONS
+        assert_same_tree(sample, extract(image, str(tmp_path / "out")))
+    monkeypatch.setitem(sys.modules, "lzo", None)
+    with pytest.raises(UnsupportedError, match="python-lzo"):
+        build(dir_tree(sample), str(tmp_path / "none.sqfs"), comp="lzo")
+    judge(build(dir_tree(sample), str(tmp_path / "gz.sqfs"), comp="gzip"))
+
+
 @pytest.mark.parametrize("block_size", ["4K", "1M"])
 @pytest.mark.parametrize("comp", ["gzip", "zstd"])
 def test_block_sizes(sample, tmp_path, block_size, comp):
