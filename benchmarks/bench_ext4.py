@@ -6,7 +6,9 @@
     python benchmarks/bench_ext4.py --only nested,onedir --files 20000
 
 Trees: a given root filesystem; ``nested``: N small files in a nested tree;
-``onedir``: N small files in one directory; ``large``: G GiB of large files.
+``onedir``: N small files in one directory; ``large``: G GiB of large files;
+``memory`` (not in the default set): conv alone on tiny-file trees of N and
+2N files, for the peak RSS each entry adds (the slope between the two).
 For each, in one go and into the same image size with 4 KiB blocks:
   conv convert 'dir:TREE -> ext4[size=S,inodes=N] -> raw:OUT'
   mke2fs -q -F -t ext4 -b 4096 -N N -d TREE OUT S
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 
 import harness
@@ -50,12 +53,37 @@ def run_pair(table: harness.Table, name: str, tree: str, work: str, limit: float
     table.row(name, f"{size_mib}M", entries, *harness.pair_cells(ours, theirs), "e2fsck -fn clean")
 
 
+def memory_slope(work: str, files: int, times: int) -> None:
+    """Peak RSS of the whole conv process at N and 2N entries, and the slope
+    (what each entry costs; a tree's data does not count: files of 1-99 bytes)."""
+    table = harness.Table("dir -> ext4 peak RSS per entry (conv alone)",
+                          ["entries", "conv s", "conv CPU s", "conv MiB RSS"])
+    points = []
+    for count in (files, 2 * files):
+        root = os.path.join(work, f"mem{count}")
+        with harness.built(f"{count} tiny files"):
+            harness.small_files(root, count, harness.random_bytes(1, 100), seed=7, per_dir=50)
+        entries = harness.count_entries(root)
+        img = os.path.join(work, "mem.img")
+        run = harness.repeat(harness.conv_cli("convert", f"dir:{root} -> ext4 -> raw:{img}"),
+                             times, prepare=harness.clearing(img))
+        harness.clearing(img)()
+        shutil.rmtree(root, ignore_errors=True)
+        points.append((entries, run.rss_kib))
+        table.row(entries, harness.seconds(run), f"{run.cpu:.2f}", f"{run.rss_mib:.0f}")
+    (n1, r1), (n2, r2) = points
+    table.print()
+    print(f"\nslope: {(r2 - r1) * 1024 / (n2 - n1):.0f} bytes of peak RSS per entry "
+          f"({n1} -> {n2} entries)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tree", nargs="?", help="a root filesystem (default: /work/rootfs if present)")
     ap.add_argument("--files", type=int, default=100_000, help="files in the synthetic trees")
     ap.add_argument("--gib", type=int, default=4, help="GiB of large files")
-    ap.add_argument("--only", default="rootfs,nested,onedir,large")
+    ap.add_argument("--only", default="rootfs,nested,onedir,large",
+                    help="comma-separated cases: rootfs,nested,onedir,large,memory")
     ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--mke2fs-limit", type=float, default=900,
                     help="stop mke2fs after this many seconds (it is quadratic in one directory)")
@@ -80,7 +108,11 @@ def main() -> None:
         ]
         for name, src in harness.synthetic_trees(work, builders, only):
             run_pair(table, name, src, work, args.mke2fs_limit, args.repeat)
-    table.print()
+        if table.rows:
+            table.print()
+        if "memory" in only:
+            print()
+            memory_slope(work, args.files, args.repeat)
     print(f"\n{harness.machine_line()}")
 
 
