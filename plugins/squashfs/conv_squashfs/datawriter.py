@@ -26,6 +26,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec
@@ -42,11 +43,22 @@ _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _NO_BLOCKS = array("I")
 
 
+def _read_host(fd: int, offset: int, view: memoryview) -> int:
+    """Fill ``view`` from ``offset`` of a host file; fewer bytes only at its end."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return done
+
+
 class FileData:
     """Where one regular file's contents went; final once ``ready``."""
 
     __slots__ = ("size", "ready", "blocks_start", "block_sizes", "fragment",
-                 "fragment_offset", "sparse", "_key", "_blocks_total", "_blocks_done")
+                 "fragment_offset", "sparse", "_key", "_blocks_total", "_blocks_done", "_fd")
 
     def __init__(self, size: int, ready: bool = False) -> None:
         self.size = size
@@ -60,6 +72,7 @@ class FileData:
         self._key = 0
         self._blocks_total = 0
         self._blocks_done = 0
+        self._fd = -1  # the host file the pool reads this file's blocks from
 
 
 class _Done:
@@ -150,11 +163,8 @@ class _Chunk:
                     raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
                 try:
                     got = preadv(fd, [part], data.offset)
-                    while got < size:  # rare: an interrupted read, or a shrunk file
-                        more = preadv(fd, [part[got:]], data.offset + got)
-                        if more <= 0:
-                            break
-                        got += more
+                    if got < size:  # rare: an interrupted read, or a shrunk file
+                        got += _read_host(fd, data.offset + got, part[got:])
                 except OSError as e:
                     raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
                 finally:
@@ -200,6 +210,9 @@ class DataWriter:
         self._frag_count = 0
         self._frag_buf: bytearray | None = None
         self._frag_fill = 0
+        #: host files whose blocks the pool is reading (closed as each file's
+        #: last block retires, or by ``close``)
+        self._open_fds: set[int] = set()
         #: every file queued so far, by the caller's key
         self.records: dict[str, FileData] = {}
         self._dups_blocks: dict[tuple[int, int], list[FileData]] = {}
@@ -278,6 +291,10 @@ class DataWriter:
                 if self.dedup:
                     self._dedup_blocks(rec)
                 rec.ready = True
+                if rec._fd >= 0:
+                    self._open_fds.discard(rec._fd)
+                    os.close(rec._fd)
+                    rec._fd = -1
         else:
             self.fragment_table.append((self.pos, word))
             self._write_result(packed, word, buf, n)
@@ -394,25 +411,29 @@ class DataWriter:
         view.release()
         chunk.buf = None
 
+    @staticmethod
+    def _open_host(data: FileRangeData, path: str) -> int:
+        try:
+            return os.open(data.path, _O_READ)
+        except OSError as e:
+            raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") from None
+
+    def _read_pack(self, fd: int, base: int, path: str, size: int, start: int,
+                   view: memoryview) -> tuple[bytes | None, int, int]:
+        """Read one block of a host file and pack it (on a pool thread: the
+        preadv overlaps this thread's compression and the writer's work)."""
+        if _read_host(fd, base + start, view) != len(view):
+            raise CorruptError(f"{path}: file data ended before its size of {size} bytes "
+                               f"(at offset {start})")
+        return self._pack_block(view)
+
     def _reader(self, data: Data, path: str) -> tuple[Callable[[int, memoryview], int], int]:
         """A readinto(offset, view) for ``data`` and a descriptor to close (-1)."""
         if isinstance(data, FileRangeData):
             # One descriptor per file instead of one open per block.
-            try:
-                fd = os.open(data.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") from None
+            fd = self._open_host(data, path)
             base = data.offset
-
-            def read(offset: int, view: memoryview) -> int:
-                done = 0
-                while done < len(view):
-                    got = os.preadv(fd, [view[done:]], base + offset + done)
-                    if got <= 0:
-                        break
-                    done += got
-                return done
-            return read, fd
+            return lambda offset, view: _read_host(fd, base + offset, view), fd
 
         def read_generic(offset: int, view: memoryview) -> int:
             done = 0
@@ -432,7 +453,16 @@ class DataWriter:
         rec.block_sizes = array("I")
         extents = list(data.extents())
         whole = len(extents) == 1 and extents[0] == (0, size)
-        read, fd = self._reader(data, path)
+        # Host files' blocks are read on the pool (their descriptor stays open
+        # until the last block retires); other sources in order, here.
+        pooled = self.pool is not None and isinstance(data, FileRangeData)
+        if pooled:
+            fd = rec._fd = self._open_host(data, path)  # type: ignore[arg-type]
+            self._open_fds.add(fd)
+            read_pack = partial(self._read_pack, fd, data.offset,  # type: ignore[union-attr]
+                                path, size)
+        else:
+            read, fd = self._reader(data, path)
         try:
             ext_i = 0
             for i in range(count):
@@ -449,13 +479,16 @@ class DataWriter:
                         continue
                 buf = self._take_buffer()
                 view = memoryview(buf)[:n]
+                if pooled:
+                    self._submit(_BLOCK, rec, partial(read_pack, start), view, buf, n)
+                    continue
                 if read(start, view) != n:
                     self._free.append(buf)
                     raise CorruptError(f"{path}: file data ended before its size of {size} "
                                        f"bytes (at offset {start})")
                 self._submit(_BLOCK, rec, self._pack_block, view, buf, n)
         finally:
-            if fd >= 0:
+            if fd >= 0 and not pooled:
                 os.close(fd)
         if rec.sparse >= size:
             rec.sparse = size - 1  # as mksquashfs: a wholly sparse file still has a byte
@@ -506,3 +539,5 @@ class DataWriter:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+        while self._open_fds:
+            os.close(self._open_fds.pop())

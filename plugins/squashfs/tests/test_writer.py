@@ -630,6 +630,21 @@ def test_a_small_file_that_shrank_or_went_after_the_scan_is_one_error(tmp_path, 
         build(tree, str(tmp_path / "out.sqfs"), threads=threads)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_large_file_that_shrank_after_the_scan_is_one_error(tmp_path, threads):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"big{i}").write_bytes(bytes([65 + i]) * (300_000 + i))
+    tree = dir_tree(str(src))
+    (src / "big3").write_bytes(b"y" * 200_000)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(CorruptError, match="big3: file data ended before its size of "
+                                           "300003 bytes .at offset 131072"):
+        build(tree, str(tmp_path / "out.sqfs"), threads=threads, block_size="128K")
+    assert len(os.listdir("/proc/self/fd")) == open_before
+
+
 # --------------------------------------------------------------------------
 # through the conv command
 
