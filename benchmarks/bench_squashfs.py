@@ -4,6 +4,7 @@
     python benchmarks/bench_squashfs.py                  # /work/rootfs (if present) + 100k files
     python benchmarks/bench_squashfs.py /path/to/rootfs  # that tree + 100k small files
     python benchmarks/bench_squashfs.py --small 20000 --codecs zstd,gzip --repeat 3
+    python benchmarks/bench_squashfs.py --small-tree /tmp/small100k   # built once, reused
 
 For every tree and codec, runs in one go:
   conv convert 'dir:TREE -> squashfs[comp=C,level=L,block_size=BS,threads=N] -> raw:OUT'
@@ -72,6 +73,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tree", nargs="?", help="tree to pack (default: /work/rootfs if present)")
     ap.add_argument("--small", type=int, default=100_000, help="small-file tree size (0: skip)")
+    ap.add_argument("--small-tree", metavar="DIR",
+                    help="keep the small-file tree here and reuse it when it exists "
+                         "(building 100k files is slow on a busy disk)")
     ap.add_argument("--codecs", default=",".join(CODECS))
     ap.add_argument("--block-size", type=int, default=128 * 1024)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -86,9 +90,10 @@ def main() -> None:
         if tree:
             trees.append((f"tree {tree}", tree))
         if args.small:
-            small = os.path.join(work, "small")
-            with harness.built(f"{args.small} small files"):
-                build_small_files(small, args.small)
+            small = args.small_tree or os.path.join(work, "small")
+            if not (args.small_tree and os.path.isdir(small)):
+                with harness.built(f"{args.small} small files"):
+                    build_small_files(small, args.small)
             trees.append((f"{args.small} small files", small))
         print(f"block size {args.block_size}, {args.threads} threads; "
               f"levels: {', '.join(f'{c}={CODECS.get(c)}' for c in codecs)}; "
