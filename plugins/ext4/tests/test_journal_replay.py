@@ -361,23 +361,47 @@ def test_corrupt_data_block_is_skipped_with_a_warning(source, tmp_path, capfd):
                    "transaction 1) fails its checksum; not replayed, as e2fsck does\n")
 
 
-def test_corrupt_commit_block_ends_the_log_with_a_warning(source, tmp_path, capfd):
-    """The second transaction's commit block fails its checksum: like e2fsck,
-    replay the first one only and say so once."""
+def _two_transactions_one_damaged(source: str, tmp_path, block_re: str,
+                                  byte: int) -> tuple[str, str, str, int]:
+    """Transaction 1 changes an inode, 2 a data block (csum v3); the journal
+    block that ``block_re`` finds in logdump gets one byte flipped.
+    Returns before, the image, the state after transaction 1, that block."""
     before, image, after = _csum_image(source, tmp_path)
     _modify(before, after, ["sif etc/hostname mode 0100600"], tmp_path)
     first = _changed(before, after)
     second = {_blocks(before, "data.bin")[0]: b"E" * _block_size(before)}
     shutil.copyfile(before, image)
     log = _journal(image, [Txn(first), Txn(second)], "-c", tmp_path)
-    commit = int(re.search(r"sequence 2, type 2 \(commit block\) at block (\d+)", log).group(1))
-    _flip(image, _journal_block_offset(image, commit) + 200)
+    jblock = int(re.search(block_re, log).group(1))
+    _flip(image, _journal_block_offset(image, jblock) + byte)
+    return before, image, after, jblock
+
+
+def test_corrupt_commit_block_ends_the_log_with_a_warning(source, tmp_path, capfd):
+    """The second transaction's commit block fails its checksum: like e2fsck,
+    replay the first one only and say so once."""
+    _before, image, after, commit = _two_transactions_one_damaged(
+        source, tmp_path, r"sequence 2, type 2 \(commit block\) at block (\d+)", 200)
     capfd.readouterr()
     fsck_out = _assert_judged(image, tmp_path, _conv_view(after))
     assert "Journal transaction 2 was corrupt" in fsck_out
     assert capfd.readouterr().err == (
         f"conv: warning: journal block {commit}: transaction 2 fails its commit checksum; "
         "replayed the transactions before it, as e2fsck does\n")
+
+
+def test_corrupt_descriptor_block_means_no_replay(source, tmp_path, capfd):
+    """A descriptor block failing its checksum inside the log: recovery.c
+    fails its scan, so e2fsck replays nothing; conv shows the same and
+    says so once."""
+    before, image, _after, desc = _two_transactions_one_damaged(
+        source, tmp_path, r"sequence 1, type 1 \(descriptor block\) at block (\d+)", 300)
+    capfd.readouterr()
+    fsck_out = _assert_judged(image, tmp_path, _conv_view(before))
+    assert "Journal checksum error" in fsck_out
+    assert capfd.readouterr().err == (
+        f"conv: warning: journal block {desc}: transaction 1 fails its checksum; the journal "
+        "is not replayed, as e2fsck does\n")
 
 
 def _nocsum_journal(source: str, tmp_path) -> tuple[str, int, str]:
@@ -473,26 +497,6 @@ def test_crc32_be_matches_the_bitwise_definition():
     assert crc32_be(0xFFFFFFFF, data) == slow(0xFFFFFFFF, data)
     assert crc32_be(0x12345678, data[:7]) == slow(0x12345678, data[:7])
 
-
-def test_corrupt_descriptor_block_means_no_replay(source, tmp_path, capfd):
-    """A descriptor block failing its checksum inside the log: recovery.c
-    fails its scan, so e2fsck replays nothing; conv shows the same and
-    says so once."""
-    before, image, after = _csum_image(source, tmp_path)
-    _modify(before, after, ["sif etc/hostname mode 0100600"], tmp_path)
-    first = _changed(before, after)
-    second = {_blocks(before, "data.bin")[0]: b"F" * _block_size(before)}
-    shutil.copyfile(before, image)
-    log = _journal(image, [Txn(first), Txn(second)], "-c", tmp_path)
-    desc = int(re.search(r"sequence 1, type 1 \(descriptor block\) at block (\d+)",
-                         log).group(1))
-    _flip(image, _journal_block_offset(image, desc) + 300)
-    capfd.readouterr()
-    fsck_out = _assert_judged(image, tmp_path, _conv_view(before))
-    assert "Journal checksum error" in fsck_out
-    assert capfd.readouterr().err == (
-        f"conv: warning: journal block {desc}: transaction 1 fails its checksum; the journal "
-        "is not replayed, as e2fsck does\n")
 
 
 # -- bitmap checksums (metadata_csum)
@@ -672,10 +676,14 @@ def test_kernel_journal(source, tmp_path, args, opts):
     finally:
         subprocess.run(["umount", str(mnt)], check=True, timeout=60)
     rng = random.Random("kernel-journal")
+    mattered = 0
     for r, (snap, names) in enumerate(snaps):
         assert "needs_recovery" in run("dumpe2fs", "-h", snap).stdout
         view = _conv_view(snap)
-        assert view != _conv_view(snap, recover=False)  # the replay matters
+        try:  # the disk alone is older, or not even consistent
+            mattered += view != _conv_view(snap, recover=False)
+        except CorruptError:
+            mattered += 1
         fixed_view, _rdump, fsck_out = _e2fsck_view(snap, tmp_path)
         assert "recovering journal" in fsck_out
         assert fixed_view == view
@@ -684,3 +692,6 @@ def test_kernel_journal(source, tmp_path, args, opts):
             tree = decode(volume, {}, None)
             assert tree.get(f"copy{r}/rand").data.read(0, 70000) == rng.randbytes(70000)
             assert tree.get("etc/hostname").data.read(0, 100) == f"round {r}\n".encode()
+    # The kernel may have written some metadata back already, never all of it
+    # this fast.
+    assert mattered
