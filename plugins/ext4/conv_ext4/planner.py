@@ -9,6 +9,7 @@ extent-tree or indirect blocks.
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
 import uuid as uuidlib
@@ -54,6 +55,7 @@ from convcore.tree import (
     FileRangeData,
     Kind,
     Tree,
+    bytewise_sorted,
 )
 
 _M32 = 0xFFFFFFFF
@@ -157,7 +159,7 @@ class Planner:
     """
 
     def __init__(self, tree: Tree, o: Options) -> None:
-        self.tree = tree.sorted()
+        self.tree = tree
         self.o = o
         #: the entry holding each inode's metadata; None for reserved inodes
         self.ents: list[Entry | None] = []
@@ -191,6 +193,20 @@ class Planner:
         self.xblock_runs: Sequence[Run] = []
         self.resize_dind = 0
 
+    def children(self, path: str) -> list[Entry]:
+        """A directory's children in byte order of name (reproducible
+        inode numbers and directory blocks whatever order the source had)."""
+        kids = self.tree.children(path)
+        if len(kids) < 2:
+            return kids
+        paths = [k.path for k in kids]
+        # siblings share their parent's prefix: ordering paths orders names;
+        # str order is byte order for ASCII (most trees, in order already)
+        if all(map(operator.lt, paths, paths[1:])) and "".join(paths).isascii():
+            return kids
+        by_path = dict(zip(paths, kids, strict=True))
+        return [by_path[p] for p in bytewise_sorted(paths)]
+
     def ranges_of(self, ino: int) -> Sequence[Run]:
         r = self.ranges.get(ino)
         if r is not None:
@@ -217,7 +233,7 @@ class Planner:
         count links; returns each directory's child inode numbers, in its
         child order."""
         tree = self.tree
-        children = tree.children
+        children = self.children
         root = tree.root
         lpf = tree.get("lost+found") if "lost+found" in tree else None
         self.make_lpf = lpf is None
@@ -375,7 +391,7 @@ class Planner:
         """(name, inode, file type) of a directory's entries, in name order."""
         tree = self.tree
         filetype = self.style.filetype
-        kids = tree.children(path)
+        kids = self.children(path)
         names = [k.path.rpartition("/")[2] for k in kids]
         # one encode for the whole directory (names hold no NUL)
         encoded = "\0".join(names).encode("utf-8", "surrogateescape").split(b"\0") \
