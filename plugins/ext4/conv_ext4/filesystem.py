@@ -38,6 +38,9 @@ KNOWN_INCOMPAT = (L.INCOMPAT_FILETYPE | L.INCOMPAT_RECOVER | L.INCOMPAT_META_BG
 EXT3_INCOMPAT = L.INCOMPAT_FILETYPE | L.INCOMPAT_RECOVER | L.INCOMPAT_META_BG
 EXT3_RO_COMPAT = L.RO_COMPAT_SPARSE_SUPER | L.RO_COMPAT_LARGE_FILE | L.RO_COMPAT_BTREE_DIR
 
+#: what a corruption found after a journal replay adds to its message.
+AFTER_REPLAY = " (after replaying the journal; recover=no reads the image as it is on disk)"
+
 #: inode table blocks kept in memory (at most 64 KiB each).
 ITABLE_CACHE_BLOCKS = 64
 
@@ -109,7 +112,10 @@ class Ext4:
                 warn(message)
             if replay.blocks:
                 self.volume = OverlayVolume(self.volume, self.block_size, replay.blocks)
-                self._load()
+                try:
+                    self._load()
+                except CorruptError as e:
+                    raise CorruptError(f"{e}{AFTER_REPLAY}") from None
             self.replayed = replay.transactions
         # What e2fsck or a mount leave behind: the journal is replayed.
         self.incompat &= ~L.INCOMPAT_RECOVER

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 
 from conv_ext4 import layout as L
-from conv_ext4.filesystem import Ext4
+from conv_ext4.filesystem import AFTER_REPLAY, Ext4
 from conv_ext4.inode import INode
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError
@@ -37,6 +37,15 @@ def decode(volume: Volume, opts: dict | None = None, ctx=None) -> Tree:
     """
     recover = (opts or {}).get("recover")
     fs = Ext4(volume, recover=recover is None or bool(recover))
+    if not fs.replayed:
+        return _walk(fs)
+    try:
+        return _walk(fs)
+    except CorruptError as e:
+        raise CorruptError(f"{e}{AFTER_REPLAY}") from None
+
+
+def _walk(fs: Ext4) -> Tree:
     root = fs.root
     if not root.is_dir():
         raise CorruptError("inode 2 (the root) is not a directory")

@@ -695,3 +695,18 @@ def test_kernel_journal(source, tmp_path, args, opts):
     # The kernel may have written some metadata back already, never all of it
     # this fast.
     assert mattered
+
+
+def test_corruption_after_replay_says_so(source, tmp_path):
+    """A journal without checksums that logs garbage over the root directory:
+    the error names the block and says recover=no reads the disk as it is."""
+    before = _mkfs(source, str(tmp_path / "before.img"), ["-t", "ext4", "-O", "^metadata_csum"])
+    image = str(tmp_path / "img")
+    shutil.copyfile(before, image)
+    root = _blocks(before, "/")[0]
+    _journal(image, [Txn({root: b"\xff" * _block_size(image)})], "", tmp_path)
+    with pytest.raises(CorruptError, match=rf"^directory inode 2, block {root}: .*"
+                       r" \(after replaying the journal; recover=no reads the image as it "
+                       r"is on disk\)$"):
+        _conv_view(image)
+    assert _conv_view(image, recover=False) == _conv_view(before)
