@@ -135,20 +135,42 @@ def linear_blocks(style: DirStyle, name_lens: list[int], min_blocks: int = 1) ->
     return max(blocks, min_blocks)
 
 
+_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
+
+
 def _render_linear(style, ino, parent, entries, ft, min_blocks) -> bytearray:
-    buf = bytearray()
-    pk = _LeafPacker(style, buf, 0)
-    pk.new_block()
-    pk.add(ino, b".", ft)
-    pk.add(parent, b"..", ft)
+    """Blocks of packed dirents, each block's last one stretched to the end
+    of its leaf space (what _LeafPacker does, joined per block: this runs
+    for every directory)."""
+    bs = style.block_size
+    space = style.leaf_space
+    pack = _DIRENT.pack
+    out = bytearray()
+    parts = [pack(ino, 12, 1, ft), b".\0\0\0", pack(parent, 12, 2, ft), b"..\0\0"]
+    pos, last = 24, 12
     for name, child, ftype in entries:
-        if not pk.fits(len(name)):
-            pk.new_block()
-        pk.add(child, name, ftype)
-    while pk.block + 1 < min_blocks:
-        pk.new_block()
-    pk.close_block()
-    return buf
+        n = len(name)
+        rl = (n + 11) & ~3
+        if pos + rl > space:
+            _close_linear(out, parts, last, bs, space)
+            parts = []
+            pos = 0
+        parts += (pack(child, rl, n, ftype), name, _PAD[rl - 8 - n])
+        last = pos
+        pos += rl
+    _close_linear(out, parts, last, bs, space)
+    for _ in range(len(out) // bs, min_blocks):
+        empty = bytearray(bs)
+        _DIRENT.pack_into(empty, 0, 0, space, 0, 0)
+        out += empty
+    return out
+
+
+def _close_linear(out: bytearray, parts: list[bytes], last: int, bs: int, space: int) -> None:
+    start = len(out)
+    out += b"".join(parts)
+    out[start + last + 4:start + last + 6] = (space - last).to_bytes(2, "little")
+    out += bytes(start + bs - len(out))
 
 
 def _render_htree(style: DirStyle, ino: int, parent: int,
