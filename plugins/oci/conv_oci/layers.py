@@ -20,7 +20,8 @@ bottom-up, with symlinked parents and hardlinks resolved as runtimes do)
 runs on the headers afterwards. When it keeps a file whose data was skipped
 (a hardlink later in the same layer to a file an upper layer replaces, or a
 path redirected by a symlink), that layer is read once more for those files
-only: the exception, never the rule for an image built by a tool.
+only (tests/test_single_pass.py shows both); the guess only ever costs that
+second read or some spool space, never a wrong tree.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from conv_oci.whiteouts import CHANGE, OPAQUE, WHITEOUT, LayerMerger, classify, 
 from convcore.builtin.tar_codec import StreamCursor
 from convcore.builtin.tar_reader import PlainArchive, plain_member_data, scan_stream
 from convcore.errors import CorruptError, NoSpaceError, NotFoundError
-from convcore.tree import COPY_CHUNK, BytesData, Data, Entry, FileRangeData, Tree
+from convcore.tree import BytesData, Data, Entry, FileRangeData, Tree
 
 #: raw bytes read per call, and the most decompressed bytes produced per call
 READ_CHUNK = 1 << 20
@@ -319,6 +320,20 @@ class LayerStream:
         self.pos += done
         return done
 
+    def copy_out(self, fd: int, offset: int, n: int) -> int:
+        """Write the next ``n`` tar bytes into ``fd`` at ``offset``, straight
+        from the decompressed chunks; returns how many there were."""
+        done = 0
+        while done < n:
+            if not self._out and not self._next():
+                break
+            k = min(len(self._out), n - done)
+            _pwrite_all(fd, self._out[:k], offset + done)
+            self._out = self._out[k:]
+            done += k
+        self.pos += done
+        return done
+
     def read_tar(self, n: int) -> bytes:
         buf = bytearray(n)
         return bytes(buf[:self.readinto(memoryview(buf))])
@@ -428,25 +443,17 @@ class Spool:
         self.fd = self._file.fileno()
         self.path = f"/proc/self/fd/{self.fd}"
         self.end = 0
-        self._buf = bytearray(COPY_CHUNK)
 
     def close(self) -> None:
         self._file.close()
 
-    def take(self, cursor: _TarCursor, data: SpoolData) -> None:
+    def take(self, stream: LayerStream, data: SpoolData) -> None:
         """Move ``data``'s bytes from the stream (at its first data byte)
         into the spool."""
         base = -(-self.end // SPOOL_ALIGN) * SPOOL_ALIGN
-        view = memoryview(self._buf)
         for fo, n, _ in data.segments:
-            pos = base + fo
-            while n > 0:
-                got = cursor.readinto(view[:min(len(view), n)])
-                if not got:
-                    raise CorruptError(f"member data at tar offset {cursor.pos} is truncated")
-                _pwrite_all(self.fd, view[:got], pos)
-                pos += got
-                n -= got
+            if stream.copy_out(self.fd, base + fo, n) != n:
+                raise CorruptError(f"member data at tar offset {stream.pos} is truncated")
         self.end = base + data.size
         sparse = len(data.segments) != 1 or data.segments[0][:2] != (0, data.size)
         if sparse and os.fstat(self.fd).st_size < self.end:
@@ -544,10 +551,10 @@ def _read_layer(index: int, blob: LayerBlob, shadow: Shadow | None,
                         if wanted is not None:
                             keep = wanted.get(data.member[1])
                             if keep is not None:
-                                spool().take(cursor, keep)
+                                spool().take(stream, keep)
                         elif classify(entry.path)[0] is CHANGE and \
                                 (shadow is None or not shadow.hides(entry.path)):
-                            spool().take(cursor, data)
+                            spool().take(stream, data)
                 stream.finish()
         except CorruptError:
             stream.drain()
