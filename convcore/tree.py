@@ -270,16 +270,24 @@ class FileRangeData(Data):
             return
         src = self._open()
         try:
-            self._check_length(src)
-            ranges = (_seek_data_extents(src, self.offset, self.size) if self.holes
-                      else ((0, self.size),))
-            for start, length in ranges:
-                copy_range(src, self.offset + start, fd, dst_offset + start, length, buf,
-                           name=self.path)
-            # shrunk while copying: SEEK_DATA past the new end reads as a hole
-            self._check_length(src)
+            self.copy_from_fd(src, fd, dst_offset, buf)
         finally:
             os.close(src)
+
+    def copy_from_fd(self, src: int, fd: int, dst_offset: int,
+                     buf: bytearray | None = None) -> None:
+        """``copy_to`` with the host file already open as ``src`` (a sink
+        copying many members of one archive opens it once)."""
+        if not self.size:
+            return
+        self._check_length(src)
+        ranges = (_seek_data_extents(src, self.offset, self.size) if self.holes
+                  else ((0, self.size),))
+        for start, length in ranges:
+            copy_range(src, self.offset + start, fd, dst_offset + start, length, buf,
+                       name=self.path)
+        # shrunk while copying: SEEK_DATA past the new end reads as a hole
+        self._check_length(src)
 
 
 class HostTreeFileData(FileRangeData):

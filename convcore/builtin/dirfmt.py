@@ -15,53 +15,35 @@ destination.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
+from convcore.builtin.formats import DIR_OPTIONS as OPTIONS  # noqa: F401 (dirfmt.OPTIONS)
+from convcore.builtin.formats import parse_globs as _parse_globs  # noqa: F401
+from convcore.builtin.formats import parse_owner as _parse_owner  # noqa: F401
 from convcore.errors import ConvError, CorruptError, NoSpaceError, NotFoundError
-from convcore.format import Context, Option
+from convcore.format import Context
 from convcore.tree import (
     COPY_CHUNK,
     KIND_BY_IFMT,
     NO_XATTRS,
     PERMS,
+    BytesData,
     Entry,
+    FileRangeData,
     HostTreeFileData,
     Kind,
     Tree,
     bytewise_sorted,
     gc_paused,
 )
-
-
-def _parse_owner(text: str) -> tuple[int, int]:
-    uid, sep, gid = text.partition(":")
-    try:
-        values = (int(uid), int(gid) if sep else int(uid))
-    except ValueError:
-        raise ValueError(f"{text!r} is not UID:GID (numbers, e.g. 0:0)") from None
-    if min(values) < 0 or max(values) >= 1 << 32:
-        raise ValueError(f"{text!r}: ids must be between 0 and 4294967295")
-    return values
-
-
-def _parse_globs(text: str) -> tuple[str, ...]:
-    return tuple(g.strip().strip("/").removeprefix("./") for g in text.split(",") if g.strip())
-
-
-OPTIONS: list[Option] = [
-    Option("owner", None, "UID:GID to own every entry (build root images without root)",
-           parse=_parse_owner),
-    Option("exclude", None, "comma-separated globs matched against the path inside the "
-           "directory; excluding a directory excludes everything below it",
-           parse=_parse_globs),
-]
-
 
 # --------------------------------------------------------------------------
 # Source
@@ -270,15 +252,18 @@ def _open_child_dir(parent_fd: int, name: str, path: str) -> int:
         raise
 
 
-def _open_dir_path(root_fd: int, parts: tuple[str, ...], path: str) -> int:
-    fd = os.dup(root_fd)
-    for part in parts:
-        try:
-            child = _open_child_dir(fd, part, path)
-        finally:
-            os.close(fd)
-        fd = child
-    return fd
+#: threads creating and finishing files beside the one moving data, files a
+#: thread task handles, and how many batches each side may run ahead
+_WORKERS = 2
+_BATCH = 32
+_AHEAD = 3
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _Extractor:
@@ -291,6 +276,12 @@ class _Extractor:
         self.owners_skipped = 0
         self.xattrs_failed = 0
         self.my_ids = (os.geteuid(), os.getegid())
+        self.lock = threading.Lock()
+        # New files are ours (set in run): chown only those that differ.
+        self.chown_all = True
+        # the host file plain-archive members come from, opened once
+        self.src_path: str | None = None
+        self.src_fd = -1
 
     def run(self, tree: Tree) -> None:
         try:
@@ -300,8 +291,15 @@ class _Extractor:
         except FileNotFoundError:
             raise NotFoundError(f"{self.dest}: parent directory does not exist") from None
         root_fd = os.open(self.dest, _DIR_FLAGS)
+        # A setgid parent gives new files its group: then every file is chowned.
+        self.chown_all = bool(os.fstat(root_fd).st_mode & stat.S_ISGID)
         cursor = _DirCursor(root_fd)
+        links = _DirCursor(root_fd)
+        self.links = links
         dirs: list[Entry] = []
+        # Files are created with their final permission bits (umask 0), so
+        # most need no fchmod; directories stay 0o700 until the end.
+        old_umask = os.umask(0)
         try:
             # Directories first, then file contents in the order that is
             # cheapest to read (a compressed archive streams once), then
@@ -317,18 +315,22 @@ class _Extractor:
                 e for e in entries if e.kind is Kind.FILE and e.link is None and e.data]
             done = {id(e) for e in files}
             with self.progress(tree) as bar:
-                for entry in files:
-                    self.create_at(cursor, tree, entry, root_fd)
-                    bar.update(entry.data.size)  # type: ignore[union-attr]
+                self.regular_files(files, root_fd, bar)
+            self.close_source()
             for entry in entries:
                 if entry.path and not entry.is_dir() and id(entry) not in done:
                     self.create_at(cursor, tree, entry, root_fd)
-            cursor.close()
-            # Directory metadata last, deepest first: creating children
-            # changes a directory's mtime and may need its write permission.
+            links.close()
+            # Directory metadata last, deepest first (reversed pre-order):
+            # creating children changes a directory's mtime and may need its
+            # write permission. One open per directory, below the cursor's.
             for entry in reversed(dirs):
-                parts = _parts(entry.path, "entry") if entry.path else ()
-                fd = _open_dir_path(root_fd, parts, entry.path)
+                if entry.path:
+                    parts = _parts(entry.path, "entry")
+                    fd = _open_child_dir(cursor.get(parts[:-1], entry.path), parts[-1],
+                                         entry.path)
+                else:
+                    fd = os.dup(root_fd)
                 try:
                     self.set_fd_metadata(fd, entry)
                 except (OverflowError, ValueError) as e:
@@ -340,7 +342,10 @@ class _Extractor:
                 raise NoSpaceError(f"{self.dest}: no space left on the device") from None
             raise
         finally:
+            os.umask(old_umask)
+            self.close_source()
             cursor.close()
+            links.close()
             os.close(root_fd)
         self.report()
 
@@ -369,7 +374,7 @@ class _Extractor:
         name = parts[-1]
         try:
             if entry.link is not None:
-                self.hardlink(entry, name, parent_fd, root_fd)
+                self.hardlink(entry, name, parent_fd)
             elif entry.kind is Kind.DIR:
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
             elif entry.kind is Kind.FILE:
@@ -398,9 +403,9 @@ class _Extractor:
             # a NUL in a symlink target, a device number or time out of range
             raise CorruptError(f"{entry.path!r}: cannot be created: {e}") from None
 
-    def hardlink(self, entry: Entry, name: str, parent_fd: int, root_fd: int) -> None:
+    def hardlink(self, entry: Entry, name: str, parent_fd: int) -> None:
         target = _parts(entry.link, "hardlink target")
-        target_fd = _open_dir_path(root_fd, target[:-1], entry.link)
+        target_fd = self.links.get(target[:-1], entry.link)
         try:
             os.link(target[-1], name, src_dir_fd=target_fd, dst_dir_fd=parent_fd,
                     follow_symlinks=False)
@@ -409,49 +414,173 @@ class _Extractor:
         except PermissionError:
             raise CorruptError(f"{entry.path!r}: cannot hardlink to {entry.link!r} "
                                "(a directory?)") from None
-        finally:
-            os.close(target_fd)
 
     def regular(self, entry: Entry, name: str, parent_fd: int) -> None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=parent_fd)
+        fd = os.open(name, _FILE_FLAGS, entry.mode & 0o777, dir_fd=parent_fd)
         try:
             data = entry.data
             if data is not None and data.size:
-                # Sized first so the holes Data.copy_to skips stay holes.
-                try:
-                    os.ftruncate(fd, data.size)
-                except OSError as e:
-                    if e.errno in (errno.EFBIG, errno.EINVAL, errno.ENOSPC):
-                        raise NoSpaceError(f"{entry.path!r}: cannot make a file of "
-                                           f"{data.size} bytes: {e.strerror}") from None
-                    raise
-                data.copy_to(fd, 0, self.buf)
-            self.set_fd_metadata(fd, entry)
+                self.write_data(entry, data, fd)
+            self.set_fd_metadata(fd, entry, created=True)
         finally:
             os.close(fd)
+
+    def regular_files(self, files: list[Entry], root_fd: int, bar) -> None:
+        """Create the regular files with data, in ``files`` order.
+
+        Creating a file and setting its metadata are kernel work that
+        waits on the filesystem (hundreds of us a file), so worker threads
+        open the next files ahead and finish (owner, mode, xattrs, times,
+        close) the written ones while this thread moves the data, in order
+        (a streamed source reads once, front to back)."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        local = threading.local()
+        cursors: list[_DirCursor] = []
+
+        def create(batch: list[Entry]) -> list[int]:
+            cursor = getattr(local, "cursor", None)
+            if cursor is None:
+                local.cursor = cursor = _DirCursor(root_fd)
+                cursors.append(cursor)
+            fds: list[int] = []
+            try:
+                for entry in batch:
+                    with self.errors(entry):
+                        parts = _parts(entry.path, "entry")
+                        parent_fd = cursor.get(parts[:-1], entry.path)
+                        # Created with its permission bits (umask is 0): only
+                        # setuid, setgid and sticky need an fchmod, after fchown.
+                        fds.append(os.open(parts[-1], _FILE_FLAGS, entry.mode & 0o777,
+                                           dir_fd=parent_fd))
+            except BaseException:
+                _close_all(fds)
+                raise
+            return fds
+
+        def finish(batch: list[Entry], fds: list[int]) -> None:
+            try:
+                for entry, fd in zip(batch, fds, strict=True):
+                    with self.errors(entry):
+                        self.set_fd_metadata(fd, entry, created=True)
+            finally:
+                _close_all(fds)
+
+        # Batches: a thread task per file would cost about as much CPU as
+        # the syscalls it runs.
+        batches = [files[i:i + _BATCH] for i in range(0, len(files), _BATCH)]
+        ahead: deque = deque()
+        finishing: deque = deque()
+        todo = iter(batches)
+        pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="conv-dir")
+        try:
+            while True:
+                while len(ahead) < _AHEAD:
+                    batch = next(todo, None)
+                    if batch is None:
+                        break
+                    ahead.append((batch, pool.submit(create, batch)))
+                if not ahead:
+                    break
+                batch, opened = ahead.popleft()
+                fds = opened.result()
+                try:
+                    for entry, fd in zip(batch, fds, strict=True):
+                        data = entry.data
+                        if data is not None and data.size:
+                            with self.errors(entry):
+                                self.write_data(entry, data, fd)
+                            bar.update(data.size)
+                except BaseException:
+                    _close_all(fds)
+                    raise
+                finishing.append((fds, pool.submit(finish, batch, fds)))
+                while finishing and (finishing[0][1].done() or len(finishing) > _AHEAD):
+                    finishing.popleft()[1].result()
+            while finishing:
+                finishing.popleft()[1].result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for fds, finished in finishing:  # cancelled by an error: close them
+                if finished.cancelled():
+                    _close_all(fds)
+            for _, opened in ahead:  # created ahead of an error
+                if opened.done() and not opened.cancelled() and opened.exception() is None:
+                    _close_all(opened.result())
+            for cursor in cursors:
+                cursor.close()
+
+    @contextlib.contextmanager
+    def errors(self, entry: Entry) -> Iterator[None]:
+        """One-line errors for creating and filling ``entry`` (as create_at)."""
+        try:
+            yield
+        except FileExistsError:
+            raise CorruptError(f"{entry.path!r}: appears twice in the tree") from None
+        except ConvError:
+            raise
+        except (OverflowError, ValueError) as e:
+            raise CorruptError(f"{entry.path!r}: cannot be created: {e}") from None
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"{self.dest}: no space left on the device") from None
+            raise ConvError(f"{entry.path!r}: cannot extract: {e.strerror}") from None
+
+    def write_data(self, entry: Entry, data, fd: int) -> None:
+        kind = type(data)
+        # Sized first so the holes Data.copy_to skips stay holes; data
+        # written whole has none.
+        if not (kind is BytesData or isinstance(data, FileRangeData) and not data.holes):
+            try:
+                os.ftruncate(fd, data.size)
+            except OSError as e:
+                if e.errno in (errno.EFBIG, errno.EINVAL, errno.ENOSPC):
+                    raise NoSpaceError(f"{entry.path!r}: cannot make a file of "
+                                       f"{data.size} bytes: {e.strerror}") from None
+                raise
+        if kind is FileRangeData:  # a member of a plain archive: open it once
+            if data.path != self.src_path:
+                self.close_source()
+                self.src_fd = data._open()
+                self.src_path = data.path
+            data.copy_from_fd(self.src_fd, fd, 0, self.buf)
+        else:
+            data.copy_to(fd, 0, self.buf)
+
+    def close_source(self) -> None:
+        if self.src_path is not None:
+            os.close(self.src_fd)
+            self.src_path = None
 
     # -- metadata
     def _owner_ok(self, entry: Entry) -> bool:
         if self.root:
             return True
         if (entry.uid, entry.gid) != self.my_ids:
-            self.owners_skipped += 1
+            with self.lock:  # worker threads count too
+                self.owners_skipped += 1
         return False
 
     def _times(self, entry: Entry) -> tuple[int, int]:
         return (entry.atime_ns or entry.mtime_ns, entry.mtime_ns)
 
-    def set_fd_metadata(self, fd: int, entry: Entry) -> None:
-        if self._owner_ok(entry):
+    def set_fd_metadata(self, fd: int, entry: Entry, created: bool = False) -> None:
+        """Owner, mode, xattrs and times of an open node. ``created``: a
+        file this run made with its permission bits and our ids."""
+        chmod = not created or entry.mode & 0o7000
+        if self._owner_ok(entry) and (not created or self.chown_all or
+                                      (entry.uid, entry.gid) != self.my_ids):
             os.fchown(fd, entry.uid, entry.gid)
-        # after chown, which clears setuid/setgid
-        os.fchmod(fd, entry.mode & 0o7777)
+        if chmod:
+            # after chown, which clears setuid/setgid
+            os.fchmod(fd, entry.mode & 0o7777)
         for key, value in entry.xattrs.items():
             try:
                 os.setxattr(fd, key, value)
             except OSError:
-                self.xattrs_failed += 1
+                with self.lock:
+                    self.xattrs_failed += 1
         os.utime(fd, ns=self._times(entry))
 
     def set_path_metadata(self, parent_fd: int, name: str, entry: Entry,
