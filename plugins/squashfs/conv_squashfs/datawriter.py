@@ -13,8 +13,10 @@ Files smaller than a block are packed into fragment blocks (mksquashfs's
 default: tails of larger files keep their own last block). Identical files
 are stored once. Files of whole blocks: a candidate is found by size and
 CRC32s, and confirmed by comparing the stored blocks (which a deterministic
-codec makes equal exactly when the contents are). Small files: by size and
-SHA-256 of the contents.
+codec makes equal exactly when the contents are). Small host files: by size
+and CRC32, confirmed by reading the earlier file again and comparing bytes;
+other small files (a tar member, where reading again would restart a
+decompressor): by size and SHA-256.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class _Chunk:
         self.host_only = True
         self.buf: bytearray | None = None
         self.future: Future | None = None
-        self.digests: list[bytes] | None = None
+        self.digests: list[int | bytes] | None = None
 
     def add(self, rec: FileData, data: Data, path: str) -> None:
         self.recs.append(rec)
@@ -141,15 +143,20 @@ class _Chunk:
         if self.host_only and not isinstance(data, FileRangeData):
             self.host_only = False
 
-    def read(self) -> list[bytes]:
-        """Read every file (on a pool thread); returns their SHA-256 digests.
-        A 256-bit digest finds duplicates without reading an earlier file
-        again, which for a compressed tar source restarts its decompressor;
-        SHA-256 is hardware-accelerated (SHA-NI) where BLAKE2b is not."""
+    def read(self) -> list[int | bytes]:
+        """Read every file (on a pool thread when all are host files);
+        returns a digest of each for finding duplicates: host files' CRC32
+        (a third of SHA-256's cost; a match is confirmed by reading the
+        earlier file again), other sources' SHA-256 (reading them again
+        could restart a decompressor)."""
         buf = self.buf = bytearray(self.size)
         view = memoryview(buf)
-        digests = []
-        sha256 = hashlib.sha256
+        digests: list[int | bytes] = []
+        if self.host_only:
+            digest = zlib.crc32
+        else:
+            def digest(part: memoryview) -> bytes:
+                return hashlib.sha256(part).digest()
         open_, preadv, close = os.open, os.preadv, os.close
         pos = 0
         for rec, (data, path) in zip(self.recs, self.sources, strict=True):
@@ -178,9 +185,8 @@ class _Chunk:
                     got += more
             if got != size:
                 raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
-            digests.append(sha256(part).digest())
+            digests.append(digest(part))
             pos += size
-        self.sources = []  # the Data objects are not needed past the read
         return digests
 
 
@@ -216,10 +222,9 @@ class DataWriter:
         #: every file queued so far, by the caller's key
         self.records: dict[str, FileData] = {}
         self._dups_blocks: dict[tuple[int, int], list[FileData]] = {}
-        # Small files are matched by size and a 256-bit BLAKE2b digest: a
-        # byte comparison would mean reading the earlier file again, which for
-        # a compressed tar source restarts its decompressor (quadratic).
-        self._dups_small: dict[tuple[int, bytes], FileData] = {}
+        #: small files by (size, digest), with their data for a host file's
+        #: comparison (see ``_Chunk.read``)
+        self._dups_small: dict[tuple[int, int | bytes], tuple[FileData, Data]] = {}
 
     # -- work done on the pool
 
@@ -383,18 +388,20 @@ class DataWriter:
         dups = self._dups_small if self.dedup else None
         buf, fill = self._frag_buf, self._frag_fill
         pos = 0
-        for rec, digest in zip(chunk.recs, digests, strict=True):
+        for rec, digest, (data, _) in zip(chunk.recs, digests, chunk.sources, strict=True):
             size = rec.size
             if dups is not None:
                 key = (size, digest)
-                other = dups.get(key)
-                if other is not None:
+                found = dups.get(key)
+                if found is None:
+                    dups[key] = (rec, data)
+                elif type(digest) is bytes or self._same_host(found[1], view[pos:pos + size]):
+                    other = found[0]
                     rec.fragment = other.fragment
                     rec.fragment_offset = other.fragment_offset
                     rec.ready = True
                     pos += size
                     continue
-                dups[key] = rec
             if buf is None or fill + size > block_size:
                 if buf is not None:
                     self._frag_fill = fill
@@ -410,6 +417,20 @@ class DataWriter:
         self._frag_fill = fill
         view.release()
         chunk.buf = None
+
+    def _same_host(self, data: Data, content: memoryview) -> bool:
+        """Whether host file ``data`` (an earlier small file with the same
+        size and CRC32) still holds ``content``."""
+        try:
+            fd = os.open(data.path, _O_READ)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        try:
+            return os.pread(fd, len(content), data.offset) == content  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _open_host(data: FileRangeData, path: str) -> int:
