@@ -4,9 +4,12 @@ A filesystem copied after a crash (incompat flag RECOVER set) keeps its
 newest metadata, and with data=journal its newest data, in the journal.
 ``replay_journal(fs)`` reads the log with the three passes of the kernel's
 and e2fsprogs' recovery.c (scan for the end of the log, collect revoke
-records, replay) and returns an ``OverlayVolume``: the image with every
-replayed filesystem block read from its copy in the journal. The input is
-never written.
+records, replay) and returns where each replayed filesystem block's copy is
+in the journal; the reader then reads through an ``OverlayVolume``, the
+image with those blocks taken from the journal. The input is never written.
+Fast commits (ext4's own log after the jbd2 one) are not replayed: a journal
+that has some pending is one UnsupportedError line, one without is replayed
+like any other.
 
 What ends the log is what ends it for e2fsck: a block without the jbd2
 magic or with the wrong sequence, an unknown block type, a transaction
@@ -65,6 +68,12 @@ COMMIT_CHKSUM_SIZE = 13
 COMMIT_CHKSUM = 16
 COMMIT_SEC = 48
 _JSB_CHECKSUM = L.JOURNAL_SUPERBLOCK.offsets["s_checksum"]
+
+JBD2_MIN_JOURNAL_BLOCKS = 1024
+JBD2_DEFAULT_FAST_COMMIT_BLOCKS = 256
+#: ext4_fc_tl (tag, length) and the ext4_fc_head value (features, tid).
+_FC_HEAD = struct.Struct("<HHII")
+EXT4_FC_TAG_HEAD = 0x0009
 
 _SCAN, _REVOKE, _REPLAY = "scan", "revoke", "replay"
 
@@ -278,6 +287,13 @@ class Journal:
             raise CorruptError(f"{where}: first log block {jsb.s_first} is invalid")
         self.first = jsb.s_first
         self.last = jsb.s_maxlen
+        if self.fast_commit:
+            # The fast commit area ends the journal; the log wraps before it.
+            fc_blocks = jsb.s_num_fc_blks or JBD2_DEFAULT_FAST_COMMIT_BLOCKS
+            if jsb.s_maxlen - fc_blocks < JBD2_MIN_JOURNAL_BLOCKS:
+                raise CorruptError(f"{where}: {fc_blocks} fast commit blocks leave too "
+                                   "small a log")
+            self.last = jsb.s_maxlen - fc_blocks
         self.sequence = jsb.s_sequence
         self.start = jsb.s_start
         if self.start and not self.first <= self.start < self.last:
@@ -339,10 +355,6 @@ class Journal:
         journal is empty."""
         if not self.start:
             return None
-        if self.fast_commit:
-            raise UnsupportedError(
-                f"journal (inode {self.ino}) needs recovery with fast commits, which conv "
-                "does not replay (recover=no reads the image as it is)")
         result = Replay()
         self._tagged: set[int] = set()
         self._revoked: dict[int, int] = {}
@@ -351,10 +363,21 @@ class Journal:
         self._pass(_SCAN, result, fs_bytes)
         if self.failed:
             return result  # e2fsck replays nothing after a failed scan
+        if self.fast_commit and self._fast_commits_pending():
+            raise UnsupportedError(
+                f"journal block {self.last + 1}: fast commits of transaction {self.end} need "
+                "replaying, which conv does not do (recover=no reads the image as it is)")
         self._pass(_REVOKE, result, fs_bytes)
         self._pass(_REPLAY, result, fs_bytes)
         result.transactions = (self.end - self.sequence) & 0xFFFFFFFF
         return result
+
+    def _fast_commits_pending(self) -> bool:
+        """Whether the fast commit area starts with a head tag for the
+        transaction after the log (what e2fsck's scan looks for first)."""
+        block = self.block(self.last + 1)
+        tag, length, _features, tid = _FC_HEAD.unpack_from(block, 0)
+        return tag == EXT4_FC_TAG_HEAD and length >= 8 and tid == self.end
 
     def _pass(self, kind: str, result: Replay, fs_bytes: int) -> None:
         """One walk of the log, as do_one_pass() in recovery.c."""

@@ -23,7 +23,7 @@ from conv_ext4.journal_replay import crc32_be
 from conv_ext4.reader import Ext4, decode
 
 from convcore.blockdev import FileVolume
-from convcore.errors import ConvError, CorruptError
+from convcore.errors import ConvError, CorruptError, UnsupportedError
 from convcore.testing import require_tool, run, scan_dir, scan_tree
 
 JBD2_MAGIC = b"\xc0\x3b\x39\x98"
@@ -710,3 +710,76 @@ def test_corruption_after_replay_says_so(source, tmp_path):
                        r"is on disk\)$"):
         _conv_view(image)
     assert _conv_view(image, recover=False) == _conv_view(before)
+
+
+def _set_fast_commit(image: str, fc_blocks: int) -> int:
+    """Mark the journal as the kernel does when it mounts a fast_commit
+    filesystem (debugfs does not); returns the first fast commit block."""
+    from conv_ext4.csum import crc32c_raw
+
+    jsb = _journal_block_offset(image, 0)
+    with open(image, "r+b") as f:
+        f.seek(jsb)
+        sb = bytearray(f.read(1024))
+        struct.pack_into(">I", sb, 40, struct.unpack_from(">I", sb, 40)[0] | 0x20)
+        struct.pack_into(">I", sb, 0x54, fc_blocks)
+        struct.pack_into(">I", sb, 0xFC, 0)
+        struct.pack_into(">I", sb, 0xFC, crc32c_raw(0xFFFFFFFF, bytes(sb)))
+        f.seek(jsb)
+        f.write(sb)
+        return struct.unpack_from(">I", sb, 16)[0] - fc_blocks + 1
+
+
+def test_fast_commit_journal(source, tmp_path):
+    """A journal with fast commits: replayed like any other when its fast
+    commit area holds nothing for the next transaction (e2fsck judges);
+    one line when it does, since conv does not replay fast commits."""
+    before = _mkfs(source, str(tmp_path / "before.img"),
+                   ["-t", "ext4", "-b", "4096", "-O", "fast_commit", "-J", "size=16"], "64M")
+    image, after = str(tmp_path / "img"), str(tmp_path / "after")
+    _modify(before, after, ["sif etc/hostname mode 0100600"], tmp_path)
+    shutil.copyfile(before, image)
+    _journal(image, [Txn(_changed(before, after))], "-c", tmp_path)
+    fc_first = _set_fast_commit(image, 64)
+    assert "fast_commit" in run("dumpe2fs", "-h", image).stdout
+    _assert_judged(image, tmp_path, _conv_view(after))
+    # A head tag (EXT4_FC_TAG_HEAD, 8 bytes: features 0, tid 2) for the
+    # transaction after the log.
+    with open(image, "r+b") as f:
+        f.seek(_journal_block_offset(image, fc_first))
+        f.write(struct.pack("<HHII", 9, 8, 0, 2))
+    with pytest.raises(UnsupportedError, match=rf"^journal block {fc_first}: fast commits of "
+                       r"transaction 2 need replaying, which conv does not do \(recover=no"):
+        _conv_view(image)
+
+
+def test_kernel_fast_commits(source, tmp_path):
+    """fast_commit mounted by the kernel: an fsync'd new file leaves fast
+    commits (one line: conv does not replay them); after a sync, a full
+    commit, the image reads as e2fsck's replay leaves it. Needs root and
+    loop devices; skipped otherwise."""
+    image = _mkfs(source, str(tmp_path / "k.img"), ["-t", "ext4", "-O", "fast_commit"], "64M")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if not _try_loop_mount(image, str(mnt), ""):
+        pytest.skip("cannot loop-mount (needs root and loop devices)")
+    fast, full = str(tmp_path / "fast.img"), str(tmp_path / "full.img")
+    try:
+        shutil.copytree(source, mnt / "copy", symlinks=True)
+        os.sync()  # without a full commit first, the first fsync here was not a fast one
+        fd = os.open(mnt / "fsynced", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"fast\n")
+        os.fsync(fd)
+        os.close(fd)
+        shutil.copyfile(image, fast)
+        (mnt / "var" / "lib" / "f00").unlink()
+        os.sync()
+        shutil.copyfile(image, full)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=60)
+    with pytest.raises(UnsupportedError, match=r"^journal block \d+: fast commits of "
+                       r"transaction \d+ need replaying"):
+        _conv_view(fast)
+    view = _conv_view(full)
+    fixed_view, _rdump, _out = _e2fsck_view(full, tmp_path)
+    assert fixed_view == view and "fsynced" in view and "var/lib/f00" not in view
