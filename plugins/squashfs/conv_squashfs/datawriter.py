@@ -1,13 +1,15 @@
 """Writing squashfs file data: blocks and fragments, compressed on a thread pool.
 
-The main thread reads each file of a block or more block by block into a
-reusable buffer and submits it to the pool, a few blocks per task; smaller
-files are read on the pool itself, many per task. Results are retired strictly in
+Files of a block or more go block by block into reusable buffers, a few
+blocks per pool task that reads (host files; other sources are read in
+order by the writer's thread) and compresses them; smaller files are read
+on the pool many per task and packed into fragments. Results are retired in
 submission order and written sequentially to the image file, so the bytes do
 not depend on the number of threads. At most ``inflight`` blocks (and their
 buffers) are alive at any time: memory is bounded by
 ``block_size * (inflight + 2)`` plus the compressed results waiting to be
-written.
+written, plus ``_CHUNKS_AHEAD + 1`` chunks of small files read ahead (about
+256 KiB each).
 
 Files smaller than a block are packed into fragment blocks (mksquashfs's
 default: tails of larger files keep their own last block). Identical files
