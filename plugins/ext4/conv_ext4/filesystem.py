@@ -97,6 +97,7 @@ class Ext4:
         # descriptors back at different times.
         if self.metadata_csum and verify and not self.incompat & L.INCOMPAT_RECOVER:
             self._bitmaps_unchecked = set(range(self.groups_count))
+            self._itable_cache.clear()  # the journal inode's block: check its group too
 
     def _recover(self, recover: bool) -> None:
         """Replay the journal in memory: reads go through an overlay of the

@@ -783,3 +783,21 @@ def test_kernel_fast_commits(source, tmp_path):
     view = _conv_view(full)
     fixed_view, _rdump, _out = _e2fsck_view(full, tmp_path)
     assert fixed_view == view and "fsynced" in view and "var/lib/f00" not in view
+
+
+def test_needs_recovery_with_an_empty_journal_still_checks_bitmaps(tmp_path):
+    """needs_recovery over an empty journal (s_start 0): nothing to replay,
+    as e2fsck finds; the bitmaps of the journal inode's group are checked
+    like any other."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "one").write_text("1\n")  # every inode in the journal inode's table block
+    image = _mkfs(str(tiny), str(tmp_path / "img"), ["-t", "ext4", "-b", "4096"], "8M")
+    run("debugfs", "-w", "-R", "feature needs_recovery", image)
+    assert "needs_recovery" in run("dumpe2fs", "-h", image).stdout
+    clean = _conv_view(image)
+    block = int(re.search(r"Inode bitmap at (\d+)", run("dumpe2fs", image).stdout).group(1))
+    _flip(image, block * _block_size(image) + 1)
+    with pytest.raises(CorruptError, match=r"^group 0: inode bitmap checksum mismatch$"):
+        _conv_view(image)
+    assert clean
