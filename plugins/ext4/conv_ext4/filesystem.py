@@ -16,6 +16,7 @@ from conv_ext4 import xattrs as X
 from conv_ext4.csum import crc16, crc32c_raw
 from conv_ext4.geometry import is_backup_group
 from conv_ext4.inode import INode
+from conv_ext4.journal_replay import AS_ON_DISK, OverlayVolume, replay_journal
 from convcore.blockdev import Volume
 from convcore.errors import CorruptError, NotFoundError, UnsupportedError
 from convcore.plugins import warn
@@ -39,7 +40,7 @@ EXT3_INCOMPAT = L.INCOMPAT_FILETYPE | L.INCOMPAT_RECOVER | L.INCOMPAT_META_BG
 EXT3_RO_COMPAT = L.RO_COMPAT_SPARSE_SUPER | L.RO_COMPAT_LARGE_FILE | L.RO_COMPAT_BTREE_DIR
 
 #: what a corruption found after a journal replay adds to its message.
-AFTER_REPLAY = " (after replaying the journal; recover=no reads the image as it is on disk)"
+AFTER_REPLAY = f" (after replaying the journal; {AS_ON_DISK})"
 
 #: inode table blocks kept in memory (at most 64 KiB each).
 ITABLE_CACHE_BLOCKS = 64
@@ -106,7 +107,6 @@ class Ext4:
             warn("the ext4 journal needs recovery; recover=no shows the image without "
                  "replaying it (what the kernel shows after mounting may differ)")
             return
-        from conv_ext4.journal_replay import OverlayVolume, replay_journal
         replay = replay_journal(self)
         if replay is not None:
             for message in replay.warnings:

@@ -75,6 +75,9 @@ JBD2_DEFAULT_FAST_COMMIT_BLOCKS = 256
 _FC_HEAD = struct.Struct("<HHII")
 EXT4_FC_TAG_HEAD = 0x0009
 
+#: how to read such an image anyway, for the errors that stop a replay.
+AS_ON_DISK = "ext4[recover=no] reads the image as it is on disk"
+
 _SCAN, _REVOKE, _REPLAY = "scan", "revoke", "replay"
 
 # crc32_be (journal checksum v1) through zlib's reflected crc32: a
@@ -366,7 +369,7 @@ class Journal:
         if self.fast_commit and self._fast_commits_pending():
             raise UnsupportedError(
                 f"journal block {self.last + 1}: fast commits of transaction {self.end} need "
-                "replaying, which conv does not do (recover=no reads the image as it is)")
+                f"replaying, which conv does not do ({AS_ON_DISK})")
         self._pass(_REVOKE, result, fs_bytes)
         self._pass(_REPLAY, result, fs_bytes)
         result.transactions = (self.end - self.sequence) & 0xFFFFFFFF
@@ -498,7 +501,7 @@ def replay_journal(fs: Ext4) -> Replay | None:
     if sb.s_journal_inum == 0:
         raise UnsupportedError(
             "the filesystem needs recovery from an external journal device, which conv "
-            "does not read (recover=no reads the image as it is)")
+            f"does not read ({AS_ON_DISK})")
     if sb.s_journal_inum > fs.inodes_count:
         raise CorruptError(f"superblock: journal inode {sb.s_journal_inum} is out of range")
     journal = Journal(fs, sb.s_journal_inum)
