@@ -377,31 +377,29 @@ def _two_transactions_one_damaged(source: str, tmp_path, block_re: str,
     return before, image, after, jblock
 
 
-def test_corrupt_commit_block_ends_the_log_with_a_warning(source, tmp_path, capfd):
-    """The second transaction's commit block fails its checksum: like e2fsck,
-    replay the first one only and say so once."""
-    _before, image, after, commit = _two_transactions_one_damaged(
-        source, tmp_path, r"sequence 2, type 2 \(commit block\) at block (\d+)", 200)
+@pytest.mark.parametrize("block_re,byte,shows,fsck_says,warning", [
+    (r"sequence 2, type 2 \(commit block\) at block (\d+)", 200, "after",
+     "Journal transaction 2 was corrupt",
+     "journal block {}: transaction 2 fails its commit checksum; replayed the transactions "
+     "before it, as e2fsck does"),
+    (r"sequence 1, type 1 \(descriptor block\) at block (\d+)", 300, "before",
+     "Journal checksum error",
+     "journal block {}: transaction 1 fails its checksum; the journal is not replayed, as "
+     "e2fsck does"),
+], ids=["commit-ends-the-log", "descriptor-means-no-replay"])
+def test_damaged_transaction_as_e2fsck(source, tmp_path, capfd, block_re, byte, shows,
+                                       fsck_says, warning):
+    """The second transaction's commit block fails its checksum: the first
+    is replayed. The first one's descriptor block fails its checksum inside
+    the log: recovery.c fails its scan and e2fsck replays nothing. conv
+    shows the same and says so once."""
+    before, image, after, jblock = _two_transactions_one_damaged(source, tmp_path, block_re,
+                                                                 byte)
     capfd.readouterr()
-    fsck_out = _assert_judged(image, tmp_path, _conv_view(after))
-    assert "Journal transaction 2 was corrupt" in fsck_out
-    assert capfd.readouterr().err == (
-        f"conv: warning: journal block {commit}: transaction 2 fails its commit checksum; "
-        "replayed the transactions before it, as e2fsck does\n")
-
-
-def test_corrupt_descriptor_block_means_no_replay(source, tmp_path, capfd):
-    """A descriptor block failing its checksum inside the log: recovery.c
-    fails its scan, so e2fsck replays nothing; conv shows the same and
-    says so once."""
-    before, image, _after, desc = _two_transactions_one_damaged(
-        source, tmp_path, r"sequence 1, type 1 \(descriptor block\) at block (\d+)", 300)
-    capfd.readouterr()
-    fsck_out = _assert_judged(image, tmp_path, _conv_view(before))
-    assert "Journal checksum error" in fsck_out
-    assert capfd.readouterr().err == (
-        f"conv: warning: journal block {desc}: transaction 1 fails its checksum; the journal "
-        "is not replayed, as e2fsck does\n")
+    fsck_out = _assert_judged(image, tmp_path, _conv_view({"after": after,
+                                                           "before": before}[shows]))
+    assert fsck_says in fsck_out
+    assert capfd.readouterr().err == f"conv: warning: {warning.format(jblock)}\n"
 
 
 def _nocsum_journal(source: str, tmp_path) -> tuple[str, int, str]:
