@@ -11,6 +11,10 @@ Everything read from the image is hostile: block and inode numbers are
 checked against the filesystem before use, every directory may be reached
 once, and with metadata_csum (or gdt_csum) every checksum is verified;
 failures are one-line ``CorruptError``s naming the inode or block.
+
+An image whose journal needs recovery (copied after a crash or while
+mounted) is read as a mount would show it: the journal is replayed in memory
+first (conv_ext4.journal_replay); ``ext4[recover=no]`` reads the disk as it is.
 """
 
 from __future__ import annotations
