@@ -4,7 +4,7 @@ inode lookup by number and by path, shared xattr blocks.
 Geometry from the superblock is checked against itself and against the
 volume before anything else is read; with metadata_csum (crc32c) or gdt_csum
 (crc16) the superblock and every group descriptor are verified, and with
-metadata_csum a group's block and inode bitmaps when its first inode is read.
+metadata_csum a group's bitmaps the first time one of its inodes is read.
 A journal that needs recovery is replayed first, in memory.
 """
 
