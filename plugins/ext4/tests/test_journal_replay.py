@@ -800,3 +800,18 @@ def test_needs_recovery_with_an_empty_journal_still_checks_bitmaps(tmp_path):
     with pytest.raises(CorruptError, match=r"^group 0: inode bitmap checksum mismatch$"):
         _conv_view(image)
     assert clean
+
+
+def test_external_journal_needing_recovery_is_one_line(tmp_path):
+    """A filesystem whose journal is on another device cannot be replayed
+    from this image alone: one line, and recover=no still reads it."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "one").write_text("1\n")
+    image = _mkfs(str(tiny), str(tmp_path / "img"), ["-t", "ext4"], "8M")
+    run("debugfs", "-w", "-R", "ssv journal_inum 0", image)
+    run("debugfs", "-w", "-R", "feature needs_recovery", image)
+    with pytest.raises(UnsupportedError, match=r"^the filesystem needs recovery from an "
+                       r"external journal device, which conv does not read \(ext4\[recover=no\]"):
+        _conv_view(image)
+    assert "one" in _conv_view(image, recover=False)
