@@ -144,6 +144,15 @@ class LayoutBuilder:
     def blob_path(self, desc: dict) -> str:
         return os.path.join(self.root, "blobs", "sha256", desc["digest"].split(":")[1])
 
+    @staticmethod
+    def flip_byte(path: str, offset: int) -> None:
+        """Corrupt a blob in place: same size, one byte changed."""
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
 
 @pytest.fixture
 def layout(tmp_path) -> LayoutBuilder:

@@ -141,11 +141,7 @@ def test_bad_lower_blob_is_one_line_and_writes_nothing(layout, tmp_path):
     L = layout
     desc = L.image([[L.file("a", b"a" * 100_000)], [L.file("b", b"b" * 100_000)]])
     lower = L.blob_path(json.load(open(L.blob_path(desc)))["layers"][0])
-    with open(lower, "r+b") as f:
-        f.seek(50)
-        byte = f.read(1)
-        f.seek(50)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    L.flip_byte(lower, 50)
     spool = tmp_path / "tmp"
     spool.mkdir()
     out = tmp_path / "out.img"

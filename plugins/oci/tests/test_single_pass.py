@@ -215,14 +215,6 @@ def spool_dir(tmp_path, monkeypatch):
     return str(directory)
 
 
-def flip_byte(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 def test_spool_is_in_tmpdir_and_goes_with_the_tree(layout, spool_dir):
     L = layout
     L.image([[L.file("a", BIG)], [L.file("b", BIG[:1000])]])
@@ -239,7 +231,7 @@ def test_spool_removed_on_a_bad_lower_blob(layout, spool_dir):
     L = layout
     desc = L.image([[L.file("a", BIG)], [L.file("b", BIG)]])
     lower = layer_paths(L, desc)[0]
-    flip_byte(lower, 100)  # read last (top-down), after the upper layer was spooled
+    L.flip_byte(lower, 100)  # read last (top-down), after the upper layer was spooled
     digest = os.path.basename(lower)
     with pytest.raises(CorruptError, match=f"^blob sha256:{digest[:12]} does not match"):
         read(L.root)

@@ -132,11 +132,7 @@ def test_digest_mismatch_names_the_blob(layout):
     desc = L.image([[L.file("a", b"aaaa")], [L.file("b", b"bbbb")]])
     manifest = json.load(open(L.blob_path(desc)))
     layer = manifest["layers"][1]
-    with open(L.blob_path(layer), "r+b") as f:  # same size, one byte flipped
-        f.seek(20)
-        byte = f.read(1)
-        f.seek(20)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    L.flip_byte(L.blob_path(layer), 20)
     with pytest.raises(CorruptError, match=f"blob {layer['digest'][:19]} does not match"):
         read(L.root)
 
