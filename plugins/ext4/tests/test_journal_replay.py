@@ -815,3 +815,20 @@ def test_external_journal_needing_recovery_is_one_line(tmp_path):
                        r"external journal device, which conv does not read \(ext4\[recover=no\]"):
         _conv_view(image)
     assert "one" in _conv_view(image, recover=False)
+
+
+def test_version_1_journal_superblock(source, tmp_path):
+    """A v1 journal superblock (ext3 of the early 2000s: no feature words,
+    8-byte tags) replays like a v2 one without features."""
+    before = _mkfs(source, str(tmp_path / "before.img"), ["-t", "ext3", "-b", "1024"])
+    image, after = str(tmp_path / "img"), str(tmp_path / "after")
+    _modify(before, after, ["sif etc/hostname mode 0100600"], tmp_path)
+    shutil.copyfile(before, image)
+    _journal(image, [Txn(_changed(before, after))], "", tmp_path)
+    jsb = _journal_block_offset(image, 0)
+    with open(image, "r+b") as f:
+        f.seek(jsb + 4)
+        f.write(struct.pack(">I", 3))  # JBD2_SUPERBLOCK_V1
+        f.seek(jsb + 36)
+        f.write(bytes(12))  # no feature words in v1
+    _assert_judged(image, tmp_path, _conv_view(after))
