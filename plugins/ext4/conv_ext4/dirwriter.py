@@ -28,8 +28,9 @@ _DX_COUNTLIMIT = DX_COUNTLIMIT.struct
 _TAIL_SIZE = DIR_TAIL.size  # 12
 
 
-def rec_len(name_len: int) -> int:
-    return (DIRENT.size + name_len + 3) & ~3
+# A dirent's rec_len is its 8-byte header and name rounded up to 4 bytes:
+# (n + 11) & ~3, written out inline in the per-entry loops below.
+assert DIRENT.size == 8
 
 
 @dataclass
@@ -56,50 +57,6 @@ def _seal_leaf(buf: bytearray, off: int, bs: int, seed: int) -> None:
     DIR_TAIL.struct.pack_into(buf, tail, 0, _TAIL_SIZE, 0, FT_DIR_CSUM, csum)
 
 
-class _LeafPacker:
-    """Packs dirents into consecutive blocks of one bytearray."""
-
-    def __init__(self, style: DirStyle, buf: bytearray, first_block: int) -> None:
-        self.style = style
-        self.buf = buf
-        self.block = first_block - 1
-        self.pos = 0
-        self.end = 0
-        self.last = -1  # offset of the previous dirent in the current block
-
-    def new_block(self) -> None:
-        self.close_block()
-        self.block += 1
-        bs = self.style.block_size
-        need = (self.block + 1) * bs
-        if len(self.buf) < need:
-            self.buf.extend(bytes(need - len(self.buf)))
-        self.pos = self.block * bs
-        self.end = self.pos + self.style.leaf_space
-        self.last = -1
-
-    def fits(self, name_len: int) -> bool:
-        return self.block >= 0 and self.pos + rec_len(name_len) <= self.end
-
-    def add(self, ino: int, name: bytes, ftype: int) -> None:
-        n = len(name)
-        rl = rec_len(n)
-        _DIRENT.pack_into(self.buf, self.pos, ino, rl, n, ftype)
-        self.buf[self.pos + 8:self.pos + 8 + n] = name
-        self.last = self.pos
-        self.pos += rl
-
-    def close_block(self) -> None:
-        """Stretch the last dirent to the end of the block (or add an empty one)."""
-        if self.block < 0:
-            return
-        if self.last < 0:
-            _DIRENT.pack_into(self.buf, self.pos, 0, self.end - self.pos, 0, 0)
-        else:
-            self.buf[self.last + 4:self.last + 6] = (self.end - self.last).to_bytes(2, "little")
-        self.last = -2  # closed
-
-
 def render_dir(style: DirStyle, ino: int, parent: int,
                entries: list[tuple[bytes, int, int]], seed: int,
                min_blocks: int = 1) -> tuple[bytes, bool]:
@@ -107,7 +64,7 @@ def render_dir(style: DirStyle, ino: int, parent: int,
     ``seed`` is the inode's checksum seed (metadata_csum)."""
     bs = style.block_size
     ft = FT_DIR if style.filetype else 0
-    linear_bytes = 24 + sum(rec_len(len(n)) for n, _, _ in entries)
+    linear_bytes = 24 + sum((len(n) + 11) & ~3 for n, _, _ in entries)
     if not style.htree or linear_bytes <= style.leaf_space:
         buf = _render_linear(style, ino, parent, entries, ft, min_blocks)
         first_leaf = 0
@@ -123,7 +80,7 @@ def linear_blocks(style: DirStyle, name_lens: list[int], min_blocks: int = 1) ->
     """Blocks ``render_dir`` gives a directory with names of these lengths
     when it renders it linearly; 0 when it would build an htree."""
     space = style.leaf_space
-    if style.htree and 24 + sum(rec_len(n) for n in name_lens) > space:
+    if style.htree and 24 + sum((n + 11) & ~3 for n in name_lens) > space:
         return 0
     blocks, pos = 1, 24  # "." and ".."
     for n in name_lens:
@@ -140,8 +97,8 @@ _PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 def _render_linear(style, ino, parent, entries, ft, min_blocks) -> bytearray:
     """Blocks of packed dirents, each block's last one stretched to the end
-    of its leaf space (what _LeafPacker does, joined per block: this runs
-    for every directory)."""
+    of its leaf space (joined per block, not packed dirent by dirent: this
+    runs for every directory)."""
     bs = style.block_size
     space = style.leaf_space
     pack = _DIRENT.pack
@@ -167,6 +124,8 @@ def _render_linear(style, ino, parent, entries, ft, min_blocks) -> bytearray:
 
 
 def _close_linear(out: bytearray, parts: list[bytes], last: int, bs: int, space: int) -> None:
+    """Append one block of the joined ``parts``; its last dirent (at ``last``)
+    runs to the end of the leaf space."""
     start = len(out)
     out += b"".join(parts)
     out[start + last + 4:start + last + 6] = (space - last).to_bytes(2, "little")
@@ -186,16 +145,27 @@ def _render_htree(style: DirStyle, ino: int, parent: int,
 
     # Leaves first, into a scratch buffer; index blocks are put in front later.
     leaves = bytearray()
-    pk = _LeafPacker(style, leaves, 0)
+    space = style.leaf_space
+    pack = _DIRENT.pack
+    parts: list[bytes] | None = None
+    pos, last = space, 0
     starts: list[int] = []  # hash each leaf starts at (bit 0: continues a collision)
     prev_hash = -1
     for major, _minor, name, child, ftype in hashed:
-        if not pk.fits(len(name)):
-            pk.new_block()
+        n = len(name)
+        rl = (n + 11) & ~3
+        if pos + rl > space:
+            if parts is not None:
+                _close_linear(leaves, parts, last, bs, space)
+            parts = []
+            pos = 0
             starts.append(major | 1 if major == prev_hash else major)
-        pk.add(child, name, ftype)
+        parts += (pack(child, rl, n, ftype), name, _PAD[rl - 8 - n])
+        last = pos
+        pos += rl
         prev_hash = major
-    pk.close_block()
+    if parts is not None:
+        _close_linear(leaves, parts, last, bs, space)
     n_leaves = len(starts)
 
     if n_leaves <= root_limit:
