@@ -380,3 +380,34 @@ def test_cli_dir_to_tar_lists_undecodable_names_in_byte_order(tmp_path):
     for name in raw:
         with open(os.path.join(os.fsencode(extracted), b"d\xfe", name), "rb") as f:
             assert f.read() == name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners are restored only by root")
+def test_sink_exact_modes_and_owners_under_a_setgid_parent(tmp_path):
+    """Files are created with their permission bits and chowned only when
+    needed: every mode (none, read-only, setuid/setgid/sticky) and owner
+    still comes out exact, also where a setgid parent would hand new files
+    its group, and the process umask is left as it was."""
+    parent = tmp_path / "sgid"
+    parent.mkdir()
+    os.chown(parent, 0, 4242)
+    os.chmod(parent, 0o2775)
+    tree = Tree()
+    want = {"none": (0o000, 0, 0), "ro": (0o444, 0, 0), "suid": (0o4755, 1000, 1000),
+            "sgid": (0o2755, 0, 50), "mine": (0o644, 0, 0), "sticky": (0o1777, 7, 8)}
+    for name, (mode, uid, gid) in want.items():
+        tree.add(Entry(f"d/{name}", Kind.FILE, mode=mode, uid=uid, gid=gid,
+                       data=BytesData(name.encode()), size=len(name)))
+    tree.add(Entry("d", Kind.DIR, mode=0o1777, uid=3, gid=4))
+    before = os.umask(0o027)
+    try:
+        dirfmt.sink(tree, str(parent / "out"), {}, Context())
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(before)
+    for name, (mode, uid, gid) in want.items():
+        st = os.lstat(parent / "out" / "d" / name)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, uid, gid), name
+        assert (parent / "out" / "d" / name).read_bytes() == name.encode()
+    st = os.lstat(parent / "out" / "d")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o1777, 3, 4)

@@ -359,49 +359,34 @@ class _Extractor:
 
     def create_at(self, cursor: _DirCursor, tree: Tree, entry: Entry, root_fd: int) -> None:
         parts = _parts(entry.path, "entry")
-        parent_fd = cursor.get(parts[:-1], entry.path)
-        try:
-            self.create(tree, entry, parts, parent_fd, root_fd)
-        except ConvError:
-            raise
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpaceError(f"{self.dest}: no space left on the device") from None
-            raise ConvError(f"{entry.path!r}: cannot extract: {e.strerror}") from None
+        with self.errors(entry):
+            self.create(tree, entry, parts, cursor.get(parts[:-1], entry.path), root_fd)
 
     def create(self, tree: Tree, entry: Entry, parts: tuple[str, ...], parent_fd: int,
                root_fd: int) -> None:
         name = parts[-1]
-        try:
-            if entry.link is not None:
-                self.hardlink(entry, name, parent_fd)
-            elif entry.kind is Kind.DIR:
-                os.mkdir(name, 0o700, dir_fd=parent_fd)
-            elif entry.kind is Kind.FILE:
-                self.regular(entry, name, parent_fd)
-            elif entry.kind is Kind.SYMLINK:
-                os.symlink(entry.target, name, dir_fd=parent_fd)
-                self.set_path_metadata(parent_fd, name, entry, symlink=True)
-            elif entry.kind in (Kind.CHAR, Kind.BLOCK):
-                if not self.root:
-                    self.devices_skipped += 1
-                    return
-                os.mknod(name, entry.kind.value | 0o600, os.makedev(*entry.rdev),
-                         dir_fd=parent_fd)
-                self.set_path_metadata(parent_fd, name, entry)
-            elif entry.kind is Kind.FIFO:
-                os.mkfifo(name, 0o600, dir_fd=parent_fd)
-                self.set_path_metadata(parent_fd, name, entry)
-            elif entry.kind is Kind.SOCKET:
-                os.mknod(name, stat.S_IFSOCK | 0o600, dir_fd=parent_fd)
-                self.set_path_metadata(parent_fd, name, entry)
-        except FileExistsError:
-            raise CorruptError(f"{entry.path!r}: appears twice in the tree") from None
-        except ConvError:
-            raise
-        except (OverflowError, ValueError) as e:
-            # a NUL in a symlink target, a device number or time out of range
-            raise CorruptError(f"{entry.path!r}: cannot be created: {e}") from None
+        if entry.link is not None:
+            self.hardlink(entry, name, parent_fd)
+        elif entry.kind is Kind.DIR:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        elif entry.kind is Kind.FILE:
+            self.regular(entry, name, parent_fd)
+        elif entry.kind is Kind.SYMLINK:
+            os.symlink(entry.target, name, dir_fd=parent_fd)
+            self.set_path_metadata(parent_fd, name, entry, symlink=True)
+        elif entry.kind in (Kind.CHAR, Kind.BLOCK):
+            if not self.root:
+                self.devices_skipped += 1
+                return
+            os.mknod(name, entry.kind.value | 0o600, os.makedev(*entry.rdev),
+                     dir_fd=parent_fd)
+            self.set_path_metadata(parent_fd, name, entry)
+        elif entry.kind is Kind.FIFO:
+            os.mkfifo(name, 0o600, dir_fd=parent_fd)
+            self.set_path_metadata(parent_fd, name, entry)
+        elif entry.kind is Kind.SOCKET:
+            os.mknod(name, stat.S_IFSOCK | 0o600, dir_fd=parent_fd)
+            self.set_path_metadata(parent_fd, name, entry)
 
     def hardlink(self, entry: Entry, name: str, parent_fd: int) -> None:
         target = _parts(entry.link, "hardlink target")
@@ -513,7 +498,7 @@ class _Extractor:
 
     @contextlib.contextmanager
     def errors(self, entry: Entry) -> Iterator[None]:
-        """One-line errors for creating and filling ``entry`` (as create_at)."""
+        """One-line errors for creating and filling ``entry``."""
         try:
             yield
         except FileExistsError:
@@ -521,6 +506,7 @@ class _Extractor:
         except ConvError:
             raise
         except (OverflowError, ValueError) as e:
+            # a NUL in a symlink target, a device number or time out of range
             raise CorruptError(f"{entry.path!r}: cannot be created: {e}") from None
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
