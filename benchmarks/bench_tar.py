@@ -94,11 +94,13 @@ def main() -> None:
                           f"{c_size / 2**20:.0f}", f"{t_size / 2**20:.0f}")
                 if comp == "none" and "-S" in base and args.extract:
                     x_ours, x_theirs = os.path.join(work, "x-conv"), os.path.join(work, "x-tar")
+                    trash = os.path.join(work, "x-trash")
                     extract_table.row(*harness.pair_cells(*harness.side_by_side(
                         harness.conv_cli("--quiet", "convert", f"tar:{ref} -> dir:{x_ours}"),
                         ["tar", "-xpf", ref, "-C", x_theirs], args.repeat,
-                        prepare=harness.clearing(x_ours, mkdirs=[x_theirs]), env=env)))
-                    harness.clearing(x_ours, x_theirs)()
+                        prepare=harness.setting_aside(trash, x_ours, mkdirs=[x_theirs]),
+                        env=env)))
+                    harness.clearing(x_ours, x_theirs, trash)()
                 harness.clearing(out, ref)()
         table.print()
         if extract_table.rows:

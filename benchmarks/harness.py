@@ -177,6 +177,28 @@ def clearing(*paths: str, mkdirs: Sequence[str] = ()) -> Callable[[], None]:
     return clear
 
 
+def setting_aside(trash: str, *paths: str, mkdirs: Sequence[str] = ()) -> Callable[[], None]:
+    """A ``prepare`` step for commands that create many files: move the last
+    run's ``paths`` into ``trash`` (remove it when done) instead of deleting
+    them, then create the empty directories ``mkdirs``. Files deleted just
+    before a run make ext4's inode allocator skip each recently freed inode
+    (``recently_deleted``): 70% of an extraction's CPU in a profile, whoever
+    extracts next."""
+    count = 0
+
+    def set_aside() -> None:
+        nonlocal count
+        os.makedirs(trash, exist_ok=True)
+        for path in (*paths, *mkdirs):
+            if os.path.lexists(path):
+                count += 1
+                os.rename(path, os.path.join(trash, f"{count}-{os.path.basename(path)}"))
+        for path in mkdirs:
+            os.makedirs(path)
+
+    return set_aside
+
+
 # -- command lines -------------------------------------------------------------
 
 def conv_cli(*args: str) -> list[str]:
