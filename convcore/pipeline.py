@@ -338,17 +338,31 @@ def blame(path: str) -> Iterator[None]:
 def fingerprint(value: Any) -> str:
     """A cheap digest of what a chain reads (tree metadata, or a volume's size
     and first bytes), so the default seed differs between different inputs."""
-    import hashlib
-    h = hashlib.sha256()
+    from convcore.format import _sha256
+    h = _sha256(b"")
     if isinstance(value, Tree):
-        # One repr of plain tuples and one update: a formatted string per
-        # entry cost ~2 us each.
-        h.update(repr([(e.path, e.kind._value_, e.mode, e.size, e.mtime_ns, e.target, e.link)
-                       for e in value]).encode("utf-8", "surrogateescape"))
+        # The digest of one repr of a list of plain tuples (a formatted
+        # string per entry cost ~2 us each), fed in slices: the whole repr
+        # would hold ~100 bytes an entry at once, beside the tree.
+        h.update(b"[")
+        sep = b""
+        batch: list[tuple] = []
+        for e in value:
+            batch.append((e.path, e.kind._value_, e.mode, e.size, e.mtime_ns, e.target, e.link))
+            if len(batch) == _FINGERPRINT_BATCH:
+                h.update(sep + repr(batch)[1:-1].encode("utf-8", "surrogateescape"))
+                sep = b", "
+                batch = []
+        if batch:
+            h.update(sep + repr(batch)[1:-1].encode("utf-8", "surrogateescape"))
+        h.update(b"]")
     elif isinstance(value, Volume):
         h.update(str(value.size).encode())
         h.update(_head(value))
     return h.hexdigest()
+
+
+_FINGERPRINT_BATCH = 4096
 
 
 def write_atomically(path: str, write) -> None:
