@@ -570,6 +570,10 @@ class _NoXattrs(dict):
 #: a new 28-byte int per entry, indexing this table gives the shared one.
 PERMS = tuple(range(0o10000))
 
+#: mtimes Tree.add makes entries share, and how many it keeps at most
+_INTS: dict[int, int] = {}
+_INTS_KEPT = 1 << 12
+
 #: the empty xattrs mapping entries share in a Tree (read-only; see _NoXattrs)
 NO_XATTRS: dict[str, bytes] = _NoXattrs()
 
@@ -610,6 +614,20 @@ class Tree:
         mode = entry.mode
         if 0 <= mode <= 0o7777:
             entry.mode = PERMS[mode]
+        # Equal mtimes share one int object (36 bytes each): an archive's
+        # members often have one mtime (SOURCE_DATE_EPOCH), a package's
+        # files too. Bounded: distinct values only cost the lookup.
+        ints = _INTS
+        if len(ints) > _INTS_KEPT:
+            ints.clear()
+        t = entry.mtime_ns
+        shared = ints.setdefault(t, t)
+        if shared is not t:
+            entry.mtime_ns = shared
+            if entry.atime_ns == t:
+                entry.atime_ns = shared
+            if entry.ctime_ns == t:
+                entry.ctime_ns = shared
         children = self._children
         if path:
             parent = path.rpartition("/")[0]
