@@ -7,16 +7,21 @@
 - ``scan_dir(path)`` / ``scan_tree(tree)``: what a user compares after a round
   trip (type, mode, owner, times, size, content hash, link target, device,
   xattrs, hardlink groups), in one comparable form.
+- ``damage_rounds(image, live, read)``: flip random bits of an image over and
+  over; every read must give a result or a one-line ConvError.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable, Sequence
 
+from convcore.errors import ConvError
 from convcore.tree import Kind, Tree
 
 #: mtime used by make_sample_dir, with nanoseconds to catch truncation.
@@ -236,3 +241,31 @@ def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def damage_rounds(image: str, live: Sequence[int], read: Callable[[str], object], *,
+                  rounds: int, max_flips: int, seed: str) -> dict[str, int]:
+    """Rewrite ``image`` ``rounds`` times with 1..``max_flips`` random bits
+    flipped at offsets drawn from ``live`` (the pristine bytes are the
+    image's bytes on entry) and call ``read(image)`` each time: it may
+    succeed or raise a one-line ConvError; any other exception fails the
+    test where it is raised. Returns how many rounds ended each way ("ok",
+    "error"); the image is left damaged."""
+    with open(image, "rb") as f:
+        pristine = f.read()
+    rng = random.Random(seed)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(rounds):
+        damaged = bytearray(pristine)
+        for _ in range(rng.randint(1, max_flips)):
+            damaged[rng.choice(live)] ^= 1 << rng.randrange(8)
+        with open(image, "wb") as f:
+            f.write(damaged)
+        try:
+            read(image)
+        except ConvError as e:
+            assert "\n" not in str(e), f"a multi-line error: {e}"
+            outcomes["error"] += 1
+        else:
+            outcomes["ok"] += 1
+    return outcomes

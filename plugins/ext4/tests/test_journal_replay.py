@@ -23,8 +23,8 @@ from conv_ext4.journal_replay import crc32_be
 from conv_ext4.reader import Ext4, decode
 
 from convcore.blockdev import FileVolume
-from convcore.errors import ConvError, CorruptError, UnsupportedError
-from convcore.testing import require_tool, run, scan_dir, scan_tree
+from convcore.errors import CorruptError, UnsupportedError
+from convcore.testing import damage_rounds, require_tool, run, scan_dir, scan_tree
 
 JBD2_MAGIC = b"\xc0\x3b\x39\x98"
 BLOCK = 4096
@@ -465,21 +465,8 @@ def test_random_journal_damage_is_a_clean_error(source, tmp_path):
     # The superblock, descriptor and commit blocks (not the logged data).
     blocks = [0, *(int(b) for b in re.findall(r"\(\w+ block\) at block (\d+)", log))]
     live = [jsb + b * bs + i for b in blocks for i in range(bs) if pristine[jsb + b * bs + i]]
-    rng = random.Random("journal-damage")
-    outcomes = {"ok": 0, "error": 0}
-    for _ in range(60):
-        damaged = bytearray(pristine)
-        for _ in range(rng.randint(1, 6)):
-            damaged[rng.choice(live)] ^= 1 << rng.randrange(8)
-        with open(image, "wb") as f:
-            f.write(damaged)
-        try:
-            _decode_all(image)
-        except ConvError as e:
-            assert "\n" not in str(e)
-            outcomes["error"] += 1
-        else:
-            outcomes["ok"] += 1
+    outcomes = damage_rounds(image, live, _decode_all, rounds=60, max_flips=6,
+                             seed="journal-damage")
     assert outcomes["error"] > 0
 
 
