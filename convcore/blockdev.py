@@ -396,3 +396,10 @@ class Plan:
 
     def write_to(self, target: Target) -> None:
         raise NotImplementedError
+
+    def host_file(self) -> int | None:
+        """An fd of a nameless host file (``Context.scratch_file``) holding
+        exactly this plan's ``size`` bytes from offset 0, when the plan was
+        built in one: the raw sink then links that file into place instead
+        of copying it. None (the default): ``write_to`` it."""
+        return None

@@ -22,12 +22,13 @@ temporary name beside the real target and renames it only on success.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from convcore.errors import UsageError
 
@@ -201,6 +202,12 @@ class Context:
         self.seed = seed if seed is not None else (str(epoch) if epoch is not None else "conv")
         self.quiet = quiet
         self.debug = debug
+        #: where this run's temporary files go (a squashfs image being built,
+        #: decompressed OCI layer data): the output's directory, set by the
+        #: pipeline before any stage runs, so they cost space on the output's
+        #: filesystem rather than RAM when TMPDIR is a tmpfs, and a finished
+        #: image can be linked into place there. None: TMPDIR.
+        self.scratch_dir: str | None = None
 
     def derive_seed(self, *inputs: str) -> None:
         """Without --seed, make the seed depend on what is being built (the
@@ -230,11 +237,52 @@ class Context:
             counter += 1
         return out[:n]
 
+    def scratch_file(self, prefix: str = "conv-") -> BinaryIO:
+        """An open, nameless binary file for this run's temporary data, in
+        ``scratch_dir`` (else TMPDIR). Nothing is ever left behind: see
+        ``scratch_file``."""
+        return scratch_file(self.scratch_dir, prefix)
+
     def progress(self, total: int | None, desc: str, unit: str = "B"):
         """A progress bar (tqdm) on stderr, or a no-op when quiet / not a TTY.
         Use as a context manager; call ``.update(n)``."""
         from convcore.progress import bar
         return bar(total, desc, unit, disabled=self.quiet or not sys.stderr.isatty())
+
+
+def scratch_file(directory: str | None, prefix: str = "conv-") -> BinaryIO:
+    """An open binary file with no name, in ``directory`` (None: TMPDIR).
+
+    O_TMPFILE where the filesystem has it: created with mode 0o644 less the
+    umask, as the raw sink creates its outputs, and without O_EXCL, so a
+    finished image can be linked into place as the output
+    (``os.link("/proc/self/fd/N", name)``). Else a named temporary file,
+    unlinked at once. A directory that takes neither (read-only, no
+    permission, gone) gives way to TMPDIR.
+    """
+    if directory is not None:
+        try:
+            return _nameless_file(directory, prefix)
+        except OSError:
+            pass
+    return _nameless_file(None, prefix)
+
+
+def _nameless_file(directory: str | None, prefix: str) -> BinaryIO:
+    import tempfile
+    o_tmpfile = getattr(os, "O_TMPFILE", 0)
+    if o_tmpfile:
+        try:
+            fd = os.open(directory or tempfile.gettempdir(),
+                         os.O_RDWR | os.O_CLOEXEC | o_tmpfile, 0o644)
+        except OSError as e:
+            # A filesystem without O_TMPFILE says EOPNOTSUPP (EISDIR from
+            # kernels that predate the flag).
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        else:
+            return open(fd, "w+b")
+    return tempfile.TemporaryFile(prefix=prefix, dir=directory)
 
 
 def _sha256(data: bytes):

@@ -273,6 +273,8 @@ class Chain:
     def run(self, ctx: Context) -> Any:
         """Execute the chain; returns the final value (a Tree or Volume when
         the chain has no sink)."""
+        if self.need_sink:
+            ctx.scratch_dir = scratch_dir_for(self.stages[-1].path or "")
         value, start = self.open_source(ctx)
         if not ctx.seed_given:
             ctx.derive_seed(*self.identity(), fingerprint(value))
@@ -363,6 +365,14 @@ def fingerprint(value: Any) -> str:
 
 
 _FINGERPRINT_BATCH = 4096
+
+
+def scratch_dir_for(output: str) -> str | None:
+    """Where a run writing ``output`` keeps its temporary files: beside the
+    output, on its filesystem (``Context.scratch_dir``); None (TMPDIR)
+    when that directory does not exist, which write_atomically reports."""
+    parent = os.path.dirname(os.path.abspath(output))
+    return parent if os.path.isdir(parent) else None
 
 
 def write_atomically(path: str, write) -> None:

@@ -519,7 +519,7 @@ def _partition_index(disk: DiskSpec, number: int) -> int:
 def build(spec_path: str, ctx: Context, output: str | None = None) -> None:
     """``conv build``: write the disk a spec describes. ``output`` (relative
     to the current directory) overrides the spec's output."""
-    from convcore.pipeline import write_atomically
+    from convcore.pipeline import scratch_dir_for, write_atomically
     from convcore.plugins import registry
     disk = load(spec_path)
     with open(spec_path, "rb") as f:
@@ -528,6 +528,7 @@ def build(spec_path: str, ctx: Context, output: str | None = None) -> None:
     if not out:
         raise UsageError(f"{spec_path}: disk.output: no output path (add output = \"disk.img\" "
                          "to [disk] or pass --output)")
+    ctx.scratch_dir = scratch_dir_for(out)
     reg = registry()
     container = reg.get(disk.container_for(out))
     if container.sink is None or container.sink_kind != VOLUME:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Callable
 
 from conv_oci.layers import LayerBlob, stack_layers
@@ -32,6 +31,7 @@ from conv_oci.model import (
 )
 from conv_oci.source import image_info, read_image
 from convcore.errors import CorruptError, NotFoundError, UsageError
+from convcore.format import scratch_file
 from convcore.tree import Entry, FileRangeData, Kind, Tree, data_order_key, normpath
 
 #: how many symlinks deep a member name may resolve (shared layers are
@@ -101,7 +101,7 @@ def _resolve(base: str, target: str) -> str | None:
     return "/".join(parts)
 
 
-def _windows(entries: list[Entry]) -> list[tuple[str, int, int]]:
+def _windows(entries: list[Entry], scratch_dir: str | None) -> list[tuple[str, int, int]]:
     """(host path, offset, size) holding each member's bytes: a window of
     the archive when it stores them plainly, else an unlinked temporary copy
     (reachable through /proc/self/fd for as long as the process runs),
@@ -114,7 +114,7 @@ def _windows(entries: list[Entry]) -> list[tuple[str, int, int]]:
         if type(data) is FileRangeData and not data.holes:
             windows[id(entry)] = (data.path, data.offset, data.size)
             continue
-        f = tempfile.TemporaryFile(prefix="conv-oci-layer-")
+        f = scratch_file(scratch_dir, "conv-oci-layer-")
         data.copy_to(f.fileno(), 0)
         os.ftruncate(f.fileno(), data.size)
         _LIVE_COPIES.append(f)
@@ -149,8 +149,9 @@ def _choose(images: list[DockerImage], ref: str | None, platform: Platform | Non
 class ArchiveBlobs:
     """The blobs/ of an OCI layout inside a tar, verified like a layout's."""
 
-    def __init__(self, outer: OuterArchive) -> None:
+    def __init__(self, outer: OuterArchive, scratch_dir: str | None = None) -> None:
         self.outer = outer
+        self.scratch_dir = scratch_dir
 
     def _member(self, desc: Descriptor) -> Entry:
         algorithm, _, hexdigest = desc.digest.partition(":")
@@ -176,21 +177,22 @@ class ArchiveBlobs:
     def layers(self, descs: list[Descriptor]) -> list[LayerBlob]:
         members = [self._member(desc) for desc in descs]  # a missing blob fails fast
         return [LayerBlob(short(desc.digest), *window, digest=desc.digest)
-                for desc, window in zip(descs, _windows(members), strict=True)]
+                for desc, window in zip(descs, _windows(members, self.scratch_dir), strict=True)]
 
 
-def read_archive(path: str, opts: dict) -> Tree:
+def read_archive(path: str, opts: dict, scratch_dir: str | None = None) -> Tree:
     outer = OuterArchive(path)
     if "manifest.json" in outer.members:
-        return read_docker_archive(path, outer, opts)
+        return read_docker_archive(path, outer, opts, scratch_dir)
     if "index.json" in outer.members:
-        return read_image(path, ArchiveBlobs(outer), lambda name: outer.read_small(name, name),
-                          opts)
+        return read_image(path, ArchiveBlobs(outer, scratch_dir),
+                          lambda name: outer.read_small(name, name), opts, scratch_dir)
     raise NotFoundError(f"{path}: not an OCI layout, OCI archive or docker save archive "
                         "(no index.json or manifest.json)")
 
 
-def read_docker_archive(path: str, outer: OuterArchive, opts: dict) -> Tree:
+def read_docker_archive(path: str, outer: OuterArchive, opts: dict,
+                        scratch_dir: str | None = None) -> Tree:
     images = parse_docker_manifest(outer.read_small("manifest.json", "manifest"),
                                    f"{path}: manifest.json")
     configs: dict[str, ImageConfig] = {}
@@ -211,11 +213,11 @@ def read_docker_archive(path: str, outer: OuterArchive, opts: dict) -> Tree:
         raise CorruptError(f"{path}: {len(image.layers)} layers but the config lists "
                            f"{len(config.diff_ids)} diff_ids")
 
-    windows = _windows([outer.find(name, "layer") for name in image.layers])
+    windows = _windows([outer.find(name, "layer") for name in image.layers], scratch_dir)
     tree = stack_layers([LayerBlob(name, *window, diff_id=diff_id, where=f"{path}: layer {name}")
                          for name, diff_id, window in zip(image.layers, config.diff_ids,
                                                           windows, strict=True)],
-                        opts.get("whiteouts") or "apply")
+                        opts.get("whiteouts") or "apply", scratch_dir)
     config_digest = hashlib.sha256(outer.read_small(image.config, "config")).hexdigest()
     tree.info = image_info(config, len(image.layers), ref=",".join(image.repo_tags),
                            archive="docker save", config_digest=f"sha256:{config_digest}")

@@ -9,8 +9,9 @@ file's data left where a writer can ``copy_file_range`` it:
 - an uncompressed layer's files stay in the blob (a FileRangeData on the
   blob, or on the outer archive holding it);
 - a compressed layer's files are spooled while decompressing into one
-  anonymous temporary file (``Spool``), holes left unwritten: the writer
-  never decompresses again.
+  nameless scratch file (``Spool``) beside the chain's output (on its
+  filesystem, not in a TMPDIR that may be RAM), holes left unwritten: the
+  writer never decompresses again.
 
 Layers are read top-down, last first, so that what the upper layers replace,
 white out or make opaque is known when a lower layer streams by: the data of
@@ -30,7 +31,6 @@ import errno
 import hashlib
 import os
 import queue
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable
@@ -42,6 +42,7 @@ from conv_oci.whiteouts import CHANGE, OPAQUE, WHITEOUT, LayerMerger, classify, 
 from convcore.builtin.tar_codec import StreamCursor
 from convcore.builtin.tar_reader import PlainArchive, plain_member_data, scan_stream
 from convcore.errors import CorruptError, NoSpaceError, NotFoundError
+from convcore.format import scratch_file
 from convcore.tree import BytesData, Data, Entry, FileRangeData, Tree
 
 #: raw bytes read per call, and the most decompressed bytes produced per call
@@ -433,13 +434,13 @@ class SpoolData(FileRangeData):
 
 
 class Spool:
-    """Decompressed file data kept for the writer: one anonymous temporary
-    file in TMPDIR (O_TMPFILE where the kernel has it: nothing to remove, it
-    goes when its last user does, on exit or on error), reached through
+    """Decompressed file data kept for the writer: one nameless scratch file
+    in ``directory`` (``convcore.format.scratch_file``; None: TMPDIR), which
+    goes when its last user does, on exit or on error, reached through
     /proc/self/fd. Files start block-aligned; holes are never written."""
 
-    def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile(prefix="conv-oci-spool-")
+    def __init__(self, directory: str | None = None) -> None:
+        self._file = scratch_file(directory, "conv-oci-spool-")
         self.fd = self._file.fileno()
         self.path = f"/proc/self/fd/{self.fd}"
         self.end = 0
@@ -469,8 +470,9 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
             offset += n
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpaceError(f"no space left in {tempfile.gettempdir()} for the "
-                            "decompressed layer data (set TMPDIR)") from None
+            where = os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))
+            raise NoSpaceError(f"no space left in {where} for the decompressed "
+                               "layer data (spooled beside the output, else in TMPDIR)") from None
         raise
 
 
@@ -566,15 +568,17 @@ def _read_layer(index: int, blob: LayerBlob, shadow: Shadow | None,
     return entries
 
 
-def stack_layers(blobs: list[LayerBlob], whiteouts: str) -> Tree:
+def stack_layers(blobs: list[LayerBlob], whiteouts: str,
+                 scratch_dir: str | None = None) -> Tree:
     """The merged tree of ``blobs`` (bottom layer first). Every blob is read
-    and verified before this returns."""
+    and verified before this returns. Decompressed file data is spooled in
+    ``scratch_dir`` (``Context.scratch_dir``; None: TMPDIR)."""
     merger = LayerMerger(whiteouts)
     spools: list[Spool] = []
 
     def spool() -> Spool:
         if not spools:
-            spools.append(Spool())
+            spools.append(Spool(scratch_dir))
         return spools[0]
 
     try:

@@ -41,10 +41,10 @@ class BlobStore(Protocol):
 
 def source(path: str, opts: dict, ctx: Context) -> Tree:
     if os.path.isdir(path):
-        return read_layout(path, opts)
+        return read_layout(path, opts, ctx.scratch_dir)
     if os.path.isfile(path):
         from conv_oci.archive import read_archive
-        return read_archive(path, opts)
+        return read_archive(path, opts, ctx.scratch_dir)
     raise NotFoundError(f"no such OCI image layout or docker archive: {path}")
 
 
@@ -61,16 +61,17 @@ def _read_small_file(path: str, what: str) -> bytes:
     return raw
 
 
-def read_layout(root: str, opts: dict) -> Tree:
+def read_layout(root: str, opts: dict, scratch_dir: str | None = None) -> Tree:
     return read_image(root, LayoutBlobs(root),
-                      lambda name: _read_small_file(os.path.join(root, name), name), opts)
+                      lambda name: _read_small_file(os.path.join(root, name), name), opts,
+                      scratch_dir)
 
 
 def read_image(name: str, blobs: BlobStore, read_top: Callable[[str], bytes],
-               opts: dict) -> Tree:
+               opts: dict, scratch_dir: str | None = None) -> Tree:
     """Stack the chosen image of a layout (a directory, or an archive of
     one): ``read_top`` reads oci-layout and index.json, ``blobs`` gives
-    verified blobs."""
+    verified blobs; decompressed data is spooled in ``scratch_dir``."""
     layout = parse_json(read_top("oci-layout"), "oci-layout")
     version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
     if not isinstance(version, str) or not version.startswith("1."):
@@ -107,7 +108,7 @@ def read_image(name: str, blobs: BlobStore, read_top: Callable[[str], bytes],
     layers = blobs.layers(manifest.layers)
     for layer, diff_id in zip(layers, config.diff_ids, strict=False):
         layer.diff_id = diff_id
-    tree = stack_layers(layers, opts.get("whiteouts") or "apply")
+    tree = stack_layers(layers, opts.get("whiteouts") or "apply", scratch_dir)
     tree.info = image_info(config, len(manifest.layers), ref=chosen.ref,
                            manifest=chosen.desc.digest)
     return tree

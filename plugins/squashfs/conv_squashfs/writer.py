@@ -2,8 +2,10 @@
 
 A squashfs image's size is known only after compression, so ``encode`` does
 the work while planning: file data is compressed on a thread pool and
-streamed into an anonymous temporary file, the metadata tables follow, and
-the returned plan copies that file into its target (copy_file_range).
+streamed into a nameless scratch file on the output's filesystem, the
+metadata tables follow. When the image is the output (``-> raw``), the raw
+sink links that file into place; inside a partition or a qcow2 the plan
+copies it into its target (copy_file_range).
 
 Image layout, in the order mksquashfs writes it (unsquashfs checks it):
 superblock, compressor options, data blocks and fragments, inode table,
@@ -21,7 +23,6 @@ import fnmatch
 import os
 import struct
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -61,7 +62,8 @@ def _block_words(rec: FileData) -> bytes:
 
 
 class SquashfsPlan(Plan):
-    """A finished image in an anonymous temporary file."""
+    """A finished image in a nameless scratch file (``Context.scratch_file``:
+    beside the output when the pipeline knows where that is)."""
 
     fs_type = "squashfs"
 
@@ -73,6 +75,11 @@ class SquashfsPlan(Plan):
     def write_to(self, target: Target) -> None:
         # The padding after bytes_used is zeros, which the target already is.
         target.copy_from_fd(self._file.fileno(), 0, self.bytes_used, 0)
+
+    def host_file(self) -> int | None:
+        # The file holds the padded image from offset 0 (encode truncated it
+        # to ``size``): the raw sink may link it in place of a copy.
+        return self._file.fileno()
 
     def close(self) -> None:
         self._file.close()
@@ -125,7 +132,7 @@ class Settings:
 
 def encode(tree: Tree, opts: dict, ctx: Context) -> SquashfsPlan:
     settings = Settings.from_options(opts)
-    image = tempfile.TemporaryFile(prefix="conv-squashfs-")
+    image = ctx.scratch_file("conv-squashfs-")
     try:
         # No cyclic GC while writing: a few acyclic objects per entry, and with
         # a large tree alive each collection walks it all (~15% for 100k files).
