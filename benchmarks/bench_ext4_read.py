@@ -63,10 +63,11 @@ def run_pair(table: harness.Table, name: str, tree: str, work: str, times: int) 
                     "-N", str(entries * 12 // 10 + 1024), "-d", tree, image, f"{size_mib}M"],
                    check=True, capture_output=True)
     conv_out, dbg_out = os.path.join(work, "conv-out"), os.path.join(work, "debugfs-out")
+    trash = os.path.join(work, "trash")
     ours, theirs = harness.side_by_side(
         harness.conv_cli("convert", f"raw:{image} -> ext4 -> dir:{conv_out}"),
         ["debugfs", "-R", f"rdump / {dbg_out}", image], times,
-        prepare=harness.clearing(conv_out, mkdirs=[dbg_out]))
+        prepare=harness.setting_aside(trash, conv_out, mkdirs=[dbg_out]))
     got, want = listing(conv_out), listing(dbg_out)
     if got != want:
         missing = sorted(set(want) ^ set(got))[:5]
@@ -75,7 +76,7 @@ def run_pair(table: harness.Table, name: str, tree: str, work: str, times: int) 
     sample = random.Random(1).sample(files, min(200, len(files)))
     if not same_bytes(conv_out, dbg_out, sample):
         raise SystemExit(f"{name}: conv and debugfs extract different bytes")
-    harness.clearing(conv_out, dbg_out, image)()
+    harness.clearing(conv_out, dbg_out, image, trash)()
     table.row(name, entries, *harness.pair_cells(ours, theirs),
               f"same names, sizes, {len(sample)} files' bytes")
 

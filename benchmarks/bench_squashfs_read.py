@@ -108,16 +108,17 @@ def main() -> None:
                             "-comp", comp, "-b", args.block_size, "-processors", str(cores)],
                            check=True, stdout=subprocess.DEVNULL)
             ref_out, conv_out = os.path.join(work, "ref"), os.path.join(work, "conv")
+            trash = os.path.join(work, "trash")
             ours, theirs = harness.side_by_side(
                 harness.conv_cli("-q", "convert", f"raw:{img} -> squashfs -> dir:{conv_out}"),
                 ["unsquashfs", "-q", "-n", "-p", str(cores), "-d", ref_out, img], args.repeat,
-                prepare=harness.clearing(ref_out, conv_out))
+                prepare=harness.setting_aside(trash, ref_out, conv_out))
             read_only = harness.repeat([sys.executable, "-c", READ_ONLY, img], args.repeat)
             verdict = "not checked" if args.no_verify else (same_trees(ref_out, conv_out)
                                                              or "same")
             table.row(comp, f"{os.path.getsize(img) / 2**20:.1f}",
                       *harness.pair_cells(ours, theirs), f"{read_only.wall:.2f}", verdict)
-            harness.clearing(ref_out, conv_out, img)()
+            harness.clearing(ref_out, conv_out, img, trash)()
     table.print()
     print(f"\n{harness.machine_line()}")
 
