@@ -79,6 +79,10 @@ _DIRECT = struct.Struct("<15I")  # a block map of direct blocks only
 _NO_BLOCKS = (0,) * 15
 #: metadata is written in pieces up to this size.
 _FLUSH_BYTES = 8 << 20
+#: a piece this large is written as it is, not gathered
+_DIRECT_BYTES = 1 << 20
+#: inodes packed into one buffer (1 MiB of 256-byte inodes, whole blocks)
+_ITABLE_CHUNK = 4096
 
 
 def _time(ns: int) -> tuple[int, int]:
@@ -119,6 +123,9 @@ class _MetaWriter:
             self.buf += data
             return
         self.flush()
+        if len(data) >= _DIRECT_BYTES:
+            self.target.pwrite(data, block * self.bs)  # big enough alone: no copy
+            return
         self.start = block * self.bs
         self.buf = bytearray(data)
 
@@ -579,20 +586,23 @@ class Ext4Plan(Plan):
                 stats.append((0, 0))
                 continue
             count = last - first + 1
-            buf = bytearray(count * INODE_SIZE)
             dirs = 0
-            lo = first
-            if first < FIRST_INO:
-                for ino in range(first, min(FIRST_INO, last + 1)):
-                    if ino == ROOT_INO:
-                        dirs += self._pack_inodes(memoryview(buf)[(ino - first) * INODE_SIZE:],
-                                                  ino, ino)
-                    else:
-                        self._special_inode(buf, (ino - first) * INODE_SIZE, ino)
-                lo = FIRST_INO
-            if lo <= last:
-                dirs += self._pack_inodes(memoryview(buf)[(lo - first) * INODE_SIZE:], lo, last)
-            meta.write(grp.inode_table, buf)
+            for lo in range(first, last + 1, _ITABLE_CHUNK):
+                hi = min(lo + _ITABLE_CHUNK - 1, last)
+                buf = bytearray((hi - lo + 1) * INODE_SIZE)
+                if lo < FIRST_INO:
+                    for ino in range(lo, min(FIRST_INO, hi + 1)):
+                        off = (ino - lo) * INODE_SIZE
+                        if ino == ROOT_INO:
+                            dirs += self._pack_inodes(memoryview(buf)[off:], ino, ino)
+                        else:
+                            self._special_inode(buf, off, ino)
+                if max(lo, FIRST_INO) <= hi:
+                    start = max(lo, FIRST_INO)
+                    dirs += self._pack_inodes(memoryview(buf)[(start - lo) * INODE_SIZE:],
+                                              start, hi)
+                meta.write(grp.inode_table + (lo - first) * INODE_SIZE // self.o.block_size,
+                           buf)
             stats.append((count, dirs))
         return stats
 
