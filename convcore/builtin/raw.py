@@ -47,10 +47,17 @@ def _link_in_place(plan, path: str) -> bool:
     fd = host_file() if host_file is not None else None
     if fd is None or os.fstat(fd).st_size != plan.size:
         return False
+    # linkat(AT_SYMLINK_FOLLOW) on the magic link reaches the nameless
+    # file. os.link calls plain link(2) (which would link the /proc entry
+    # itself: EXDEV) unless a dir fd is given, so the parent's is.
+    parent = os.open(os.path.dirname(os.path.abspath(path)),
+                     os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.link(f"/proc/self/fd/{fd}", path)
+        os.link(f"/proc/self/fd/{fd}", os.path.basename(path), dst_dir_fd=parent)
     except OSError as e:
         if e.errno in _CANNOT_LINK:
             return False
         raise
+    finally:
+        os.close(parent)
     return True
