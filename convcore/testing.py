@@ -19,6 +19,7 @@ import random
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 
 from convcore.errors import ConvError
@@ -269,3 +270,43 @@ def damage_rounds(image: str, live: Sequence[int], read: Callable[[str], object]
         else:
             outcomes["ok"] += 1
     return outcomes
+
+
+def scratch_dirs(tmp_path, monkeypatch) -> tuple:
+    """(an output directory, an empty TMPDIR) under ``tmp_path``, with
+    TMPDIR (and tempfile's cached choice) pointing at the latter, so a
+    test sees whether temporary files went beside the output."""
+    out, tmpdir = tmp_path / "out", tmp_path / "tmpdir"
+    out.mkdir()
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    return out, tmpdir
+
+
+def open_at_sink(monkeypatch) -> list[list[str]]:
+    """Where this process's open fds point each time a sink starts
+    (``pipeline.write_atomically``), when every scratch file is alive. A
+    nameless file reads ``DIR/#INODE (deleted)`` or ``DIR/NAME (deleted)``."""
+    from convcore import pipeline
+    seen: list[list[str]] = []
+    original = pipeline.write_atomically
+
+    def spy(path, write):
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        seen.append(names)
+        return original(path, write)
+
+    monkeypatch.setattr(pipeline, "write_atomically", spy)
+    return seen
+
+
+def deleted_in(names: Sequence[str], directory) -> list[str]:
+    """The nameless files among ``names`` (as open_at_sink gives) that
+    live in ``directory``."""
+    return [n for n in names if n.startswith(f"{directory}/") and n.endswith(" (deleted)")]

@@ -14,49 +14,14 @@ import pytest
 from convcore import pipeline
 from convcore import spec as specs
 from convcore.format import Context, scratch_file
-from convcore.testing import require_tool, run
+from convcore.testing import deleted_in, open_at_sink, require_tool, run, scratch_dirs
 
 pytest.importorskip("conv_squashfs.writer")
 
 
 @pytest.fixture
 def dirs(tmp_path, monkeypatch):
-    """(output directory, an empty TMPDIR): anything spooled in TMPDIR
-    would show there."""
-    out = tmp_path / "out"
-    tmpdir = tmp_path / "tmpdir"
-    out.mkdir()
-    tmpdir.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmpdir))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
-    return out, tmpdir
-
-
-def _open_files() -> list[str]:
-    """Where this process's open fds point (a nameless file reads
-    ``DIR/#INODE (deleted)`` or ``DIR/NAME (deleted)``)."""
-    names = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            names.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass
-    return names
-
-
-@pytest.fixture
-def open_at_sink(monkeypatch) -> list[list[str]]:
-    """The open files when each sink starts (the scratch files are all
-    alive then)."""
-    seen: list[list[str]] = []
-    original = pipeline.write_atomically
-
-    def spy(path, write):
-        seen.append(_open_files())
-        return original(path, write)
-
-    monkeypatch.setattr(pipeline, "write_atomically", spy)
-    return seen
+    return scratch_dirs(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -75,10 +40,6 @@ def scratch_files(monkeypatch) -> list:
     return made
 
 
-def _deleted_in(names: list[str], directory) -> list[str]:
-    return [n for n in names if n.startswith(f"{directory}/") and n.endswith(" (deleted)")]
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -91,12 +52,13 @@ def _unsquashfs_ok(image) -> str:
 
 
 def test_squashfs_spool_is_beside_the_output_and_linked_into_place(
-        sample_dir, dirs, open_at_sink, scratch_files):
+        sample_dir, dirs, monkeypatch, scratch_files):
     out, tmpdir = dirs
+    seen = open_at_sink(monkeypatch)
     image = out / "root.sqfs"
     pipeline.convert(f"dir:{sample_dir} -> squashfs[comp=lz4] -> raw:{image}", Context())
-    (at_sink,) = open_at_sink
-    assert _deleted_in(at_sink, out), at_sink
+    (at_sink,) = seen
+    assert deleted_in(at_sink, out), at_sink
     assert not [n for n in at_sink if n.startswith(f"{tmpdir}/")]
     assert os.listdir(tmpdir) == []
     assert os.listdir(out) == ["root.sqfs"]
@@ -170,9 +132,10 @@ def test_nothing_is_left_after_an_error_or_ctrl_c(sample_dir, dirs, monkeypatch,
     assert os.listdir(tmpdir) == []
 
 
-def test_conv_build_spools_beside_its_output(tmp_path, sample_dir, dirs, open_at_sink):
+def test_conv_build_spools_beside_its_output(sample_dir, dirs, monkeypatch):
     pytest.importorskip("conv_gpt")
     out, tmpdir = dirs
+    seen = open_at_sink(monkeypatch)
     spec = out.parent / "disk.toml"
     spec.write_text(f"""[disk]
 output = "{out / 'disk.img'}"
@@ -182,8 +145,8 @@ name = "usr"
 content = {{ type = "squashfs", source = "dir:{sample_dir}" }}
 """)
     specs.build(str(spec), Context())
-    (at_sink,) = open_at_sink
-    assert _deleted_in(at_sink, out), at_sink
+    (at_sink,) = seen
+    assert deleted_in(at_sink, out), at_sink
     assert not [n for n in at_sink if n.startswith(f"{tmpdir}/")]
     assert os.listdir(out) == ["disk.img"]
     assert os.listdir(tmpdir) == []

@@ -7,36 +7,20 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import tempfile
 
 import pytest
 
 from convcore import pipeline
 from convcore.errors import CorruptError
 from convcore.format import Context
+from convcore.testing import deleted_in, open_at_sink, scratch_dirs
 
 DATA = bytes(range(256)) * 512
 
 
 @pytest.fixture
 def dirs(tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    tmpdir = tmp_path / "tmpdir"
-    out.mkdir()
-    tmpdir.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmpdir))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
-    return out, tmpdir
-
-
-def _open_files() -> list[str]:
-    names = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            names.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass
-    return names
+    return scratch_dirs(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
@@ -45,17 +29,10 @@ def test_layer_spool_is_beside_the_output(layout, dirs, monkeypatch, compression
         pytest.importorskip("zstandard")
     out, tmpdir = dirs
     layout.image([([layout.dir("etc"), layout.file("etc/data", DATA)], compression)])
-    seen: list[list[str]] = []
-    original = pipeline.write_atomically
-
-    def spy(path, write):
-        seen.append(_open_files())
-        return original(path, write)
-
-    monkeypatch.setattr(pipeline, "write_atomically", spy)
+    seen = open_at_sink(monkeypatch)
     pipeline.convert(f"oci:{layout.root} -> tar:{out / 'image.tar'}", Context())
     (at_sink,) = seen
-    assert [n for n in at_sink if n.startswith(f"{out}/") and n.endswith(" (deleted)")]
+    assert deleted_in(at_sink, out), at_sink
     assert not [n for n in at_sink if n.startswith(f"{tmpdir}/")]
     assert os.listdir(out) == ["image.tar"] and os.listdir(tmpdir) == []
     with tarfile.open(out / "image.tar") as tar:
