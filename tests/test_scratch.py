@@ -51,12 +51,13 @@ def _unsquashfs_ok(image) -> str:
     return run("unsquashfs", "-lln", str(image)).stdout
 
 
+@pytest.mark.parametrize("sink", ["squashfs[comp=lz4] -> raw:{}", "squashfs[comp=lz4]:{}"])
 def test_squashfs_spool_is_beside_the_output_and_linked_into_place(
-        sample_dir, dirs, monkeypatch, scratch_files):
+        sample_dir, dirs, monkeypatch, scratch_files, sink):
     out, tmpdir = dirs
     seen = open_at_sink(monkeypatch)
     image = out / "root.sqfs"
-    pipeline.convert(f"dir:{sample_dir} -> squashfs[comp=lz4] -> raw:{image}", Context())
+    pipeline.convert(f"dir:{sample_dir} -> {sink.format(image)}", Context())
     (at_sink,) = seen
     assert deleted_in(at_sink, out), at_sink
     assert not [n for n in at_sink if n.startswith(f"{tmpdir}/")]
@@ -166,3 +167,18 @@ def test_scratch_file_falls_back_to_tmpdir(dirs):
     finally:
         os.chmod(out, 0o755)
     assert os.listdir(out) == [] and os.listdir(tmpdir) == []
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_output_mode_follows_the_umask_linked_or_copied(sample_dir, dirs, monkeypatch, link):
+    out, _ = dirs
+    if not link:
+        def cross_device(src, dst, *args, **kw):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), src, None, dst)
+        monkeypatch.setattr(os, "link", cross_device)
+    old = os.umask(0o027)
+    try:
+        pipeline.convert(f"dir:{sample_dir} -> squashfs:{out / 'root.sqfs'}", Context())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(out / "root.sqfs").st_mode) == 0o640

@@ -79,7 +79,7 @@ class SquashfsPlan(Plan):
     def host_file(self) -> int | None:
         # The file holds the padded image from offset 0 (encode truncated it
         # to ``size``): the raw sink may link it in place of a copy.
-        return self._file.fileno()
+        return None if self._file.closed else self._file.fileno()
 
     def close(self) -> None:
         self._file.close()
