@@ -92,6 +92,16 @@ def _readable(plan, out_dir: str) -> Iterator[Volume]:
     if isinstance(plan, Volume):
         yield plan
         return
+    host_fd = plan.host_file() if hasattr(plan, "host_file") else None
+    if host_fd is not None:
+        # the plan's bytes already sit in a host file (a squashfs image):
+        # read them there rather than copying them into another one
+        volume = FileVolume(f"/proc/self/fd/{host_fd}")
+        try:
+            yield volume
+        finally:
+            volume.close()
+        return
     import tempfile
     tmp_fd, tmp_path = tempfile.mkstemp(prefix=".conv-qcow2-", dir=out_dir)
     try:

@@ -289,3 +289,30 @@ def test_writer_threads_give_the_same_bytes(qemu, tmp_path):
         qemu.compare(raw, out)
         outs.append(open(out, "rb").read())
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_compressed_from_a_host_file_plan_reads_it_in_place(tmp_path, monkeypatch):
+    """A plan whose bytes already sit in a host file (a squashfs image) is
+    compressed from that file: no temporary raw copy beside the output."""
+    import tempfile
+
+    from conv_qcow2.reader import Qcow2Volume
+    from conv_squashfs.writer import encode as squashfs_encode
+
+    from convcore.builtin.dirfmt import source as dir_source
+    from convcore.testing import make_sample_dir
+
+    root = make_sample_dir(str(tmp_path / "root"), devices=False)
+    ctx = Context(seed="s")
+    ctx.scratch_dir = str(tmp_path)
+    plan = squashfs_encode(dir_source(root, {}, ctx), {}, ctx)
+    assert plan.host_file() is not None
+    made: list[str] = []
+    real_mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp",
+                        lambda *a, **k: made.append("mkstemp") or real_mkstemp(*a, **k))
+    out = write(plan, str(tmp_path / "out.qcow2"), compress="zstd")
+    assert made == []
+    want = os.pread(plan.host_file(), plan.size, 0)
+    with Qcow2Volume(out) as volume:
+        assert volume.read_exact(plan.size, 0) == want
