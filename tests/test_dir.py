@@ -17,6 +17,7 @@ from convcore.testing import (
     is_root,
     make_sample_dir,
     normalize_hardlinks,
+    run_conv,
     scan_dir,
     scan_tree,
 )
@@ -229,13 +230,15 @@ def test_owner_option_through_format(sample):
 
 
 def test_source_reads_no_data_and_asks_no_holes(sample, monkeypatch):
-    """The scan is metadata only: SEEK_DATA waits until a writer wants the
-    extents, and getxattr runs only for names listxattr gave."""
+    """The scan is metadata only: no file is opened (directories are, to be
+    listed), SEEK_DATA waits until a writer wants the extents, and getxattr
+    runs only for names listxattr gave."""
     calls = {"lseek": 0, "getxattr": 0, "open": 0}
 
     def counting(name, real):
         def call(*args, **kwargs):
-            calls[name] += 1
+            if not (name == "open" and args[1] & os.O_DIRECTORY):
+                calls[name] += 1
             return real(*args, **kwargs)
         return call
 
@@ -411,3 +414,31 @@ def test_sink_exact_modes_and_owners_under_a_setgid_parent(tmp_path):
         assert (parent / "out" / "d" / name).read_bytes() == name.encode()
     st = os.lstat(parent / "out" / "d")
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o1777, 3, 4)
+
+
+@pytest.mark.parametrize("chain", ["ext4 -> raw", "squashfs -> raw", "tar"])
+def test_converting_leaves_the_source_atimes_alone(tmp_path, chain):
+    """Reading a tree does not move the atimes of its files and directories
+    (relatime would, on the first read after a change): a second conversion
+    of the same directory sees the same times, so writes the same bytes.
+    (Symlinks are left out: readlink(2) moves a symlink's atime whatever the
+    caller asks.)"""
+    root = tmp_path / "root"
+    (root / "etc" / "deep").mkdir(parents=True)
+    (root / "etc" / "hostname").write_bytes(b"box\n")
+    (root / "etc" / "deep" / "big").write_bytes(os.urandom(300_000))
+    (root / "empty").write_bytes(b"")
+    os.link(root / "etc" / "hostname", root / "hostname.link")
+    old = 1_000_000_000_000_000_000  # 2001, before every mtime: relatime updates
+    paths = [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files]
+    paths.append(str(root))
+    for p in paths:
+        os.utime(p, ns=(old, os.lstat(p).st_mtime_ns))
+    before = {p: os.lstat(p).st_atime_ns for p in paths}
+    outs = []
+    for n in (1, 2):
+        out = str(tmp_path / f"out{n}")
+        run_conv("convert", f"dir:{root} -> {chain}:{out}", check=True)
+        outs.append(open(out, "rb").read())
+    assert {p: os.lstat(p).st_atime_ns for p in paths} == before
+    assert outs[0] == outs[1]

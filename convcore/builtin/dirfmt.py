@@ -43,6 +43,7 @@ from convcore.tree import (
     Tree,
     bytewise_sorted,
     gc_paused,
+    open_noatime,
 )
 
 # --------------------------------------------------------------------------
@@ -134,7 +135,11 @@ class _Scanner:
 
     def listing(self, full: str) -> list[str]:
         try:
-            names = os.listdir(full)
+            fd = open_noatime(full, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise ConvError(f"{full}: cannot list directory: {e.strerror}") from None
         return bytewise_sorted(names)

@@ -20,7 +20,7 @@ from convcore.builtin import tar_layout as L
 from convcore.builtin.tar_codec import ChunkOutput, PlainOutput, open_output
 from convcore.errors import ConvError, CorruptError, NoSpaceError
 from convcore.format import Context
-from convcore.tree import COPY_CHUNK, Entry, FileRangeData, Kind, Tree
+from convcore.tree import COPY_CHUNK, Entry, FileRangeData, Kind, Tree, open_noatime
 
 _TYPEFLAGS = {
     Kind.FILE: L.REGTYPE, Kind.DIR: L.DIRTYPE, Kind.SYMLINK: L.SYMTYPE,
@@ -237,7 +237,7 @@ class TarWriter:
         preadv straight into the output buffer (one open per file)."""
         out = self.out
         try:
-            fd = os.open(data.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_noatime(data.path)
         except OSError as e:
             raise ConvError(f"{data.path}: cannot read: {e.strerror}") from None
         try:

@@ -66,6 +66,7 @@ from convcore.tree import (
     Tree,
     copy_range,
     data_order_key,
+    open_noatime,
 )
 
 _M32 = 0xFFFFFFFF
@@ -144,21 +145,6 @@ _BATCH_BYTES = 1 << 20
 #: both cores busy while the main thread builds metadata
 _DATA_THREADS = 2
 _ZERO_TAIL = memoryview(bytes(4096))
-
-
-_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
-def _open_source(path: str) -> int:
-    """Open a source file without moving its atime where we may (its owner or
-    root): the next scan of the tree then sees the same times, and the host
-    filesystem writes no inode per file read."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | _NOATIME)
-    except PermissionError:
-        if not _NOATIME:
-            raise
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 class _Buffers(threading.local):
@@ -400,7 +386,7 @@ class Ext4Plan(Plan):
             span = k * bs
             path = data.path
             try:
-                fd = _open_source(path)
+                fd = open_noatime(path)
             except OSError as e:
                 raise CorruptError(f"/{ents[ino].path}: cannot read {path}: "
                                    f"{e.strerror}") from None

@@ -35,12 +35,11 @@ from functools import partial
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec
 from convcore.errors import CorruptError
-from convcore.tree import Data, FileRangeData
+from convcore.tree import Data, FileRangeData, open_noatime
 
 _UNCOMPRESSED = layout.DATA_UNCOMPRESSED
 _SIZE_MASK = layout.DATA_SIZE_MASK
 _BLOCK, _FRAGMENT = 0, 1
-_O_READ = os.O_RDONLY | os.O_CLOEXEC
 
 
 #: the block list of every file without blocks (never appended to)
@@ -159,7 +158,7 @@ class _Chunk:
         else:
             def digest(part: memoryview) -> bytes:
                 return hashlib.sha256(part).digest()
-        open_, preadv, close = os.open, os.preadv, os.close
+        preadv, close = os.preadv, os.close
         pos = 0
         for rec, (data, path) in zip(self.recs, self.sources, strict=True):
             size = rec.size
@@ -167,7 +166,7 @@ class _Chunk:
             if isinstance(data, FileRangeData):
                 host = data.path
                 try:
-                    fd = open_(host, _O_READ)
+                    fd = open_noatime(host)
                 except OSError as e:
                     raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
                 try:
@@ -424,7 +423,7 @@ class DataWriter:
         """Whether host file ``data`` (an earlier small file with the same
         size and CRC32) still holds ``content``."""
         try:
-            fd = os.open(data.path, _O_READ)  # type: ignore[attr-defined]
+            fd = open_noatime(data.path)  # type: ignore[attr-defined]
         except OSError:
             return False
         try:
@@ -437,7 +436,7 @@ class DataWriter:
     @staticmethod
     def _open_host(data: FileRangeData, path: str) -> int:
         try:
-            return os.open(data.path, _O_READ)
+            return open_noatime(data.path)
         except OSError as e:
             raise CorruptError(f"{path}: cannot read {data.path}: {e.strerror}") from None
 
