@@ -50,7 +50,8 @@ OPTIONS = [
            "the header, relative to the output's directory)"),
     Option("backing_format", None, "format of the backing image (default: detected)",
            choices=("raw", "qcow2")),
-    Option("threads", None, "compression threads (default: all cores)", _positive_int),
+    Option("threads", None, "compression and copy threads (default: all cores)",
+           _positive_int),
 ]
 
 

@@ -141,14 +141,16 @@ class ImageBuilder:
             c += k
         return out
 
-    def ensure_many(self, clusters: list[int]) -> list[int]:
+    def ensure_many(self, clusters: list[int], thread: int | None = None) -> list[int]:
         """Host offsets of guest clusters (ascending), allocating those not yet
-        mapped, under one lock: safe when writers use several threads."""
+        mapped, under one lock: safe when writers use several threads.
+        ``thread``: the writer thread the allocation is made for (a copy
+        worker allocates in its caller's order, on its caller's behalf)."""
         entries, cs = self.l2_entries, self.cluster_size
         mask, skip, copied = layout.L2_OFFSET_MASK, layout.OFLAG_COMPRESSED, layout.OFLAG_COPIED
         out = []
         with self._lock:
-            self._writer_threads.add(threading.get_ident())
+            self._writer_threads.add(threading.get_ident() if thread is None else thread)
             # allocate() and host_offset() inlined: this runs once per cluster of data
             for c in clusters:
                 index = c >> self.l2_bits

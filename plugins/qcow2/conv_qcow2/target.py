@@ -8,11 +8,18 @@ zeros cluster by cluster: clusters that are never written, or only written
 with zeros (holes, zero runs in a raw disk, a file of zeros inside a
 filesystem), stay unallocated. Non-zero runs that land in contiguous host
 clusters go out with one ``pwrite``.
+
+Copies from a host fd (a raw source disk, a squashfs image) run on worker
+threads (``_Copier``): preadv and pwrite release the GIL, so two cores move
+data at once, as qemu-img does. Clusters are still allocated in call order, so
+the output is byte-identical to a one-thread run.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from conv_qcow2.image import ImageBuilder, pwrite_all
@@ -23,13 +30,24 @@ from convcore.tree import COPY_CHUNK
 #: a zero check without copying: ``ZEROS.startswith(view)`` is one memcmp.
 ZEROS = bytes(1 << 21)
 
+#: bytes per copy job of ``_Copier``: larger chunks cost fewer syscalls and
+#: hand-overs; a few of them in flight bound the memory
+CHUNK = 4 << 20
+
 #: (guest offset, length, host offset or None when unallocated)
 Run = tuple[int, int, "int | None"]
 
 
 class Qcow2Target(Target):
-    def __init__(self, image: ImageBuilder) -> None:
+    """``threads`` > 1: ``copy_from_fd`` returns once its chunks are queued
+    and workers move them; every other call first waits for the queue
+    (``flush``), so a later write never races an earlier copy. ``close``
+    stops the workers."""
+
+    def __init__(self, image: ImageBuilder, threads: int = 1) -> None:
         self.image = image
+        self.threads = threads
+        self._copier: _Copier | None = None
         self.fd = image.fd
         self.size = image.size
         self.cluster_size = image.cluster_size
@@ -65,14 +83,25 @@ class Qcow2Target(Target):
 
     # -- Target API
 
+    def flush(self) -> None:
+        """Wait for queued copies; raise the first error one of them met."""
+        if self._copier is not None:
+            self._copier.flush()
+
+    def close(self) -> None:
+        if self._copier is not None:
+            self._copier.close()
+            self._copier = None
+
     def pwrite(self, data, offset: int) -> None:
+        self.flush()
         view = memoryview(data).cast("B")
         self._check(offset, len(view))
         self._place(view, offset,
                     lambda pos, host, n: pwrite_all(self.fd, view[pos:pos + n], host))
 
     def _place(self, view: memoryview, offset: int,
-               move: Callable[[int, int, int], None]) -> None:
+               move: Callable[[int, int, int], None], thread: int | None = None) -> None:
         """Map ``view`` (guest bytes at ``offset``) onto host clusters, skipping
         all-zero pieces of unallocated clusters, and call ``move(view_pos,
         host_offset, length)`` once per host-contiguous run. The clusters of
@@ -93,7 +122,7 @@ class Qcow2Target(Target):
         missing = [i for i, h in enumerate(hosts)
                    if h is None and not ZEROS.startswith(view[starts[i]:starts[i + 1]])]
         if missing:
-            for i, h in zip(missing, image.ensure_many([first + i for i in missing]),
+            for i, h in zip(missing, image.ensure_many([first + i for i in missing], thread),
                             strict=True):
                 hosts[i] = h
         run_src = run_host = run_len = 0
@@ -112,6 +141,7 @@ class Qcow2Target(Target):
             move(run_src, run_host, run_len)
 
     def pread(self, length: int, offset: int) -> bytes:
+        self.flush()
         length = max(0, min(length, self.size - offset))
         out = bytearray(length)
         for start, n, host in self._runs(offset, length):
@@ -167,6 +197,11 @@ class Qcow2Target(Target):
 
     def copy_from_fd(self, fd: int, src_offset: int, length: int, offset: int) -> None:
         self._check(offset, length)
+        if self.threads > 1 and length > 0:
+            if self._copier is None:
+                self._copier = _Copier(self, self.threads)
+            self._copier.copy(fd, src_offset, length, offset)
+            return
 
         def read(view: memoryview, pos: int) -> int:
             want, got = len(view), 0
@@ -188,6 +223,7 @@ class Qcow2Target(Target):
         if isinstance(volume, FileVolume):
             self.copy_from_fd(volume.fd, src_offset, length, offset)
             return
+        self.flush()
         self._check(offset, length)
         self._copy_through(lambda view, pos: volume.readinto(view, src_offset + pos),
                            length, offset)
@@ -195,9 +231,142 @@ class Qcow2Target(Target):
     def copy_from_data(self, data, offset: int, buf: bytearray | None = None) -> None:
         """A tree file's bytes, holes skipped (its ``extents``), zero clusters
         found on the way through (a file of zeros costs no clusters)."""
+        self.flush()
         self._check(offset, data.size)
         for start, n in data.extents():
             self._copy_through(lambda view, pos, start=start: data.readinto(start + pos, view),
                                n, offset + start, buf)
 
 
+
+
+class _Copier:
+    """Worker threads that copy chunks of host fds into a Qcow2Target.
+
+    A job reads its chunk (in parallel with the others), then waits for its
+    turn, the order ``copy`` queued it in, to look up and allocate its
+    clusters (``Qcow2Target._place``) exactly as a one-thread copy would, then
+    writes its runs (in parallel again). Each ``copy`` works on a dup of the
+    caller's fd, so the caller may close its own once ``copy`` returns.
+    """
+
+    def __init__(self, target: Qcow2Target, workers: int) -> None:
+        self.target = target
+        self.cond = threading.Condition()
+        #: (seq, fd holder, src offset, length, guest offset, caller thread, buffer)
+        self.jobs: deque = deque()
+        self.queued = 0   # seq of the next job
+        self.turn = 0     # seq of the job allowed to allocate
+        self.pending = 0  # jobs queued and not finished
+        #: the first error a job met: later jobs are skipped, every flush raises it
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.chunk = max(CHUNK, 2 * target.cluster_size)
+        # one buffer per worker plus one being queued ahead: reused, so each
+        # page faults once
+        self.free = [bytearray(self.chunk) for _ in range(workers + 1)]
+        self.workers = [threading.Thread(target=self._work, name=f"conv-qcow2-copy-{i}",
+                                         daemon=True) for i in range(workers)]
+        for t in self.workers:
+            t.start()
+
+    def copy(self, fd: int, src_offset: int, length: int, offset: int) -> None:
+        cs = self.target.cluster_size
+        caller = threading.get_ident()
+        # [dup of fd, users]: this call and each of its unfinished jobs
+        holder = [os.dup(fd), 1]
+        pos = 0
+        try:
+            while pos < length:
+                n = min(self.chunk, length - pos)
+                if n == self.chunk:
+                    # end on a cluster boundary: each cluster is zero-checked whole
+                    n -= (offset + pos + n) & (cs - 1)
+                with self.cond:
+                    while not self.free and self.error is None:
+                        self.cond.wait()
+                    if self.error is not None:
+                        break
+                    holder[1] += 1
+                    self.jobs.append((self.queued, holder, src_offset + pos, n, offset + pos,
+                                      caller, self.free.pop()))
+                    self.queued += 1
+                    self.pending += 1
+                    self.cond.notify_all()
+                pos += n
+        finally:
+            self._release(holder)
+        if self.error is not None:
+            raise self.error
+
+    def _release(self, holder: list[int]) -> None:
+        with self.cond:
+            holder[1] -= 1
+            if holder[1] == 0:
+                os.close(holder[0])
+
+    def flush(self) -> None:
+        with self.cond:
+            while self.pending:
+                self.cond.wait()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        with self.cond:
+            while self.pending:
+                self.cond.wait()
+            self.stopping = True
+            self.cond.notify_all()
+        for t in self.workers:
+            t.join()
+
+    def _work(self) -> None:
+        cond, target = self.cond, self.target
+        while True:
+            with cond:
+                while not self.jobs and not self.stopping:
+                    cond.wait()
+                if not self.jobs:
+                    return
+                seq, holder, src, n, guest, caller, buf = self.jobs.popleft()
+            view = memoryview(buf)[:n]
+            runs: list[tuple[int, int, int]] = []
+            try:
+                if self.error is None:
+                    got = 0
+                    while got < n:
+                        k = os.preadv(holder[0], [view[got:]], src + got)
+                        if k <= 0:
+                            raise CorruptError(f"input ended early: {n - got} bytes missing "
+                                               f"at offset {src + got}")
+                        got += k
+            except BaseException as e:  # handed to the caller by flush
+                self._fail(e)
+            with cond:
+                while self.turn != seq:
+                    cond.wait()
+                try:
+                    if self.error is None:
+                        target._place(view, guest,
+                                      lambda p, h, k, runs=runs: runs.append((p, h, k)), caller)
+                except BaseException as e:
+                    self._fail(e)
+                    runs.clear()
+                self.turn += 1
+                cond.notify_all()
+            try:
+                for p, h, k in runs:
+                    pwrite_all(target.fd, view[p:p + k], h)
+            except BaseException as e:
+                self._fail(e)
+            self._release(holder)
+            with cond:
+                self.free.append(buf)
+                self.pending -= 1
+                cond.notify_all()
+
+    def _fail(self, error: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = error

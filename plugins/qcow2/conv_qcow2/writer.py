@@ -57,7 +57,12 @@ def sink(plan, path: str, opts: dict, ctx: Context) -> None:
         image = ImageBuilder(fd, virtual_size, cluster_size, version, compression_type,
                              backing_name, backing_format)
         if compress == "none" and backing is None:
-            plan.write_to(Qcow2Target(image))
+            target = Qcow2Target(image, threads)
+            try:
+                plan.write_to(target)
+                target.flush()
+            finally:
+                target.close()
         else:
             compressor = _compressor(compress, level) if compress != "none" else None
             with _readable(plan, out_dir) as volume:
