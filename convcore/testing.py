@@ -7,6 +7,7 @@
 - ``scan_dir(path)`` / ``scan_tree(tree)``: what a user compares after a round
   trip (type, mode, owner, times, size, content hash, link target, device,
   xattrs, hardlink groups), in one comparable form.
+- ``flip_byte(path, offset)``: damage one byte of a file in place.
 - ``damage_rounds(image, live, read)``: flip random bits of an image over and
   over; every read must give a result or a one-line ConvError.
 """
@@ -242,6 +243,16 @@ def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def flip_byte(path: str, offset: int, mask: int = 0x5A) -> None:
+    """Damage a file in place: the byte at ``offset`` XORed with ``mask``,
+    the size unchanged."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ mask]))
 
 
 def damage_rounds(image: str, live: Sequence[int], read: Callable[[str], object], *,

@@ -24,7 +24,7 @@ from conv_ext4.reader import Ext4, decode
 
 from convcore.blockdev import FileVolume
 from convcore.errors import CorruptError, UnsupportedError
-from convcore.testing import damage_rounds, require_tool, run, scan_dir, scan_tree
+from convcore.testing import damage_rounds, flip_byte, require_tool, run, scan_dir, scan_tree
 
 JBD2_MAGIC = b"\xc0\x3b\x39\x98"
 BLOCK = 4096
@@ -327,14 +327,6 @@ def _journal_block_offset(image: str, jblock: int) -> int:
     return int(_debugfs(image, f"bmap <8> {jblock}").strip()) * _block_size(image)
 
 
-def _flip(image: str, offset: int) -> None:
-    with open(image, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x5A]))
-
-
 def _csum_image(source: str, tmp_path) -> tuple[str, str, str]:
     before = _mkfs(source, str(tmp_path / "before.img"), ["-t", "ext4", "-b", "4096"])
     return before, str(tmp_path / "img"), str(tmp_path / "after")
@@ -352,7 +344,7 @@ def test_corrupt_data_block_is_skipped_with_a_warning(source, tmp_path, capfd):
     shutil.copyfile(before, image)
     log = _journal(image, [Txn(txn)], "-c", tmp_path)
     jblock = int(re.search(rf"FS block {data} logged at journal block (\d+)", log).group(1))
-    _flip(image, _journal_block_offset(image, jblock) + 100)
+    flip_byte(image, _journal_block_offset(image, jblock) + 100)
     capfd.readouterr()
     fsck_out = _assert_judged(image, tmp_path, _conv_view(after))
     assert "checksum" in fsck_out.lower()
@@ -373,7 +365,7 @@ def _two_transactions_one_damaged(source: str, tmp_path, block_re: str,
     shutil.copyfile(before, image)
     log = _journal(image, [Txn(first), Txn(second)], "-c", tmp_path)
     jblock = int(re.search(block_re, log).group(1))
-    _flip(image, _journal_block_offset(image, jblock) + byte)
+    flip_byte(image, _journal_block_offset(image, jblock) + byte)
     return before, image, after, jblock
 
 
@@ -496,7 +488,7 @@ def test_bitmap_checksum_mismatch_names_the_group(source, tmp_path, which, args)
     _conv_view(image)  # clean: the checksums verify
     dump = run("dumpe2fs", image).stdout
     block = int(re.search(rf"{which.capitalize()} bitmap at (\d+)", dump).group(1))
-    _flip(image, block * _block_size(image) + 1)  # inodes 9-16 or blocks 8-15: in use
+    flip_byte(image, block * _block_size(image) + 1)  # inodes 9-16 or blocks 8-15: in use
     assert run("e2fsck", "-fn", image, check=False).returncode != 0
     with pytest.raises(CorruptError, match=rf"^group 0: {which} bitmap checksum mismatch$"):
         _conv_view(image)
@@ -610,7 +602,7 @@ def test_async_commit_follows_recovery_c(source, tmp_path, capfd):
     for seq in (1, 2):
         commit = int(re.search(rf"sequence {seq}, type 2 \(commit block\) at block (\d+)",
                                log).group(1))
-        _flip(image, _journal_block_offset(image, commit) + 200)
+        flip_byte(image, _journal_block_offset(image, commit) + 200)
     capfd.readouterr()
     _assert_judged(image, tmp_path, _conv_view(mid))
     assert capfd.readouterr().err.count("fails its commit checksum") == 2
@@ -783,7 +775,7 @@ def test_needs_recovery_with_an_empty_journal_still_checks_bitmaps(tmp_path):
     assert "needs_recovery" in run("dumpe2fs", "-h", image).stdout
     clean = _conv_view(image)
     block = int(re.search(r"Inode bitmap at (\d+)", run("dumpe2fs", image).stdout).group(1))
-    _flip(image, block * _block_size(image) + 1)
+    flip_byte(image, block * _block_size(image) + 1)
     with pytest.raises(CorruptError, match=r"^group 0: inode bitmap checksum mismatch$"):
         _conv_view(image)
     assert clean

@@ -19,6 +19,7 @@ from convcore.blockdev import FileVolume
 from convcore.errors import CorruptError, NotFoundError, UnsupportedError
 from convcore.testing import (
     damage_rounds,
+    flip_byte,
     is_root,
     make_sample_dir,
     normalize_hardlinks,
@@ -520,14 +521,6 @@ def _poke(image: str, offset: int, data: bytes) -> None:
         f.write(data)
 
 
-def _flip(image: str, offset: int) -> None:
-    with open(image, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x5A]))
-
-
 def _decode_file(image: str):
     with _closing(FileVolume(image)) as volume:
         tree = decode(volume, {}, None)
@@ -603,7 +596,7 @@ def test_unwritten_extents_read_as_holes(small_images, tmp_path):
 
 def test_superblock_checksum(small_images, tmp_path):
     image = _copy(small_images, "csum", tmp_path)
-    _flip(image, 1024 + 120)  # s_volume_name
+    flip_byte(image, 1024 + 120)  # s_volume_name
     with pytest.raises(CorruptError, match="^superblock: checksum mismatch$"):
         _decode_file(image)
 
@@ -623,7 +616,7 @@ def test_group_descriptor_checksum(small_images, tmp_path, which):
     image = _copy(small_images, which, tmp_path)
     bs = _block_size(image)
     gdt = (2 if bs == 1024 else 1) * bs
-    _flip(image, gdt + 12)  # bg_free_blocks_count_lo of group 0
+    flip_byte(image, gdt + 12)  # bg_free_blocks_count_lo of group 0
     with pytest.raises(CorruptError, match="^group descriptor 0: checksum mismatch$"):
         _decode_file(image)
 
@@ -632,7 +625,7 @@ def test_inode_checksum(small_images, tmp_path):
     image = _copy(small_images, "csum", tmp_path)
     with _closing(FileVolume(image)) as volume:
         ino = Ext4(volume).get("etc/motd").ino
-    _flip(image, _inode_offset(image, "/etc/motd") + 16)  # i_mtime
+    flip_byte(image, _inode_offset(image, "/etc/motd") + 16)  # i_mtime
     with pytest.raises(CorruptError, match=f"^inode {ino}: checksum mismatch$"):
         _decode_file(image)
 
@@ -657,7 +650,7 @@ def test_extent_block_checksum(small_images, tmp_path):
     image = _copy(small_images, "csum", tmp_path)
     bs = _block_size(image)
     block = _extent_block(image, "/frag.bin")
-    _flip(image, block * bs + 12 + 4)  # ee_len of the first extent
+    flip_byte(image, block * bs + 12 + 4)  # ee_len of the first extent
     with pytest.raises(CorruptError, match=rf"extent block {block}: checksum mismatch$"):
         _decode_file(image)
 
@@ -677,7 +670,7 @@ def test_extent_header_garbage_without_checksum(small_images, tmp_path):
 def test_directory_block_checksum(small_images, tmp_path):
     image = _copy(small_images, "csum", tmp_path)
     block = _first_block(image, "/etc")
-    _flip(image, block * _block_size(image) + 12 + 12 + 8)  # a name byte after . and ..
+    flip_byte(image, block * _block_size(image) + 12 + 12 + 8)  # a name byte after . and ..
     with pytest.raises(CorruptError, match=rf"block {block}: checksum mismatch$"):
         _decode_file(image)
 
@@ -688,7 +681,7 @@ def test_htree_root_checksum(variant, tmp_path):
     copy = str(tmp_path / "htree.img")
     shutil.copyfile(image, copy)
     root_block = _first_block(copy, "/big")
-    _flip(copy, root_block * bs + 44)  # inside the first dx_entry after the count/limit
+    flip_byte(copy, root_block * bs + 44)  # inside the first dx_entry after the count/limit
     with pytest.raises(CorruptError, match=rf"block {root_block}: checksum mismatch$"):
         _decode_file(copy)
 

@@ -15,6 +15,8 @@ import tarfile
 
 import pytest
 
+from convcore.testing import flip_byte
+
 MTIME = 1_600_000_000
 
 
@@ -147,11 +149,7 @@ class LayoutBuilder:
     @staticmethod
     def flip_byte(path: str, offset: int) -> None:
         """Corrupt a blob in place: same size, one byte changed."""
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            byte = f.read(1)
-            f.seek(offset)
-            f.write(bytes([byte[0] ^ 0xFF]))
+        flip_byte(path, offset, 0xFF)
 
 
 @pytest.fixture
