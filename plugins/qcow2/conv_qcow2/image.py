@@ -22,6 +22,10 @@ _BIG_ENDIAN = sys.byteorder == "big"
 #: how much ``ImageBuilder._append`` gathers before it writes
 _APPEND_BYTES = 1 << 20
 
+#: how far ahead of the last allocated cluster ``ensure_many`` reserves disk
+#: space with fallocate
+_RESERVE_AHEAD = 8 << 20
+
 
 def _to_be(table: array) -> bytes:
     if _BIG_ENDIAN:
@@ -91,6 +95,8 @@ class ImageBuilder:
         self._pending_fill = 0
         self._pending_at = 0
         self._lock = threading.Lock()
+        #: the file is reserved (fallocate) up to here; None: the filesystem cannot
+        self._reserved: int | None = 0
         #: threads that allocated clusters: more than one makes the host order timing-bound
         self._writer_threads: set[int] = set()
         self._check_header_fits()
@@ -166,7 +172,27 @@ class ImageBuilder:
                     self.next_host = host + cs
                     table[j] = host | copied
                     out.append(host)
+            if self._reserved is not None and self.next_host > self._reserved:
+                self._reserve()
         return out
+
+    def _reserve(self) -> None:
+        """Reserve disk blocks ahead of the clusters the in-place writers
+        fill: a buffered write into blocks that exist costs the kernel less
+        than one that allocates them as it goes (208 MiB of 2 MiB pwrites on
+        ext4: 0.024 s against 0.038 s), as qemu-img does. Unwritten blocks read
+        as zeros, so the bytes do not change; ``finish`` truncates what is
+        left over."""
+        start = self._reserved
+        end = self.next_host + _RESERVE_AHEAD
+        try:
+            os.posix_fallocate(self.fd, start, end - start)
+        except OSError:
+            # not supported here, or no room for the reserve ahead (the
+            # writes themselves say so if the data does not fit): write as before
+            self._reserved = None
+            return
+        self._reserved = end
 
     def host_offset(self, guest_cluster: int) -> int | None:
         entry = self.lookup(guest_cluster)

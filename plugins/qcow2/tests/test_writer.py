@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 
@@ -11,6 +12,7 @@ from conv_qcow2.writer import sink
 from convcore.blockdev import FileTarget, FileVolume, Plan
 from convcore.errors import CorruptError, NoSpaceError, UsageError
 from convcore.format import Context
+from convcore.testing import run
 from convcore.tree import BytesData, FileRangeData, SegmentData
 
 MiB = 1 << 20
@@ -345,6 +347,9 @@ def test_parallel_copy_gives_the_one_thread_bytes(qemu, tmp_path, cluster_size):
                     cluster_size=cluster_size)
         qemu.check(out)
         qemu.compare(raw, out)
+        # the space reserved ahead of the data (fallocate) is cut off at the end
+        report = json.loads(run("qemu-img", "check", "--output=json", out).stdout)
+        assert os.path.getsize(out) == report["image-end-offset"]
         with open(out, "rb") as f:
             blobs.append(f.read())
         os.unlink(out)
