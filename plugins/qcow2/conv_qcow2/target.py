@@ -17,6 +17,7 @@ the output is byte-identical to a one-thread run.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections import deque
@@ -30,9 +31,10 @@ from convcore.tree import COPY_CHUNK
 #: a zero check without copying: ``ZEROS.startswith(view)`` is one memcmp.
 ZEROS = bytes(1 << 21)
 
-#: bytes per copy job of ``_Copier``: larger chunks cost fewer syscalls and
-#: hand-overs; a few of them in flight bound the memory
-CHUNK = 4 << 20
+#: bytes per copy job of ``_Copier``: fewer syscalls and hand-overs than 1 MiB,
+#: and a job's buffer still fits a core's L2 (rootfs ext4 image, CLI wall:
+#: 1 MiB 0.096 s, 2 MiB 0.092 s, 4 MiB 0.101 s)
+CHUNK = 2 << 20
 
 #: (guest offset, length, host offset or None when unallocated)
 Run = tuple[int, int, "int | None"]
@@ -262,9 +264,10 @@ class _Copier:
         self.error: BaseException | None = None
         self.stopping = False
         self.chunk = max(CHUNK, 2 * target.cluster_size)
-        # one buffer per worker plus one being queued ahead: reused, so each
-        # page faults once
-        self.free = [bytearray(self.chunk) for _ in range(workers + 1)]
+        # one buffer per worker plus one being queued ahead, reused; anonymous
+        # maps, not bytearrays: no memset of pages a short copy never touches
+        # (a bytearray of 3 x 4 MiB costs 5 ms before the first byte moves)
+        self.free = [mmap.mmap(-1, self.chunk) for _ in range(workers + 1)]
         self.workers = [threading.Thread(target=self._work, name=f"conv-qcow2-copy-{i}",
                                          daemon=True) for i in range(workers)]
         for t in self.workers:
