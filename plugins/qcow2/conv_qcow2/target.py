@@ -249,7 +249,9 @@ class _Copier:
     turn, the order ``copy`` queued it in, to look up and allocate its
     clusters (``Qcow2Target._place``) exactly as a one-thread copy would, then
     writes its runs (in parallel again). Each ``copy`` works on a dup of the
-    caller's fd, so the caller may close its own once ``copy`` returns.
+    caller's fd, so the caller may close its own once ``copy`` returns; the
+    bytes land later, so the source file must not change until the caller's
+    next call on the target (every other call waits for the queue first).
     One lock, three conditions: a notify wakes only the threads that wait for
     that event (one notify_all for everything cost ~40 futex calls a job).
     """
