@@ -8,12 +8,15 @@ caps it, an LRU of L2 tables, decompression limited to one cluster).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import zlib
 from array import array
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Iterator
+from operator import itemgetter
 
 from conv_qcow2 import layout
 from convcore.blockdev import FileVolume, Volume
@@ -28,8 +31,12 @@ _DESCRIPTOR_MASK = (1 << 62) - 1
 
 #: how deep a backing chain may go before we call it a loop.
 MAX_CHAIN = 32
-#: bytes of L2 tables kept in memory per image.
+#: bytes of mapping (runs built from L2 tables) kept in memory per image.
 L2_CACHE_BYTES = 32 << 20
+#: about what one cached run costs (a 4-tuple and its ints).
+_RUN_BYTES = 160
+_NONZERO = re.compile(rb"[^\0]")
+_START = itemgetter(0)
 
 # what a guest range is backed by
 UNALLOCATED, ZERO, DATA, COMPRESSED = range(4)
@@ -119,8 +126,9 @@ class Qcow2Volume(Volume):
         backing_format = self._extensions(header_cluster, h)
         self._check_refcount_table(h)
         self._load_l1(h)
-        self._l2_cache: OrderedDict[int, array] = OrderedDict()
-        self._l2_cache_max = max(4, L2_CACHE_BYTES // cs)
+        self._runs_cache: OrderedDict[int, list[tuple[int, int, int, int]]] = OrderedDict()
+        self._runs_cached = 0
+        self._runs_budget = L2_CACHE_BYTES // _RUN_BYTES
         self._cluster_cache: tuple[int, bytes] | None = None
 
         backing_name = None
@@ -230,61 +238,140 @@ class Qcow2Volume(Volume):
         raise UnsupportedError(f"{self.path}: backing format {fmt!r} is not supported")
 
     # -- mapping
+    #
+    # Each L2 table is turned, in one pass, into runs: (guest start, guest end,
+    # kind, host offset or compressed descriptor), host-contiguous data clusters
+    # merged. Reads, copies and data_ranges() all work from these runs, so a
+    # copy is a few large copy_file_range calls rather than a walk per cluster.
 
-    def _l2(self, index: int) -> array | None:
-        table = self._l2_cache.get(index)
-        if table is not None:
-            self._l2_cache.move_to_end(index)
-            return table
-        entry = self.l1[index]
-        offset = entry & layout.L1_OFFSET_MASK
+    def _read_l2(self, index: int) -> tuple[bytes, array] | None:
+        offset = self.l1[index] & layout.L1_OFFSET_MASK
         if not offset:
             return None
         if offset % self.cluster_size:
             raise CorruptError(f"{self.path}: L2 table offset {offset} (L1 entry {index}) "
                                "is not cluster aligned")
-        table = _from_be(self._file.read_exact(self.cluster_size, offset,
-                                               f"{self.path}: L2 table (L1 entry {index})"))
-        self._l2_cache[index] = table
-        if len(self._l2_cache) > self._l2_cache_max:
-            self._l2_cache.popitem(last=False)
-        return table
+        raw = self._file.read_exact(self.cluster_size, offset,
+                                    f"{self.path}: L2 table (L1 entry {index})")
+        return raw, _from_be(raw)
 
-    def _segment(self, guest: int, limit: int) -> tuple[int, int, int]:
-        """What backs ``guest``: (kind, host offset or compressed descriptor,
-        length of the uniform run, at most ``limit`` and within one cluster)."""
-        bits, cs = self.cluster_bits, self.cluster_size
-        c = guest >> bits
-        within = guest & (cs - 1)
-        length = min(cs - within, limit)
-        table = self._l2(c // self.l2_entries)
-        if table is None:
-            return UNALLOCATED, 0, length
-        i = (c % self.l2_entries) * self.entry_words
-        entry = table[i]
-        if entry & layout.OFLAG_COMPRESSED:
-            return COMPRESSED, entry & _DESCRIPTOR_MASK, length
-        host = entry & layout.L2_OFFSET_MASK
-        if host % cs:
-            raise CorruptError(f"{self.path}: data cluster offset {host} for guest offset "
-                               f"{c * cs} is not cluster aligned")
-        if host >= self.file_size:
-            raise CorruptError(f"{self.path}: data cluster at offset {host} for guest offset "
-                               f"{c * cs} lies past the end of the file")
-        if not self.extended_l2:
-            if entry & layout.OFLAG_ZERO and self.header.version >= 3:
-                return ZERO, 0, length
-            return (DATA, host + within, length) if host else (UNALLOCATED, 0, length)
-        bitmap = table[i + 1]
+    def _runs(self, index: int) -> list[tuple[int, int, int, int]]:
+        """The runs of L2 table ``index`` (cached, least recently used out)."""
+        runs = self._runs_cache.get(index)
+        if runs is not None:
+            self._runs_cache.move_to_end(index)
+            return runs
+        runs = self._build_runs(index)
+        self._runs_cache[index] = runs
+        self._runs_cached += len(runs)
+        while self._runs_cached > self._runs_budget and len(self._runs_cache) > 1:
+            self._runs_cached -= len(self._runs_cache.popitem(last=False)[1])
+        return runs
+
+    def _build_runs(self, index: int) -> list[tuple[int, int, int, int]]:
+        cs, bits = self.cluster_size, self.cluster_bits
+        base = index * self.l2_entries << bits
+        span_end = min(base + (self.l2_entries << bits), self.size)
+        if base >= span_end:
+            return []
+        loaded = self._read_l2(index)
+        if loaded is None:
+            return [(base, span_end, UNALLOCATED, 0)]
+        raw, table = loaded
+        words = self.entry_words
+        count = (span_end - base + cs - 1) >> bits
+        zero_flag = self.header.version >= 3
+        file_size = self.file_size
+        runs: list[tuple[int, int, int, int]] = []
+        # the run being grown: start, end, kind, host offset at start
+        rs = re_ = base
+        rk, rw = UNALLOCATED, 0
+        j = 0
+        while j < count:
+            entry = table[j * words]
+            if not entry and (words == 1 or not table[j * words + 1]):
+                # skip a stretch of unallocated entries in C, not one by one
+                m = _NONZERO.search(raw, j * 8 * words, count * 8 * words)
+                nj = m.start() // (8 * words) if m else count
+                kind, where, j0, j = UNALLOCATED, 0, j, nj
+                g, gend = base + (j0 << bits), min(base + (nj << bits), span_end)
+            else:
+                g = base + (j << bits)
+                gend = min(g + cs, span_end)
+                j += 1
+                if entry & layout.OFLAG_COMPRESSED:
+                    # never merged: each compressed cluster is read on its own
+                    if rs < re_:
+                        runs.append((rs, re_, rk, rw))
+                    runs.append((g, gend, COMPRESSED, entry & _DESCRIPTOR_MASK))
+                    rs = re_ = gend
+                    continue
+                host = entry & layout.L2_OFFSET_MASK
+                if host & (cs - 1):
+                    raise CorruptError(f"{self.path}: data cluster offset {host} for guest "
+                                       f"offset {g} is not cluster aligned")
+                if host >= file_size:
+                    raise CorruptError(f"{self.path}: data cluster at offset {host} for guest "
+                                       f"offset {g} lies past the end of the file")
+                if words == 2:
+                    if rs < re_:
+                        runs.append((rs, re_, rk, rw))
+                    rs = re_ = self._sub_runs(runs, table[j * 2 - 1], host, g, gend)
+                    continue
+                if entry & layout.OFLAG_ZERO and zero_flag:
+                    kind, where = ZERO, 0
+                elif host:
+                    kind, where = DATA, host
+                else:
+                    kind, where = UNALLOCATED, 0
+            if kind == rk and re_ == g and (kind != DATA or rw + (g - rs) == where):
+                re_ = gend
+            else:
+                if rs < re_:
+                    runs.append((rs, re_, rk, rw))
+                rs, re_, rk, rw = g, gend, kind, where
+        if rs < re_:
+            runs.append((rs, re_, rk, rw))
+        return runs
+
+    def _sub_runs(self, runs: list, bitmap: int, host: int, start: int, end: int) -> int:
+        """Append the runs of one extended-L2 cluster; returns ``end``."""
         sc = self.subcluster_size
-        sub = within // sc
-        kind = self._sub_kind(bitmap, sub, host, c)
-        end = within + length
-        nxt = (sub + 1) * sc
-        while nxt < end and self._sub_kind(bitmap, nxt // sc, host, c) == kind:
-            nxt += sc
-        length = min(end, nxt) - within
-        return kind, (host + within if kind == DATA else 0), length
+        c = start >> self.cluster_bits
+        for sub in range(layout.SUBCLUSTERS):
+            s = start + sub * sc
+            if s >= end:
+                break
+            kind = self._sub_kind(bitmap, sub, host, c)
+            e = min(s + sc, end)
+            where = host + sub * sc if kind == DATA else 0
+            last = runs[-1] if runs else None
+            if last is not None and last[1] == s and last[2] == kind and \
+                    (kind != DATA or last[3] + (s - last[0]) == where):
+                runs[-1] = (last[0], e, kind, last[3])
+            else:
+                runs.append((s, e, kind, where))
+        return end
+
+    def _pieces(self, offset: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+        """(guest, length, kind, host offset of guest or descriptor) covering
+        [offset, end), ascending; a piece never spans two L2 tables."""
+        span_bits = self.cluster_bits
+        l2 = self.l2_entries
+        pos = offset
+        while pos < end:
+            runs = self._runs((pos >> span_bits) // l2)
+            if not runs:
+                raise CorruptError(f"{self.path}: guest offset {pos} lies past the disk")
+            i = bisect_right(runs, pos, key=_START) - 1
+            while pos < end and i < len(runs):
+                s, e, kind, where = runs[i]
+                n = min(e, end) - pos
+                if kind == DATA:
+                    where += pos - s
+                yield pos, n, kind, where
+                pos += n
+                i += 1
 
     def _sub_kind(self, bitmap: int, sub: int, host: int, c: int) -> int:
         allocated = bitmap >> sub & 1
@@ -341,59 +428,45 @@ class Qcow2Volume(Volume):
     def readinto(self, buf: memoryview | bytearray, offset: int) -> int:
         view = memoryview(buf).cast("B")
         want = max(0, min(len(view), self.size - offset))
-        pos = 0
-        while pos < want:
-            guest = offset + pos
-            kind, where, n = self._segment(guest, want - pos)
-            if kind == DATA:  # one read for host-contiguous clusters
-                while pos + n < want:
-                    k2, w2, n2 = self._segment(guest + n, want - pos - n)
-                    if k2 != DATA or w2 != where + n:
-                        break
-                    n += n2
-            piece = view[pos:pos + n]
+        if want <= 0:
+            return 0
+        cmask = self.cluster_size - 1
+        for guest, n, kind, where in _join_data(self._pieces(offset, offset + want)):
+            piece = view[guest - offset:guest - offset + n]
             if kind == DATA:
                 got = self._file.readinto(piece, where)
                 if got < n:  # a last cluster cut short by the end of the file reads as zeros
                     piece[got:] = _ZEROS[:n - got]
             elif kind == COMPRESSED:
-                c = guest >> self.cluster_bits
-                within = guest & (self.cluster_size - 1)
-                piece[:] = memoryview(self._decompress(where, c))[within:within + n]
+                within = guest & cmask
+                cluster = self._decompress(where, guest >> self.cluster_bits)
+                piece[:] = memoryview(cluster)[within:within + n]
             elif kind == UNALLOCATED and self.backing is not None and guest < self.backing.size:
                 got = self.backing.readinto(piece[:min(n, self.backing.size - guest)], guest)
                 piece[got:] = _ZEROS[:n - got]
             else:
-                piece[:] = _ZEROS[:n]
-            pos += n
+                _zero_fill(piece)
         return want
 
     def copy_to_fd(self, offset: int, length: int, fd: int, dst_offset: int,
                    buf: bytearray | None = None) -> None:
         if offset < 0 or offset + length > self.size:
             raise CorruptError(f"range at offset {offset} (+{length}) lies outside the image")
-        if buf is None:
-            buf = bytearray(min(COPY_CHUNK, max(length, 1)))
-        view = memoryview(buf)
-        pos, end = offset, offset + length
-        while pos < end:
-            kind, where, n = self._segment(pos, end - pos)
+        view: memoryview | None = None
+        for guest, n, kind, where in _join_data(self._pieces(offset, offset + length)):
+            dst = dst_offset + guest - offset
             if kind == DATA and where + n <= self.file_size:
-                # extend over host-contiguous clusters: one copy_file_range
-                while pos + n < end:
-                    k2, w2, n2 = self._segment(pos + n, end - pos - n)
-                    if k2 != DATA or w2 != where + n or w2 + n2 > self.file_size:
-                        break
-                    n += n2
-                copy_range(self.fd, where, fd, dst_offset + pos - offset, n, buf)
-            else:
-                done = 0
-                while done < n:
-                    chunk = view[:min(len(view), n - done)]
-                    got = self.readinto(chunk, pos + done)
-                    os.pwrite(fd, chunk[:got], dst_offset + pos + done - offset)
-                    done += got
-            pos += n
+                copy_range(self.fd, where, fd, dst, n, buf)
+                continue
+            if view is None:
+                view = memoryview(buf if buf is not None else
+                                  bytearray(min(COPY_CHUNK, max(length, 1))))
+            done = 0
+            while done < n:
+                chunk = view[:min(len(view), n - done)]
+                got = self.readinto(chunk, guest + done)
+                os.pwrite(fd, chunk[:got], dst + done)
+                done += got
 
     def write_to(self, target) -> None:
         """Copy the whole disk into ``target``: plain clusters through
@@ -414,9 +487,7 @@ class Qcow2Volume(Volume):
 
         with ThreadPoolExecutor(threads, thread_name_prefix="conv-qcow2-read") as pool:
             for start, length in self.data_ranges():
-                pos, end = start, start + length
-                while pos < end:
-                    kind, where, n = self._segment(pos, end - pos)
+                for pos, n, kind, where in self._pieces(start, start + length):
                     if kind == COMPRESSED:
                         c = pos >> self.cluster_bits
                         packed = self._read_compressed(where, c)
@@ -427,7 +498,6 @@ class Qcow2Volume(Volume):
                         pending.append((last[0], last[1] + n, None))
                     else:
                         pending.append((pos, n, None))
-                    pos += n
                     while len(pending) > threads * 8:
                         flush_one()
             while pending:
@@ -452,39 +522,13 @@ class Qcow2Volume(Volume):
     def _own_ranges(self) -> Iterator[tuple[int, int, bool]]:
         """(start, end, holds data) for every guest range this image decides
         itself (data, compressed or zero), ascending."""
-        cs = self.cluster_size
-        sc = self.subcluster_size
-        step = self.entry_words
-        for index in range(len(self.l1)):
+        l2_span = self.l2_entries << self.cluster_bits
+        for index in range(min(len(self.l1), -(-self.size // l2_span))):
             if not self.l1[index] & layout.L1_OFFSET_MASK:
                 continue
-            table = self._l2(index)
-            base = index * self.l2_entries
-            for j in range(0, len(table), step):
-                entry = table[j]
-                if not entry and (step == 1 or not table[j + 1]):
-                    continue
-                start = (base + j // step) * cs
-                if start >= self.size:
-                    return
-                end = min(start + cs, self.size)
-                if step == 1 or entry & layout.OFLAG_COMPRESSED:
-                    if entry & layout.OFLAG_COMPRESSED:
-                        yield start, end, True
-                    elif entry & layout.OFLAG_ZERO and self.header.version >= 3:
-                        yield start, end, False
-                    elif entry & layout.L2_OFFSET_MASK:
-                        yield start, end, True
-                    continue
-                bitmap = table[j + 1]
-                for sub in range(layout.SUBCLUSTERS):
-                    s = start + sub * sc
-                    if s >= end:
-                        break
-                    if bitmap >> sub & 1:
-                        yield s, min(s + sc, end), True
-                    elif bitmap >> (32 + sub) & 1:
-                        yield s, min(s + sc, end), False
+            for start, end, kind, _ in self._runs(index):
+                if kind != UNALLOCATED:
+                    yield start, end, kind != ZERO
 
     def close(self) -> None:
         if self.backing is not None:
@@ -513,6 +557,28 @@ def _unzstd(packed: bytes, cs: int, what: str) -> bytes:
         return dctx.decompress(packed, max_output_size=cs)
     except zstandard.ZstdError as e:
         raise CorruptError(f"{what} does not decompress: {e}") from None
+
+
+def _join_data(pieces: Iterator[tuple[int, int, int, int]]) \
+        -> Iterator[tuple[int, int, int, int]]:
+    """``pieces`` with host-contiguous data pieces joined across L2 tables."""
+    held = None
+    for piece in pieces:
+        if held is not None and piece[2] == DATA and held[2] == DATA \
+                and held[3] + held[1] == piece[3]:
+            held = (held[0], held[1] + piece[1], DATA, held[3])
+            continue
+        if held is not None:
+            yield held
+        held = piece
+    if held is not None:
+        yield held
+
+
+def _zero_fill(view: memoryview) -> None:
+    for pos in range(0, len(view), len(_ZEROS)):
+        n = min(len(_ZEROS), len(view) - pos)
+        view[pos:pos + n] = _ZEROS[:n]
 
 
 def _merge(ranges) -> Iterator[tuple[int, int]]:
