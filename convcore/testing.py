@@ -7,6 +7,8 @@
 - ``scan_dir(path)`` / ``scan_tree(tree)``: what a user compares after a round
   trip (type, mode, owner, times, size, content hash, link target, device,
   xattrs, hardlink groups), in one comparable form.
+- ``write_plan(plan, path)``: a plan (or readable volume) written into a
+  new sparse file, as the raw sink writes it.
 - ``flip_byte(path, offset)``: damage one byte of a file in place.
 - ``damage_rounds(image, live, read)``: flip random bits of an image over and
   over; every read must give a result or a one-line ConvError.
@@ -243,6 +245,19 @@ def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def write_plan(plan, path: str | os.PathLike) -> str:
+    """Write ``plan`` (a Plan or readable Volume) into a new sparse file at
+    ``path`` (replacing one there), as the raw sink does; returns the path."""
+    from convcore.blockdev import FileTarget
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, plan.size)
+        plan.write_to(FileTarget(fd, plan.size))
+    finally:
+        os.close(fd)
+    return os.fspath(path)
 
 
 def flip_byte(path: str, offset: int, mask: int = 0x5A) -> None:

@@ -14,7 +14,6 @@ from conv_ext4 import _formats
 from conv_ext4.writer import encode
 
 from convcore import pipeline
-from convcore.blockdev import FileTarget
 from convcore.builtin import dirfmt
 from convcore.errors import CorruptError, NoSpaceError, UnsupportedError, UsageError
 from convcore.format import Context
@@ -26,6 +25,7 @@ from convcore.testing import (
     run,
     scan_dir,
     scan_tree,
+    write_plan,
 )
 from convcore.tree import BytesData, Data, Entry, Kind, Tree
 
@@ -41,14 +41,7 @@ def _opts(**kw) -> dict:
 
 def build(tree: Tree, path, ctx: Context | None = None, **kw) -> str:
     """encode + write into a new sparse file, as the raw sink does."""
-    plan = encode(tree, _opts(**kw), ctx or Context(seed="test"))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.ftruncate(fd, plan.size)
-        plan.write_to(FileTarget(fd, plan.size))
-    finally:
-        os.close(fd)
-    return str(path)
+    return write_plan(encode(tree, _opts(**kw), ctx or Context(seed="test")), path)
 
 
 def fsck_clean(img: str) -> None:

@@ -9,8 +9,8 @@ import random
 import pytest
 from conv_qcow2.reader import Qcow2Volume, source
 
-from convcore.blockdev import FileTarget
 from convcore.format import Context
+from convcore.testing import write_plan
 
 MiB = 1 << 20
 
@@ -36,13 +36,7 @@ def assert_reads_like(qemu, image: str, tmp_path) -> Qcow2Volume:
         pos = start + length
     assert raw[pos:] == bytes(len(raw) - pos)
     # write_to (what the raw sink does) gives the same disk
-    out = str(tmp_path / (os.path.basename(image) + ".out"))
-    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.ftruncate(fd, vol.size)
-        vol.write_to(FileTarget(fd, vol.size))
-    finally:
-        os.close(fd)
+    out = write_plan(vol, tmp_path / (os.path.basename(image) + ".out"))
     with open(out, "rb") as f:
         assert f.read() == raw
     return vol

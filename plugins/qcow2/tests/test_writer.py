@@ -12,7 +12,7 @@ from conv_qcow2.writer import sink
 from convcore.blockdev import FileTarget, FileVolume, Plan
 from convcore.errors import CorruptError, NoSpaceError, UsageError
 from convcore.format import Context
-from convcore.testing import run
+from convcore.testing import run, write_plan
 from convcore.tree import BytesData, FileRangeData, SegmentData
 
 MiB = 1 << 20
@@ -156,11 +156,7 @@ class ScriptedPlan(Plan):
 
 def test_in_place_plan_matches_raw_sink(qemu, tmp_path):
     plan = ScriptedPlan(tmp_path)
-    raw = str(tmp_path / "plan.raw")
-    fd = os.open(raw, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    os.ftruncate(fd, plan.size)
-    plan.write_to(FileTarget(fd, plan.size))
-    os.close(fd)
+    raw = write_plan(plan, tmp_path / "plan.raw")
     for opts in ({}, {"cluster_size": 512}, {"compat": "0.10", "cluster_size": 2 * MiB},
                  {"compress": "zstd"}):
         out = write(plan, str(tmp_path / f"plan{len(os.listdir(tmp_path))}.qcow2"), **opts)

@@ -8,10 +8,9 @@ import os
 from conv_squashfs import OPTIONS
 from conv_squashfs.writer import encode
 
-from convcore.blockdev import FileTarget
 from convcore.builtin import dirfmt
 from convcore.format import Context
-from convcore.testing import make_sample_dir, require_tool, run
+from convcore.testing import make_sample_dir, require_tool, run, write_plan
 
 
 def test_host_file_is_in_scratch_dir_and_holds_the_plan(tmp_path):
@@ -30,12 +29,7 @@ def test_host_file_is_in_scratch_dir_and_holds_the_plan(tmp_path):
     assert os.fstat(fd).st_size == plan.size
 
     copied = tmp_path / "copied.sqfs"
-    out = os.open(copied, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.ftruncate(out, plan.size)
-        plan.write_to(FileTarget(out, plan.size))
-    finally:
-        os.close(out)
+    write_plan(plan, copied)
     assert copied.read_bytes() == os.pread(fd, plan.size + 1, 0)
     require_tool("unsquashfs")
     assert "squashfs-root/etc/hostname" in run("unsquashfs", "-lln", str(copied)).stdout
