@@ -9,10 +9,12 @@ tables and bitmaps are built. Superblocks are written last.
 
 from __future__ import annotations
 
+import array
+import gc
 import os
 import struct
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from crc32c import crc32c as _crc32c
 
@@ -56,8 +58,9 @@ from conv_ext4.layout import (
     SUPERBLOCK_OFFSET,
 )
 from conv_ext4.planner import Options, Planner
-from convcore.blockdev import Plan, Target
+from convcore.blockdev import FileTarget, Plan, Target
 from convcore.errors import CorruptError, NoSpaceError, UnsupportedError
+from convcore.forked import Forked, forking
 from convcore.format import Context
 from convcore.tree import (
     COPY_CHUNK,
@@ -145,6 +148,13 @@ _BATCH_BYTES = 1 << 20
 #: both cores busy while the main thread builds metadata
 _DATA_THREADS = 2
 _ZERO_TAIL = memoryview(bytes(4096))
+#: fork a data process only for at least this much host file data: the fork
+#: and its copy-on-write faults cost milliseconds
+_FORK_MIN_BYTES = 8 << 20
+#: a data task: (first block, first inode, end inode) or (-1, inode, 0)
+_Task = tuple[int, int, int]
+#: a task number in the queue: native order, as array("I") wrote it
+_TASK_NUMBER = struct.Struct("=I")
 
 
 class _Buffers(threading.local):
@@ -196,18 +206,36 @@ class Ext4Plan(Plan):
                 f"ext4: the filesystem needs {self.geo.blocks_count * self.o.block_size} bytes, "
                 f"the output has {target.size}")
         meta = _MetaWriter(target, self.o.block_size)
+        tasks, others = self._data_tasks()
+        host = target.host_fd()
+        if host is not None and forking() and self._host_bytes(tasks) >= _FORK_MIN_BYTES:
+            gdt = self._write_forked(target, host, meta, tasks, others)
+        else:
+            gdt = self._write_threaded(target, meta, tasks, others)
+        # the superblocks last: an interrupted write leaves no valid filesystem
+        self._write_super(target, gdt)
+
+    def _write_metadata(self, meta: _MetaWriter) -> bytes:
+        """Everything but file data and superblocks; returns the descriptors."""
+        self._write_journal(meta)
+        self._write_contents(meta)
+        meta.flush()
+        inode_groups = self._write_inode_tables(meta)
+        meta.flush()
+        gdt = self._write_bitmaps(meta, inode_groups)
+        meta.flush()
+        return gdt
+
+    def _write_threaded(self, target: Target, meta: _MetaWriter, tasks: list[_Task],
+                        others: list[int]) -> bytes:
         # File data goes in on other threads: they wait on reads and writes
         # (GIL released) while this one builds metadata. The regions are disjoint.
         with ThreadPoolExecutor(_DATA_THREADS, thread_name_prefix="ext4-data") as pool:
-            futures = self._start_data(pool, target)
+            futures = [pool.submit(self._run_task, target, t) for t in tasks]
+            if others:
+                futures.append(pool.submit(self._write_files, target, others))
             try:
-                self._write_journal(meta)
-                self._write_contents(meta)
-                meta.flush()
-                inode_groups = self._write_inode_tables(meta)
-                meta.flush()
-                gdt = self._write_bitmaps(meta, inode_groups)
-                meta.flush()
+                gdt = self._write_metadata(meta)
             except BaseException:
                 for f in futures:
                     f.cancel()
@@ -215,8 +243,67 @@ class Ext4Plan(Plan):
                 raise
             for f in futures:
                 f.result()  # the first failure in file order
-        # the superblocks last: an interrupted write leaves no valid filesystem
-        self._write_super(target, gdt)
+        return gdt
+
+    def _write_forked(self, target: Target, host: tuple[int, int], meta: _MetaWriter,
+                      tasks: list[_Task], others: list[int]) -> bytes:
+        """Host-file data copied by a forked child while this process builds
+        the metadata, then by both. Opening, reading and closing thousands of
+        small files is kernel time that threads cannot overlap with Python
+        here (each system call waits for the GIL again); a second process
+        can. The two claim tasks from one queue: a memfd of task numbers
+        whose file offset they share, so each read(2) of 4 bytes (serialised
+        by the kernel on that offset) hands out a task exactly once."""
+        fd, base = host
+        raw = FileTarget(fd, target.size, base)  # no progress bar in the child
+        queue = os.memfd_create("conv-ext4-tasks", os.MFD_CLOEXEC)
+        try:
+            numbers = memoryview(array.array("I", range(len(tasks)))).cast("B")
+            while numbers:
+                numbers = numbers[os.write(queue, numbers):]
+            os.lseek(queue, 0, os.SEEK_SET)
+            with Forked(self._child_drain, queue, tasks, raw) as child, \
+                    ThreadPoolExecutor(1, thread_name_prefix="ext4-data") as pool:
+                # other sources (one stream, read in order) stay in this process
+                stream = pool.submit(self._write_files, target, others) if others else None
+                try:
+                    gdt = self._write_metadata(meta)
+                    moved = self._drain(queue, tasks, raw)
+                except BaseException:
+                    if stream is not None:
+                        stream.cancel()
+                        wait([stream])
+                    raise
+                moved += child.result()
+                if stream is not None:
+                    stream.result()
+        finally:
+            os.close(queue)
+        progress = getattr(target, "progress", None)
+        if progress is not None:
+            progress.update(moved)
+        return gdt
+
+    def _child_drain(self, queue: int, tasks: list[_Task], raw: Target) -> int:
+        # a collection would touch every object's header: copy-on-write faults
+        # on the whole tree for nothing (the child allocates little)
+        gc.disable()
+        return self._drain(queue, tasks, raw)
+
+    def _drain(self, queue: int, tasks: list[_Task], raw: Target) -> int:
+        """Run tasks claimed from ``queue`` until none is left; returns the
+        bytes written."""
+        moved = 0
+        unpack = _TASK_NUMBER.unpack
+        try:
+            while True:
+                number = os.read(queue, 4)
+                if not number:
+                    return moved
+                moved += self._run_task(raw, tasks[unpack(number)[0]])
+        except BaseException:
+            os.lseek(queue, 0, os.SEEK_END)  # the other process stops claiming too
+            raise
 
     # -- journal
     def _journal_inode(self) -> tuple[bytes, int, int]:
@@ -324,17 +411,17 @@ class Ext4Plan(Plan):
         return [(self.p.resize_dind, struct.pack(f"<{apb}I", *dind)), *out]
 
     # -- file data
-    def _start_data(self, pool: ThreadPoolExecutor, target: Target) -> list[Future]:
-        """Submit every file's data to ``pool``, in tasks of one batch of small
-        neighbouring host files, one larger host file, or (in one task, in
-        their cheapest read order: a stream) every file of other sources."""
+    def _data_tasks(self) -> tuple[list[_Task], list[int]]:
+        """Every host file's data as tasks: (first block, first inode, end
+        inode) for one batch of small neighbouring files (every inode with
+        file data in that range belongs to it), (-1, inode, 0) for one larger
+        file. And the inodes of other sources in their cheapest read order
+        (a stream: one task)."""
         p = self.p
         bs = self.o.block_size
         ents, nblocks, start, size = p.ents, p.nblocks, p.start, p.size
         ranges, runs, content = p.ranges, p.runs, p.content
-        futures: list[Future] = []
-        # a batch is (first block, first inode, end inode): every inode with
-        # file data in that range belongs to it (no list of numbers each)
+        tasks: list[_Task] = []
         lo = hi = batch_start = batch_end = -1
         others: list[int] = []
         FILE = Kind.FILE  # noqa: N806
@@ -352,7 +439,7 @@ class Ext4Plan(Plan):
                 batch_end = s + k
                 continue
             if hi > lo:
-                futures.append(pool.submit(self._write_batch, target, batch_start, lo, hi))
+                tasks.append((batch_start, lo, hi))
             lo = hi = -1
             batch_end = -1
             if not host:
@@ -361,15 +448,26 @@ class Ext4Plan(Plan):
                 lo, hi = ino, ino + 1
                 batch_start, batch_end = s, s + k
             else:
-                futures.append(pool.submit(self._write_file, target, ino))
+                tasks.append((-1, ino, 0))
         if hi > lo:
-            futures.append(pool.submit(self._write_batch, target, batch_start, lo, hi))
+            tasks.append((batch_start, lo, hi))
         if others:
             others.sort(key=lambda ino: data_order_key(ents[ino].data))  # type: ignore[union-attr]
-            futures.append(pool.submit(self._write_files, target, others))
-        return futures
+        return tasks, others
 
-    def _write_batch(self, target: Target, first: int, lo: int, hi: int) -> None:
+    def _host_bytes(self, tasks: list[_Task]) -> int:
+        """How many bytes ``tasks`` read."""
+        size = self.p.size
+        return sum(size[lo] if first < 0 else sum(size[lo:hi]) for first, lo, hi in tasks)
+
+    def _run_task(self, target: Target, task: _Task) -> int:
+        first, lo, hi = task
+        if first >= 0:
+            return self._write_batch(target, first, lo, hi)
+        self._write_file(target, lo)
+        return self.p.size[lo]
+
+    def _write_batch(self, target: Target, first: int, lo: int, hi: int) -> int:
         """Read the small host files of inodes ``lo``..``hi - 1``, whose blocks
         follow each other from block ``first``, into one buffer; one pwrite."""
         p = self.p
@@ -401,6 +499,7 @@ class Ext4Plan(Plan):
             view[fill + sz:fill + span] = _ZERO_TAIL[:span - sz]
             fill += span
         target.pwrite(view[:fill], first * bs)
+        return fill
 
     def _write_files(self, target: Target, inos: list[int]) -> None:
         for ino in inos:

@@ -1,0 +1,155 @@
+"""The ext4 writer's forked data copy: a child process copies host files
+into the output while the parent writes metadata. Same bytes as the threaded
+copy, judged by e2fsck; a source that changed after the scan is one line
+naming it, and no failure leaves a child process behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+
+import pytest
+from conv_ext4 import _formats, writer
+from conv_ext4.writer import encode
+
+from convcore.blockdev import FileTarget
+from convcore.builtin import dirfmt
+from convcore.errors import ConvError, UnsupportedError
+from convcore.format import Context
+from convcore.testing import make_sample_dir, require_tool, run, write_plan
+from convcore.tree import Entry, FileRangeData, Kind, Tree
+
+
+def _opts(**kw) -> dict:
+    fmt = _formats()[0]
+    opts = {o.name: o.default for o in fmt.options}
+    opts.update(kw)
+    return opts
+
+
+def _children() -> list[int]:
+    """Process ids of this process's live (or unreaped) children."""
+    pids = []
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        with open(path) as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+@pytest.fixture
+def forks(monkeypatch) -> list[int]:
+    """Fork for any amount of data; counts the forks the writer makes."""
+    if not writer.forking():
+        pytest.skip("fork is not available here")
+    monkeypatch.setattr(writer, "_FORK_MIN_BYTES", 0)
+    made: list[int] = []
+    real = writer.Forked
+
+    def counting(*args):
+        made.append(1)
+        return real(*args)
+    monkeypatch.setattr(writer, "Forked", counting)
+    return made
+
+
+def _fill(root: str, files: int, seed: int = 1) -> str:
+    """Nested small files, a few larger ones and a sparse one."""
+    rng = random.Random(seed)
+    for i in range(files):
+        d = os.path.join(root, f"d{i // 40}", f"e{i % 3}")
+        os.makedirs(d, exist_ok=True)
+        size = rng.choice([1, 50, 4095, 4096, 4097, 9000, 70000, 300000])
+        with open(os.path.join(d, f"f{i}"), "wb") as f:
+            f.write(rng.randbytes(size))
+    with open(os.path.join(root, "sparse"), "wb") as f:
+        f.write(b"a" * 70000)
+        f.seek(5 << 20)
+        f.write(b"b" * 5000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("forked")
+    return {"sample": make_sample_dir(str(base / "sample")),
+            "files": _fill(str(base / "files"), 600)}
+
+
+def _write(tree: Tree, path, offset: int = 0, **kw) -> bytes:
+    """The image bytes, written into a file at ``offset`` (a partition)."""
+    plan = encode(tree, _opts(**kw), Context(seed="forked"))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, plan.size + 2 * offset)
+        target = FileTarget(fd, plan.size + 2 * offset)
+        plan.write_to(target.window(offset, plan.size) if offset else target)
+        return os.pread(fd, plan.size, offset)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name,fs,block_size,offset", [
+    ("files", "ext4", 4096, 0), ("files", "ext4", 1024, 1 << 20), ("files", "ext2", 1024, 0),
+    ("files", "ext3", 4096, 3 << 20), ("sample", "ext4", 4096, 0), ("sample", "ext2", 1024, 0),
+])
+def test_forked_copy_gives_the_threaded_bytes(trees, forks, monkeypatch, tmp_path, name, fs,
+                                              block_size, offset):
+    require_tool("e2fsck")
+    tree = dirfmt.source(trees[name], {}, Context())
+    forked = _write(tree, tmp_path / "forked.img", offset, fs=fs, block_size=block_size)
+    assert forks, "the data was not copied in a child"
+    monkeypatch.setenv("CONV_NO_FORK", "1")
+    threaded = _write(tree, tmp_path / "threaded.img", offset, fs=fs, block_size=block_size)
+    assert len(forks) == 1
+    assert forked == threaded
+    (tmp_path / "fs.img").write_bytes(forked)
+    run("e2fsck", "-fn", str(tmp_path / "fs.img"))
+    assert not _children()
+
+
+def _victims(root: str) -> list[str]:
+    """The first and the last small file in inode order: the child claims
+    the first batch at once, the parent joins at the end."""
+    names = sorted(os.path.relpath(p, root) for p in glob.glob(f"{root}/d*/e*/f*")
+                   if os.path.getsize(p) <= 4096)
+    return [names[0], names[-1]]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("change", ["removed", "shrunk"])
+def test_source_changed_after_the_scan(tmp_path, forks, which, change):
+    src = _fill(str(tmp_path / "src"), 600, seed=which)
+    tree = dirfmt.source(src, {}, Context())
+    plan = encode(tree, _opts(), Context(seed="forked"))
+    victim = _victims(src)[which]
+    if change == "removed":
+        os.unlink(os.path.join(src, victim))
+    else:
+        os.truncate(os.path.join(src, victim), 0)
+    with pytest.raises(ConvError) as info:
+        write_plan(plan, tmp_path / "out.img")
+    assert forks
+    message = str(info.value)
+    assert "\n" not in message and f"/{victim}" in message
+    assert ("No such file" if change == "removed" else "shorter") in message
+    assert not _children()
+
+
+def test_a_metadata_failure_kills_the_copying_child(tmp_path, forks):
+    """The parent fails (an owner ext4 cannot store) while the child is stuck
+    opening a FIFO: the child is killed, not left behind, and the error is the
+    parent's."""
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"p" * 4096)
+    tree = Tree(Entry("", Kind.DIR, mode=0o755))
+    tree.add(Entry("blocked", Kind.FILE, mode=0o644, data=FileRangeData(fifo, size=4096)))
+    tree.add(Entry("plain", Kind.FILE, mode=0o644, data=FileRangeData(str(plain))))
+    tree.add(Entry("owner", Kind.FILE, mode=0o644, uid=1 << 33, data=FileRangeData(str(plain))))
+    plan = encode(tree, _opts(), Context(seed="forked"))
+    with pytest.raises(UnsupportedError, match="/owner: uid/gid"):
+        write_plan(plan, tmp_path / "out.img")
+    assert forks
+    assert not _children()
