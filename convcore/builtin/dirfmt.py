@@ -29,6 +29,7 @@ from convcore.builtin.formats import DIR_OPTIONS as OPTIONS  # noqa: F401 (dirfm
 from convcore.builtin.formats import parse_globs as _parse_globs  # noqa: F401
 from convcore.builtin.formats import parse_owner as _parse_owner  # noqa: F401
 from convcore.errors import ConvError, CorruptError, NoSpaceError, NotFoundError
+from convcore.forked import Forked, forking
 from convcore.format import Context
 from convcore.tree import (
     COPY_CHUNK,
@@ -70,6 +71,182 @@ def _exclude_matcher(globs: Iterable[str]) -> Callable[[str], object] | None:
 
 _FILE, _DIR, _SYMLINK = Kind.FILE, Kind.DIR, Kind.SYMLINK
 _CHAR, _BLOCK = Kind.CHAR, Kind.BLOCK
+_IFDIR, _IFREG, _IFLNK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+_IFCHR, _IFBLK = stat.S_IFCHR, stat.S_IFBLK
+
+#: A scan is two steps. The walk makes the system calls and gives one plain
+#: tuple a name, in tree order (a directory's record, its children's, then
+#: None when it is done):
+#:   (rel, mode, uid, gid, mtime_ns, atime_ns, ctime_ns, size, blocks, rdev,
+#:    xattrs or None, symlink target, (st_dev, st_ino) or None)
+#: where the last field is set for a non-directory with more than one link,
+#: or (rel, (st_dev, st_ino)) for a further name of an inode this walk has
+#: recorded already (no listxattr, no readlink: the name shares the first
+#: one's). The build turns records into Entries. A forked child walks part
+#: of a large tree while the parent walks and builds the rest: records are
+#: what marshal carries back.
+
+#: entries the parent scans alone before it splits the rest with a child
+#: (a smaller tree, 6.8k entries for a Debian root, does not pay a fork);
+#: pieces each directory's unscanned names are cut into at most; at most
+#: this many pieces (their numbers, 4 bytes each, go in one pipe write of
+#: PIPE_BUF bytes)
+_FORK_AFTER = 8192
+_PIECES_PER_DIR = 64
+_MAX_PIECES = 1024
+#: records the walk gives the build at a time
+_BATCH = 2048
+
+
+class _Walk:
+    """The system-call half of a scan, run by the parent and by a child.
+
+    With ``relative`` the process's working directory follows the walk, so
+    each lstat and listxattr resolves one name instead of the whole path
+    (1 us less an entry, a fifth of the walk). Only where nothing else can
+    be resolving relative paths meanwhile: a forked child, or a parent with
+    no other thread (see _own_cwd)."""
+
+    def __init__(self, root: str, excluded: Callable[[str], object] | None,
+                 seen: set[tuple[int, int]], relative: bool) -> None:
+        self.full_root = root.rstrip("/") + "/"
+        self.abs_root = os.path.join(os.path.abspath(root), "")
+        self.excluded = excluded
+        # inodes with several names this process has recorded in full
+        self.seen = seen
+        self.relative = relative
+        # the tree path prefix of the working directory (None: unknown)
+        self.cwd: str | None = None
+
+    def listing(self, path: str, full: str) -> list[str]:
+        try:
+            fd = open_noatime(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise ConvError(f"{full}: cannot list directory: {e.strerror}") from None
+        return bytewise_sorted(names)
+
+    def walk(self, stack: list[tuple[str, Iterator[str]]], out: list,
+             budget: float = float("inf")) -> None:
+        """Append records for the names left in ``stack``'s frames (a
+        directory's tree path prefix, an iterator of its unscanned names),
+        depth first, until the stack is empty or ``out`` holds ``budget``
+        records (then the stack holds what is left)."""
+        excluded = self.excluded
+        seen = self.seen
+        full_root = self.full_root
+        lstat = os.lstat
+        listxattr = os.listxattr
+        append = out.append
+        while stack:
+            rel_prefix, names = stack[-1]
+            base = self.enter(rel_prefix)
+            for name in names:
+                rel = rel_prefix + name
+                if excluded is not None and excluded(rel):
+                    continue
+                path = base + name
+                try:
+                    st = lstat(path)
+                    mode = st.st_mode
+                    ifmt = mode & 0o170000
+                    if ifmt not in KIND_BY_IFMT:
+                        raise CorruptError(f"{full_root + rel}: unknown file type in mode "
+                                           f"{mode:#o}")
+                    key = None
+                    if st.st_nlink > 1 and ifmt != _IFDIR:
+                        key = (st.st_dev, st.st_ino)
+                        if key in seen:
+                            append((rel, key))
+                            if len(out) >= budget:
+                                return
+                            continue
+                    try:
+                        xnames = listxattr(path, follow_symlinks=False)
+                    except OSError:
+                        xnames = None
+                    # most files have no xattrs: no getxattr, no sort, no dict
+                    xattrs = _read_xattrs(path, xnames) if xnames else None
+                    if ifmt == _IFREG:
+                        append((rel, mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                                st.st_atime_ns, st.st_ctime_ns, st.st_size, st.st_blocks, 0,
+                                xattrs, "", key))
+                        if key is not None:
+                            seen.add(key)
+                    elif ifmt == _IFDIR:
+                        append((rel, mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                                st.st_atime_ns, st.st_ctime_ns, 0, 0, 0, xattrs, "", None))
+                        below = self.listing(path, full_root + rel)
+                        stack.append((rel + "/", iter(below)))
+                        if len(out) >= budget:
+                            return
+                        break
+                    else:
+                        target = os.readlink(path) if ifmt == _IFLNK else ""
+                        rdev = st.st_rdev if ifmt == _IFCHR or ifmt == _IFBLK else 0
+                        append((rel, mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                                st.st_atime_ns, st.st_ctime_ns, 0, 0, rdev, xattrs, target,
+                                key))
+                        if key is not None:
+                            seen.add(key)
+                except FileNotFoundError:
+                    continue  # removed while we walked
+                except OSError as e:
+                    raise ConvError(f"{full_root + rel}: {e.strerror}") from None
+                if len(out) >= budget:
+                    return
+            else:
+                stack.pop()
+                append(None)
+
+    def enter(self, rel_prefix: str) -> str:
+        """The prefix that names the directory ``rel_prefix``'s entries."""
+        if not self.relative:
+            return self.full_root + rel_prefix
+        if self.cwd == rel_prefix:
+            return ""
+        try:
+            os.chdir(self.abs_root + rel_prefix)
+        except OSError:
+            # not searchable, or too long a path: full paths, which give
+            # the user the error a walk without chdir would
+            self.cwd = None
+            return self.abs_root + rel_prefix
+        self.cwd = rel_prefix
+        return ""
+
+    def unit(self, rel_prefix: str, names: list[str]) -> list:
+        """Records of ``names`` (and all below them) in the directory
+        ``rel_prefix``."""
+        out: list = []
+        self.walk([(rel_prefix, iter(names))], out)
+        out.pop()  # the end of the piece's directory, which goes on elsewhere
+        return out
+
+
+@contextlib.contextmanager
+def _own_cwd() -> Iterator[bool]:
+    """Whether a scan may move the working directory (when this thread is
+    the process's only one); it is given back on leaving, also on errors."""
+    if threading.active_count() > 1:
+        yield False
+        return
+    try:
+        # O_PATH: a working directory we may not read is still restored
+        fd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            os.fchdir(fd)
+        finally:
+            os.close(fd)
 
 
 class _Scanner:
@@ -78,71 +255,86 @@ class _Scanner:
         self.root = root
         self.owner = owner
         self.excluded = _exclude_matcher(excludes)
-        self.inodes: dict[tuple[int, int], Entry] = {}
+        self.relative = False  # see _Walk
         self.file_data = HostTreeFileData.for_root(root.rstrip("/") + "/")
         # Equal ids and times share one int object (28-40 bytes each): a
         # package's files have one mtime and owner. Bounded: a tree whose
         # times all differ pays only the lookups.
         self.ints: dict[int, int] = {}
+        # every name of an inode with several, as ((piece, index), rel): the
+        # first in tree order holds the inode, the others link to it, once
+        # every piece is built (pieces are built out of order)
+        self.links: dict[tuple[int, int], list[tuple[tuple[int, int], str]]] = {}
 
-    def entry(self, full: str, rel: str, st: os.stat_result) -> Entry:
-        mode = st.st_mode
-        kind = KIND_BY_IFMT.get(mode & 0o170000)
-        if kind is None:
-            raise CorruptError(f"{full}: unknown file type in mode {mode:#o}")
-        linked = st.st_nlink > 1 and kind is not _DIR
-        if linked:
-            first = self.inodes.get((st.st_dev, st.st_ino))
-            if first is not None:
-                return Entry(rel, first.kind, first.mode, first.uid, first.gid,
-                             first.mtime_ns, first.atime_ns, first.ctime_ns, None, first.size,
-                             first.target, first.rdev, first.path, first.xattrs, first.data)
+    def build(self, records: list, stack: list[dict[str, Entry]],
+              children: dict[str, dict], piece: int, first: int = 0) -> int:
+        """Entries for ``records`` (numbered from ``first`` within ``piece``)
+        into the children map on top of ``stack``, which follows the
+        records' directories; returns how many. A further name of a linked
+        inode is None until ``resolve_links``."""
         ints = self.ints
-        if len(ints) > _INTS_KEPT:
-            ints.clear()
         same = ints.setdefault
-        if self.owner is not None:
-            uid, gid = self.owner
-        else:
-            uid, gid = same(st.st_uid, st.st_uid), same(st.st_gid, st.st_gid)
-        m, a, c = st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns
-        m, a, c = same(m, m), same(a, a), same(c, c)
-        try:
-            names = os.listxattr(full, follow_symlinks=False)
-        except OSError:
-            names = None
-        # most files have no xattrs: no getxattr, no sort, no dict
-        xattrs = (_read_xattrs(full, names) or NO_XATTRS) if names else NO_XATTRS
-        size = 0
-        target = ""
-        rdev = _NO_RDEV
-        data = None
-        if kind is _FILE:
-            size = st.st_size
-            # Only a file with fewer blocks than bytes can have holes: the
-            # rest need no SEEK_DATA probe when a writer copies them.
-            data = self.file_data(rel, size, st.st_blocks * 512 < size)
-        elif kind is _SYMLINK:
-            target = os.readlink(full)
-        elif kind is _CHAR or kind is _BLOCK:
-            rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        # positional: a dataclass __init__ takes keywords several times slower
-        entry = Entry(rel, kind, PERMS[mode & 0o7777], uid, gid, m, a, c, None, size,
-                      target, rdev, None, xattrs, data)
-        if linked:
-            self.inodes[(st.st_dev, st.st_ino)] = entry
-        return entry
+        owner = self.owner
+        file_data = self.file_data
+        links = self.links
+        kids = stack[-1]
+        count = 0
+        for index, rec in enumerate(records, first):
+            if rec is None:
+                stack.pop()
+                kids = stack[-1] if stack else None
+                continue
+            count += 1
+            if len(rec) == 2:
+                rel, key = rec
+                links[key].append(((piece, index), rel))
+                kids[rel] = None  # type: ignore[index]
+                continue
+            rel, mode, uid, gid, m, a, c, size, blocks, rdev, xattrs, target, key = rec
+            kind = KIND_BY_IFMT[mode & 0o170000]
+            if owner is not None:
+                uid, gid = owner
+            else:
+                uid, gid = same(uid, uid), same(gid, gid)
+            if kind is _FILE:
+                # Only a file with fewer blocks than bytes can have holes: the
+                # rest need no SEEK_DATA probe when a writer copies them.
+                data = file_data(rel, size, blocks * 512 < size)
+            else:
+                data = None
+                if rdev:
+                    rdev = (os.major(rdev), os.minor(rdev))
+            # positional: a dataclass __init__ takes keywords several times slower
+            entry = Entry(rel, kind, PERMS[mode & 0o7777], uid, gid, same(m, m), same(a, a),
+                          same(c, c), None, size, target, rdev or _NO_RDEV, None,
+                          xattrs or NO_XATTRS, data)
+            kids[rel] = entry  # type: ignore[index]
+            if kind is _DIR:
+                kids = children[rel] = {}
+                stack.append(kids)
+                if len(ints) > _INTS_KEPT:
+                    ints.clear()
+            elif key is not None:
+                names = links.get(key)
+                if names is None:
+                    links[key] = names = []
+                names.append(((piece, index), rel))
+        return count
 
-    def listing(self, full: str) -> list[str]:
-        try:
-            fd = open_noatime(full, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                names = os.listdir(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise ConvError(f"{full}: cannot list directory: {e.strerror}") from None
-        return bytewise_sorted(names)
+    def resolve_links(self, children: dict[str, dict]) -> None:
+        """Every name of a linked inode after its first in tree order becomes
+        a hardlink to the first (its metadata, xattrs and data)."""
+        for names in self.links.values():
+            if len(names) == 1:
+                continue
+            names.sort()
+            rel = names[0][1]
+            first = children[rel.rpartition("/")[0]][rel]
+            for _, rel in names[1:]:
+                children[rel.rpartition("/")[0]][rel] = Entry(
+                    rel, first.kind, first.mode, first.uid, first.gid, first.mtime_ns,
+                    first.atime_ns, first.ctime_ns, None, first.size, first.target, first.rdev,
+                    first.path, first.xattrs, first.data)
 
     def scan(self) -> Tree:
         try:
@@ -153,42 +345,125 @@ class _Scanner:
             raise ConvError(f"{self.root}: {e.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise NotFoundError(f"{self.root}: not a directory")
-        tree = Tree(self.entry(self.root, "", st))
+        try:
+            names = os.listxattr(self.root, follow_symlinks=False)
+        except OSError:
+            names = None
+        record = ("", st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_atime_ns,
+                  st.st_ctime_ns, 0, 0, 0, _read_xattrs(self.root, names) if names else None,
+                  "", None)
+        top: dict[str, Entry] = {}
+        self.build([record], [top], {}, -1)
+        tree = Tree(top[""])
         # Every child comes from one directory listing, so its name is new
         # and its parent is a directory already in the tree: the scan fills
         # Tree's map directly instead of paying Tree.add's checks per entry.
         children = tree._children
-        excluded = self.excluded
-        lstat = os.lstat
-        full_root = self.root.rstrip("/") + "/"
-        count = 0
+        walk = _Walk(self.root, self.excluded, set(), self.relative)
         # Depth first with children in byte order: the same order Tree
         # iterates, so the first name of a hardlinked inode comes first.
-        stack = [("", full_root, iter(self.listing(self.root)), children[""])]
+        stack = [("", iter(walk.listing(self.root, self.root)))]
+        kids = [children[""]]  # the children map of each directory in stack
+        fork_after = _FORK_AFTER if forking() else None
+        records: list = []
+        count = done = 0
         while stack:
-            rel_prefix, full_prefix, names, kids = stack[-1]
-            for name in names:
-                rel = rel_prefix + name
-                if excluded is not None and excluded(rel):
-                    continue
-                full = full_prefix + name
-                try:
-                    entry = self.entry(full, rel, lstat(full))
-                except FileNotFoundError:
-                    continue  # removed while we walked
-                except OSError as e:
-                    raise ConvError(f"{full}: {e.strerror}") from None
-                kids[rel] = entry
-                count += 1
-                if entry.kind is _DIR:
-                    below: dict[str, Entry] = {}
-                    children[rel] = below
-                    stack.append((rel + "/", full + "/", iter(self.listing(full)), below))
-                    break
-            else:
-                stack.pop()
+            # in batches: the records of a whole large tree would double its memory
+            walk.walk(stack, records, _BATCH)
+            count += self.build(records, kids, children, -1, done)
+            done += len(records)
+            records.clear()
+            if stack and fork_after is not None and count >= fork_after:
+                count += self.split(walk, stack, kids, children)
+                break
         tree._count += count
+        self.resolve_links(children)
         return tree
+
+    def split(self, walk: _Walk, stack: list[tuple[str, Iterator[str]]],
+              kids: list[dict[str, Entry]], children: dict[str, dict]) -> int:
+        """Scan what ``stack`` has left with a forked child: pieces of each
+        directory's unscanned names, deepest directory first (tree order),
+        claimed in turn from a pipe by whichever process is free. Each
+        process claims in increasing order, so its own first name of an
+        inode precedes its further ones; which of the two processes' first
+        names comes first is settled by resolve_links."""
+        pieces: list[tuple[int, str, list[str]]] = []
+        for depth in range(len(stack) - 1, -1, -1):
+            rel_prefix, names = stack[depth]
+            left = list(names)
+            step = -(-len(left) // _PIECES_PER_DIR) or 1
+            for i in range(0, len(left), step):
+                pieces.append((depth, rel_prefix, left[i:i + step]))
+        built: dict[int, dict[str, Entry]] = {}
+        count = self.share(walk, pieces, children, built) if len(pieces) <= _MAX_PIECES else 0
+        for i, (depth, rel_prefix, names) in enumerate(pieces):
+            got = built.get(i)
+            if got is None:
+                # not scanned (too many pieces), or failed: here, in tree
+                # order, so an error is the one a sequential scan meets first
+                count += self.build(walk.unit(rel_prefix, names), [kids[depth]], children, i)
+            else:
+                kids[depth].update(got)
+        return count
+
+    def share(self, walk: _Walk, pieces: list[tuple[int, str, list[str]]],
+              children: dict[str, dict], built: dict[int, dict[str, Entry]]) -> int:
+        """Scan ``pieces`` with a forked child; what each built piece's
+        directory gains goes into ``built``. A piece that failed is left
+        out (the caller scans it again to raise its error in order)."""
+        count = 0
+        claims, w = os.pipe()
+        try:
+            try:
+                # one write of at most PIPE_BUF bytes: it fits, and no reader
+                # can see half a number
+                os.write(w, b"".join(i.to_bytes(4, "little") for i in range(len(pieces))))
+            finally:
+                os.close(w)
+            with Forked(_child_walk, walk, pieces, claims) as child:
+                try:
+                    while (got := os.read(claims, 4)):
+                        i = int.from_bytes(got, "little")
+                        built[i] = mine = {}
+                        count += self.build(walk.unit(pieces[i][1], pieces[i][2]), [mine],
+                                            children, i)
+                except ConvError:
+                    del built[i]
+                    _drain(claims)  # the child stops too
+                try:
+                    theirs = child.result()
+                except ConvError:
+                    theirs = []  # a child that died: the parent scans its pieces
+            for i, records in theirs:
+                built[i] = mine = {}
+                count += self.build(records, [mine], children, i)
+        finally:
+            os.close(claims)
+        return count
+
+
+def _child_walk(walk: _Walk, pieces: list, claims: int) -> list:
+    """A forked child's part of a scan: the records of each piece it claims,
+    until none are left or one fails (then it takes the rest from the pipe,
+    so the parent stops soon and meets the error itself, in tree order).
+    ``walk`` is the child's copy of the parent's, so it knows the inodes
+    recorded so far; the child is single-threaded, so it may chdir."""
+    walk.relative = True
+    walk.cwd = None
+    done = []
+    try:
+        while (got := os.read(claims, 4)):
+            i = int.from_bytes(got, "little")
+            done.append((i, walk.unit(pieces[i][1], pieces[i][2])))
+    except ConvError:
+        _drain(claims)
+    return done
+
+
+def _drain(fd: int) -> None:
+    while os.read(fd, 1 << 16):
+        pass
 
 
 _NO_RDEV = (0, 0)
@@ -198,7 +473,7 @@ _INTS_KEPT = 1 << 16
 def source(path: str, opts: dict, ctx: Context) -> Tree:
     """The directory at ``path`` as a Tree."""
     scanner = _Scanner(os.fspath(path), opts.get("owner"), opts.get("exclude") or ())
-    with gc_paused():
+    with gc_paused(), _own_cwd() as scanner.relative:
         return scanner.scan()
 
 
