@@ -652,6 +652,89 @@ def test_a_small_file_that_shrank_or_went_after_the_scan_is_one_error(tmp_path, 
         build(tree, str(tmp_path / "out.sqfs"), threads=threads)
 
 
+def _child_pids() -> set[int]:
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            pids.update(int(p) for p in f.read().split())
+    return pids
+
+
+def _small_tree(root, count: int) -> None:
+    root.mkdir()
+    for i in range(count):
+        (root / f"f{i:03d}").write_bytes(b"file %d " % i * (1 + i % 40))
+    (root / "copy").write_bytes(b"file 7 " * 8)  # a duplicate of f007
+
+
+def _forked_reader(monkeypatch, chunk_files: int, ahead: int) -> list[tuple[int, int]]:
+    """Chunks of ``chunk_files`` files, a ring of ``ahead`` bytes (at least
+    two slots); returns a list that gets (chunks, slots) of each forked
+    reader started."""
+    from conv_squashfs import datawriter
+
+    monkeypatch.setattr(datawriter, "_CHUNK_FILES", chunk_files)
+    monkeypatch.setattr(datawriter, "_FORK_AHEAD_BYTES", ahead)
+    started = []
+    real = datawriter._ForkedReader.__init__
+
+    def spy(self, chunks):
+        real(self, chunks)
+        started.append((len(chunks), self.slots))
+    monkeypatch.setattr(datawriter._ForkedReader, "__init__", spy)
+    return started
+
+
+@pytest.mark.parametrize("ahead", [1 << 20, 1])
+def test_small_files_read_by_the_forked_reader_give_the_same_bytes(tmp_path, monkeypatch,
+                                                                   ahead):
+    """Small host files read in a forked child (threads > 1) give the image
+    of one thread; with a ring of two slots the child waits for the parent
+    to free each one. No process or descriptor is left behind."""
+    from conv_squashfs import datawriter
+
+    if not datawriter.forking():
+        pytest.skip("no fork here")
+    started = _forked_reader(monkeypatch, 7, ahead)
+    src = tmp_path / "src"
+    _small_tree(src, 300)
+    (src / "big").write_bytes(b"big file " * 40_000)  # blocks between the chunks
+    fds = len(os.listdir("/proc/self/fd"))
+    images = [build(dir_tree(str(src)), str(tmp_path / f"{n}.sqfs"), comp="lz4",
+                    block_size="4K", threads=n) for n in (1, 2)]
+    assert started and started[0][0] > 40 and (ahead > 1 or started[0][1] == 2)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert not _child_pids()
+    with open(images[0], "rb") as a, open(images[1], "rb") as b:
+        assert a.read() == b.read()
+    judge(images[1])
+    assert_same_tree(str(src), extract(images[1], str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("ahead", [1 << 20, 1])
+def test_a_file_the_forked_reader_cannot_read_is_one_error(tmp_path, monkeypatch, ahead):
+    """The child stops at the file it cannot read; the parent raises its
+    error when it reaches that chunk, and no process is left behind."""
+    from conv_squashfs import datawriter
+
+    if not datawriter.forking():
+        pytest.skip("no fork here")
+    started = _forked_reader(monkeypatch, 5, ahead)
+    src = tmp_path / "src"
+    _small_tree(src, 200)
+    tree = dir_tree(str(src))
+    (src / "f150").write_bytes(b"short")
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(CorruptError, match="f150: file data ended before its size of 279"):
+        build(tree, str(tmp_path / "out.sqfs"), threads=2)
+    (src / "f150").unlink()
+    with pytest.raises(CorruptError, match="f150: cannot read .*f150: No such file"):
+        build(tree, str(tmp_path / "out.sqfs"), threads=2)
+    assert len(started) == 2
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert not _child_pids()
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_large_file_that_shrank_after_the_scan_is_one_error(tmp_path, threads):
     src = tmp_path / "src"
