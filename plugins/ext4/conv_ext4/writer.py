@@ -77,6 +77,9 @@ _LE32 = struct.Struct("<I")
 _LE64 = struct.Struct("<Q")
 _LE16 = struct.Struct("<H")
 _INO_GEN = struct.Struct("<II")
+#: i_checksum_lo, i_reserved, i_extra_isize, i_checksum_hi: written at once
+_CSUM_FIELDS = struct.Struct("<HHHH")
+assert INODE_CHECKSUM_HI_OFFSET - INODE_CHECKSUM_LO_OFFSET == _CSUM_FIELDS.size - 2
 _INODE = INODE.struct
 _ONE_EXTENT = struct.Struct("<HHHHIIHHI36x")  # extent header + one extent, as i_block
 _DIRECT = struct.Struct("<15I")  # a block map of direct blocks only
@@ -551,6 +554,8 @@ class Ext4Plan(Plan):
         csum = o.csum
         seed = o.csum_seed ^ _M32
         pack = _INODE.pack_into
+        ino_gen = _INO_GEN.pack
+        csum_fields = _CSUM_FIELDS.pack_into
         one_extent = _ONE_EXTENT.pack
         direct = _DIRECT.pack
         empty_root = _empty_extent_root()
@@ -591,8 +596,7 @@ class Ext4Plan(Plan):
             mt, mtx = divmod(e.mtime_ns, 1_000_000_000)
             cr_ns = e.crtime_ns
             cr, crx = divmod(cr_ns if cr_ns is not None else e.ctime_ns, 1_000_000_000)
-            if 0 <= at < 0x80000000 and 0 <= ct < 0x80000000 and 0 <= mt < 0x80000000 and \
-                    0 <= cr < 0x80000000:
+            if not (at | ct | mt | cr) >> 31:  # all in [0, 2**31): a negative one shifts to -1
                 atx <<= 2
                 ctx_ <<= 2
                 mtx <<= 2
@@ -603,7 +607,7 @@ class Ext4Plan(Plan):
                 mt, mtx = _time(e.mtime_ns)
                 cr, crx = _time(cr_ns if cr_ns is not None else e.ctime_ns)
             uid, gid = e.uid, e.gid
-            if not (0 <= uid <= _M32 and 0 <= gid <= _M32):
+            if (uid | gid) >> 32:  # above 32 bits, or negative
                 raise UnsupportedError(f"/{e.path}: uid/gid {uid}/{gid} out of range")
             sz = size[ino]
             pack(buf, off, e.kind._value_ | (e.mode & 0o7777), uid & 0xFFFF, sz & _M32, at, ct,
@@ -614,10 +618,13 @@ class Ext4Plan(Plan):
             if ibody is not None:
                 buf[off + INODE.size:off + INODE_SIZE] = ibody
             if csum:
-                # crc32c(seed, ino, generation 0, inode with both checksum halves zero)
-                c = _crc32c(_INO_GEN.pack(ino, 0) + buf[off:off + INODE_SIZE], value=seed) ^ _M32
-                _LE16.pack_into(buf, off + INODE_CHECKSUM_LO_OFFSET, c & 0xFFFF)
-                _LE16.pack_into(buf, off + INODE_CHECKSUM_HI_OFFSET, c >> 16)
+                # crc32c(seed, ino, generation 0, inode with both checksum halves
+                # zero), seed passed positionally (a keyword costs as much as
+                # the checksum); both halves, and the fields between them as
+                # packed above, in one call
+                c = _crc32c(ino_gen(ino, 0) + buf[off:off + INODE_SIZE], seed) ^ _M32
+                csum_fields(buf, off + INODE_CHECKSUM_LO_OFFSET, c & 0xFFFF, 0,
+                            INODE_EXTRA_ISIZE, c >> 16)
             off += INODE_SIZE
         return dirs
 

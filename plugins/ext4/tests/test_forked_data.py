@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import re
 
 import pytest
 from conv_ext4 import _formats, writer
@@ -153,3 +154,40 @@ def test_a_metadata_failure_kills_the_copying_child(tmp_path, forks):
         write_plan(plan, tmp_path / "out.img")
     assert forks
     assert not _children()
+
+
+@pytest.mark.parametrize("uid,gid", [(-1, 0), (0, -5), (1 << 32, 0), (0, 1 << 40)])
+def test_owner_out_of_range_is_one_line(tmp_path, uid, gid):
+    tree = Tree(Entry("", Kind.DIR, mode=0o755))
+    tree.add(Entry("odd", Kind.FILE, mode=0o644, uid=uid, gid=gid))
+    plan = encode(tree, _opts(), Context(seed="forked"))
+    with pytest.raises(UnsupportedError, match=f"^/odd: uid/gid {uid}/{gid} out of range$"):
+        write_plan(plan, tmp_path / "out.img")
+
+
+@pytest.mark.parametrize("sec", [0, (1 << 31) - 1, 1 << 31, -1, -(1 << 31), (1 << 33) + 5])
+def test_times_either_side_of_2038(tmp_path, sec):
+    """Each timestamp field on its own at the edges of the 32-bit range: the
+    fast path for 1970-2038 and the encoded one meet without a gap."""
+    require_tool("debugfs")
+    ns = sec * 1_000_000_000 + 123
+    tree = Tree(Entry("", Kind.DIR, mode=0o755))
+    tree.add(Entry("a", Kind.FILE, mode=0o644, atime_ns=ns, mtime_ns=5, ctime_ns=5,
+                   crtime_ns=5))
+    tree.add(Entry("m", Kind.FILE, mode=0o644, mtime_ns=ns, atime_ns=5, ctime_ns=5,
+                   crtime_ns=5))
+    tree.add(Entry("c", Kind.FILE, mode=0o644, ctime_ns=ns, atime_ns=5, mtime_ns=5,
+                   crtime_ns=5))
+    tree.add(Entry("r", Kind.FILE, mode=0o644, crtime_ns=ns, atime_ns=5, mtime_ns=5,
+                   ctime_ns=5))
+    img = write_plan(encode(tree, _opts(), Context(seed="forked")), tmp_path / "t.img")
+    run("e2fsck", "-fn", img)
+    for name, field in (("a", "atime"), ("m", "mtime"), ("c", "ctime"), ("r", "crtime")):
+        out = run("debugfs", "-R", f"stat /{name}", img).stdout
+        times = {}
+        for key, lo, extra in re.findall(r"^\s*(\w+): 0x([0-9a-f]+):([0-9a-f]+)", out, re.M):
+            lo, extra = int(lo, 16), int(extra, 16)
+            s = (lo - (1 << 32) if lo & 0x80000000 else lo) + ((extra & 3) << 32)
+            times[key] = s * 1_000_000_000 + (extra >> 2)
+        assert times[field] == ns, (name, out)
+        assert all(v == 5 for k, v in times.items() if k != field), (name, out)
