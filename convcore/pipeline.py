@@ -16,8 +16,10 @@ import os
 import re
 import shutil
 import tempfile
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from convcore.blockdev import FileVolume, Volume
@@ -343,28 +345,44 @@ def fingerprint(value: Any) -> str:
     from convcore.format import _sha256
     h = _sha256(b"")
     if isinstance(value, Tree):
-        # The digest of one repr of a list of plain tuples (a formatted
-        # string per entry cost ~2 us each), fed in slices: the whole repr
-        # would hold ~100 bytes an entry at once, beside the tree.
-        h.update(b"[")
-        sep = b""
-        batch: list[tuple] = []
-        for e in value:
-            batch.append((e.path, e.kind._value_, e.mode, e.size, e.mtime_ns, e.target, e.link))
-            if len(batch) == _FINGERPRINT_BATCH:
-                h.update(sep + repr(batch)[1:-1].encode("utf-8", "surrogateescape"))
-                sep = b", "
-                batch = []
-        if batch:
-            h.update(sep + repr(batch)[1:-1].encode("utf-8", "surrogateescape"))
-        h.update(b"]")
+        _tree_digest(h, value)
     elif isinstance(value, Volume):
         h.update(str(value.size).encode())
         h.update(_head(value))
     return h.hexdigest()
 
 
-_FINGERPRINT_BATCH = 4096
+#: the fields of an entry the digest covers, each read for a whole directory
+#: at once: integers packed into an array, strings joined
+_INT_FIELDS = tuple(map(attrgetter, ("kind._value_", "mode", "size", "mtime_ns")))
+_STR_FIELDS = tuple(map(attrgetter, ("path", "target")))
+_LINK = attrgetter("link")
+
+
+def _tree_digest(h: Any, tree: Tree) -> None:
+    """Feed ``h`` the path, kind, mode, size, mtime, symlink target and
+    hardlink target of every entry: each directory's children in the tree's
+    order, directories in path order (not in the order a source happened to
+    fill them in, which a split scan does not fix). C-level per entry (one
+    attrgetter over a directory's children at a time): about 0.4 us an
+    entry where a repr of a tuple per entry cost 1.2 us."""
+    children = tree._children
+    update = h.update
+    for path in sorted(children):
+        kids = list(children[path].values())
+        if not path:
+            kids.insert(0, tree.root)
+        update(b"\0%d\0" % len(kids))
+        for get in _STR_FIELDS:
+            update("\0".join(map(get, kids)).encode("utf-8", "surrogateescape"))
+        try:
+            for get in _INT_FIELDS:
+                update(array("q", map(get, kids)))
+        except (OverflowError, TypeError):  # beyond 64 bits: an odd archive's time
+            update(repr([tuple(get(e) for get in _INT_FIELDS) for e in kids]).encode())
+        links = list(map(_LINK, kids))
+        if links.count(None) != len(links):
+            update(repr(links).encode("utf-8", "surrogateescape"))
 
 
 def scratch_dir_for(output: str) -> str | None:

@@ -16,6 +16,7 @@ from convcore import forked
 from convcore.builtin import dirfmt
 from convcore.errors import ConvError, CorruptError
 from convcore.format import Context
+from convcore.pipeline import fingerprint
 from convcore.testing import xattrs_supported
 from convcore.tree import Kind, Tree
 
@@ -104,6 +105,7 @@ def test_split_scan_gives_the_tree_of_one_process(tmp_path, monkeypatch, forks, 
         tree = scan(root, exclude=exclude)
         assert described(tree) == described(expected)
         assert len(tree) == len(expected) == len(described(tree))
+        assert fingerprint(tree) == fingerprint(expected)  # the default seed
         for entry in tree:
             if entry.link is not None:
                 assert entry.data is tree.resolve(entry).data
