@@ -50,6 +50,22 @@ _BLOCK, _FRAGMENT = 0, 1
 _NO_BLOCKS = array("I")
 
 
+# zlib.crc32 lets go of the GIL above 5 KiB; a pool thread then waits to
+# take it back (up to the switch interval while another thread runs Python)
+# for a few microseconds of work. In pieces of 5 KiB it keeps the GIL; the
+# chained value is the CRC32 of the whole.
+_CRC_PIECE = 5 * 1024
+
+
+def _crc32(data) -> int:
+    view = memoryview(data)
+    crc32 = zlib.crc32
+    crc = 0
+    for start in range(0, len(view), _CRC_PIECE):
+        crc = crc32(view[start:start + _CRC_PIECE], crc)
+    return crc
+
+
 def _read_host(fd: int, offset: int, view: memoryview) -> int:
     """Fill ``view`` from ``offset`` of a host file; fewer bytes only at its end."""
     done = 0
@@ -114,6 +130,11 @@ class _Batch:
     def result(self) -> list:
         return self.future.result()  # type: ignore[union-attr]
 
+
+# Retired results are written together once this many bytes or pieces
+# wait (the pieces stay below IOV_MAX).
+_WRITE_BYTES = 1 << 20
+_WRITE_PIECES = 256
 
 # Small files are read on the pool in chunks of about this many bytes (or
 # files); placing a chunk waits for the read submitted this many chunks
@@ -341,6 +362,11 @@ class DataWriter:
         self._free = [bytearray(block_size) for _ in range(self.inflight + 2)]
         self._queue: deque = deque()
         self._zero_bytes = bytes(block_size)
+        #: results retired and not yet written (they end at ``pos``), their
+        #: total size, and the buffers of those stored uncompressed
+        self._writes: list = []
+        self._write_bytes = 0
+        self._held: list[bytearray] = []
         #: (start, size word) of each fragment block, by fragment index.
         self.fragment_table: list[tuple[int, int]] = []
         self._frag_count = 0
@@ -375,8 +401,8 @@ class DataWriter:
             # Zeros compress to almost nothing; only then is the memcmp worth it.
             if m <= (n >> 7) + 128 and self._is_zero(view):
                 return None, 0, 0
-            return packed, m, zlib.crc32(packed)
-        return None, n | _UNCOMPRESSED, zlib.crc32(view)
+            return packed, m, _crc32(packed)
+        return None, n | _UNCOMPRESSED, _crc32(view)
 
     def _pack_fragment(self, view: memoryview) -> tuple[bytes | None, int, int]:
         n = len(view)
@@ -409,7 +435,10 @@ class DataWriter:
 
     def _take_buffer(self) -> bytearray:
         while not self._free:
-            self._retire()
+            if self._held:
+                self._flush_writes()
+            else:
+                self._retire()
         return self._free.pop()
 
     def _retire(self) -> None:
@@ -435,23 +464,45 @@ class DataWriter:
         else:
             self.fragment_table.append((self.pos, word))
             self._write_result(packed, word, buf, n)
-        if buf is not None:
-            self._free.append(buf)
 
     def _write_result(self, packed: bytes | None, word: int, buf: bytearray | None,
                       n: int) -> None:
+        """Queue a result for writing at ``pos``; ``buf`` goes back to the
+        free list now, or once written when it holds the bytes (stored
+        uncompressed)."""
         if word == 0:
+            if buf is not None:
+                self._free.append(buf)
             return
-        data = packed if packed is not None else memoryview(buf)[:n]  # type: ignore[arg-type]
-        self._pwrite(data, self.pos)
-        self.pos += len(data)
+        if packed is None:
+            self._held.append(buf)  # type: ignore[arg-type]
+            packed = memoryview(buf)[:n]  # type: ignore[index]
+        elif buf is not None:
+            self._free.append(buf)
+        self._writes.append(packed)
+        self._write_bytes += len(packed)
+        self.pos += len(packed)
+        if self._write_bytes >= _WRITE_BYTES or len(self._writes) >= _WRITE_PIECES:
+            self._flush_writes()
 
-    def _pwrite(self, data, offset: int) -> None:
-        view = memoryview(data)
-        while len(view):
-            written = os.pwrite(self.fd, view, offset)
-            view = view[written:]
-            offset += written
+    def _flush_writes(self) -> None:
+        """Write the queued results, which end at ``pos``: one pwritev for
+        many blocks, as each system call on this thread lets a pool thread
+        take the GIL, which it may keep for the switch interval."""
+        writes = self._writes
+        if writes:
+            offset = self.pos - self._write_bytes
+            while writes:
+                written = os.pwritev(self.fd, writes, offset)
+                offset += written
+                while writes and written >= len(writes[0]):
+                    written -= len(writes.pop(0))
+                if written:
+                    writes[0] = memoryview(writes[0])[written:]
+            self._write_bytes = 0
+        if self._held:
+            self._free += self._held
+            self._held.clear()
 
     def _enqueue(self, kind: int, rec, work: _Batch | _Done, index: int, buf, n: int) -> None:
         self._queue.append((kind, rec, work, index, buf, n))
@@ -684,6 +735,7 @@ class DataWriter:
         candidates.append(rec)
 
     def _same_stored(self, a: int, b: int, length: int) -> bool:
+        self._flush_writes()
         done = 0
         while done < length:
             n = min(1 << 20, length - done)
@@ -710,6 +762,7 @@ class DataWriter:
                 self._frag_buf = None
         while self._queue:
             self._retire()
+        self._flush_writes()
         self.close()
         return self.pos
 

@@ -19,6 +19,7 @@ the same order, the root's is the highest.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import struct
@@ -130,13 +131,31 @@ class Settings:
                    xattrs=opts.get("xattrs", True) is not False, threads=threads)
 
 
+#: the GIL switch interval while writing (see ``_switch_interval``)
+SWITCH_INTERVAL = 0.0005
+
+
+@contextlib.contextmanager
+def _switch_interval(seconds: float) -> Iterator[None]:
+    """A pool thread back from a codec or a read waits for the GIL while
+    this thread runs Python, until the switch interval (5 ms by default)
+    makes it let go; the blocks behind it wait too. A shorter interval
+    while the image is written keeps the pool fed."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def encode(tree: Tree, opts: dict, ctx: Context) -> SquashfsPlan:
     settings = Settings.from_options(opts)
     image = ctx.scratch_file("conv-squashfs-")
     try:
         # No cyclic GC while writing: a few acyclic objects per entry, and with
         # a large tree alive each collection walks it all (~15% for 100k files).
-        with gc_paused():
+        with gc_paused(), _switch_interval(SWITCH_INTERVAL):
             bytes_used = ImageWriter(tree, settings, ctx, image.fileno()).write()
     except BaseException:
         image.close()
