@@ -192,6 +192,34 @@ def test_split_scan_survives_a_child_that_dies(tmp_path, monkeypatch, forks):
     assert len(forks) == 1
 
 
+@pytest.mark.parametrize("pieces_sent", [0, 1, 3])
+def test_split_scan_survives_a_child_that_dies_while_sending(tmp_path, monkeypatch, forks,
+                                                            pieces_sent):
+    """Killed halfway through sending a piece, after sending some whole:
+    the parent keeps the whole ones and scans the rest itself."""
+    root = make_tree(tmp_path / "src")
+    real_walk, real_write = dirfmt._child_walk, os.write
+
+    def dies_halfway(walk, pieces, claims, sent):
+        frames = []
+
+        def write(fd, data):
+            if fd != sent:
+                return real_write(fd, data)
+            if len(frames) == pieces_sent:
+                real_write(fd, bytes(data[:len(data) // 2]))
+                os.kill(os.getpid(), 9)
+            frames.append(1)
+            return real_write(fd, data)
+
+        os.write = write  # in the child only
+        real_walk(walk, pieces, claims, sent)
+
+    monkeypatch.setattr(dirfmt, "_child_walk", dies_halfway)
+    assert described(scan(root)) == described(alone(root, monkeypatch))
+    assert len(forks) == 1
+
+
 def test_scan_gives_back_the_working_directory(tmp_path, monkeypatch, forks):
     """The scan resolves names relative to the directory it walks (when no
     other thread could be resolving paths meanwhile), from a relative root

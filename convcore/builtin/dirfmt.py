@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import fnmatch
+import marshal
 import os
 import re
+import select
 import stat
+import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -411,9 +415,16 @@ class _Scanner:
               children: dict[str, dict], built: dict[int, dict[str, Entry]]) -> int:
         """Scan ``pieces`` with a forked child; what each built piece's
         directory gains goes into ``built``. A piece that failed is left
-        out (the caller scans it again to raise its error in order)."""
+        out (the caller scans it again to raise its error in order).
+
+        The child sends each piece's records as it finishes it, and the
+        parent builds what has arrived before it claims a piece of its
+        own: building is the parent's cheaper work (1.3 us an entry against
+        6), so the child, which only walks, gets the larger share and the
+        parent is not left building half the tree after the child ends."""
         count = 0
         claims, w = os.pipe()
+        results, sent = os.pipe()
         try:
             try:
                 # one write of at most PIPE_BUF bytes: it fits, and no reader
@@ -421,9 +432,21 @@ class _Scanner:
                 os.write(w, b"".join(i.to_bytes(4, "little") for i in range(len(pieces))))
             finally:
                 os.close(w)
-            with Forked(_child_walk, walk, pieces, claims) as child:
+            with contextlib.suppress(OSError):  # room for pieces a busy parent has not read
+                fcntl.fcntl(sent, fcntl.F_SETPIPE_SZ, 1 << 20)
+            with Forked(_child_walk, walk, pieces, claims, sent) as child:
+                os.close(sent)
+                sent = -1
+                ended = False
                 try:
-                    while (got := os.read(claims, 4)):
+                    while True:
+                        while not ended and select.select([results], [], [], 0)[0]:
+                            got = self.build_sent(results, built, children)
+                            ended = got < 0
+                            count += max(got, 0)
+                        got = os.read(claims, 4)
+                        if not got:
+                            break
                         i = int.from_bytes(got, "little")
                         built[i] = mine = {}
                         count += self.build(walk.unit(pieces[i][1], pieces[i][2]), [mine],
@@ -431,34 +454,69 @@ class _Scanner:
                 except ConvError:
                     del built[i]
                     _drain(claims)  # the child stops too
-                try:
-                    theirs = child.result()
-                except ConvError:
-                    theirs = []  # a child that died: the parent scans its pieces
-            for i, records in theirs:
-                built[i] = mine = {}
-                count += self.build(records, [mine], children, i)
+                while not ended and (got := self.build_sent(results, built, children)) >= 0:
+                    count += got
+                # a child that died sent fewer pieces: the caller scans them
+                with contextlib.suppress(ConvError):
+                    child.result()
         finally:
-            os.close(claims)
+            for fd in (claims, results, sent):
+                if fd >= 0:
+                    os.close(fd)
         return count
 
+    def build_sent(self, fd: int, built: dict[int, dict[str, Entry]],
+                   children: dict[str, dict]) -> int:
+        """Build the next piece the child sent; how many entries, or -1 at
+        the end (or a message cut short: the child died)."""
+        head = _read_exactly(fd, _FRAME.size)
+        if head is None:
+            return -1
+        blob = _read_exactly(fd, _FRAME.unpack(head)[0])
+        if blob is None:
+            return -1
+        i, records = marshal.loads(blob)
+        del blob
+        built[i] = mine = {}
+        return self.build(records, [mine], children, i)
 
-def _child_walk(walk: _Walk, pieces: list, claims: int) -> list:
+
+#: the length of a piece's marshalled records, ahead of them in the pipe
+_FRAME = struct.Struct("<Q")
+
+
+def _read_exactly(fd: int, size: int) -> bytearray | None:
+    """``size`` bytes from a pipe, or None if it ends first."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if not n:
+            return None
+        got += n
+    return buf
+
+
+def _child_walk(walk: _Walk, pieces: list, claims: int, sent: int) -> None:
     """A forked child's part of a scan: the records of each piece it claims,
-    until none are left or one fails (then it takes the rest from the pipe,
-    so the parent stops soon and meets the error itself, in tree order).
-    ``walk`` is the child's copy of the parent's, so it knows the inodes
-    recorded so far; the child is single-threaded, so it may chdir."""
+    sent to the parent as each is done, until no piece is left or one fails
+    (then it takes the rest from the pipe, so the parent stops soon and
+    meets the error itself, in tree order). ``walk`` is the child's copy of
+    the parent's, so it knows the inodes recorded so far; the child is
+    single-threaded, so it may chdir."""
     walk.relative = True
     walk.cwd = None
-    done = []
     try:
         while (got := os.read(claims, 4)):
             i = int.from_bytes(got, "little")
-            done.append((i, walk.unit(pieces[i][1], pieces[i][2])))
+            blob = marshal.dumps((i, walk.unit(pieces[i][1], pieces[i][2])))
+            view = memoryview(_FRAME.pack(len(blob)) + blob)
+            del blob
+            while view:
+                view = view[os.write(sent, view):]
     except ConvError:
         _drain(claims)
-    return done
 
 
 def _drain(fd: int) -> None:
