@@ -259,3 +259,23 @@ def test_split_scan_of_a_deep_tree(tmp_path, monkeypatch, forks):
     assert described(tree) == described(alone(tmp_path / "src", monkeypatch))
     assert tree.get("side/a-link").link == "/".join(["d"] * depth) + "/f0"
     assert [e.kind for e in tree].count(Kind.DIR) == depth + 2
+
+
+def test_a_large_scanned_tree_is_left_out_of_garbage_collection(tmp_path, monkeypatch):
+    """The entries of a large tree are frozen: collections after the scan
+    (and in forked writer children) do not walk them; a small tree's are not."""
+    import gc
+
+    root = make_tree(tmp_path / "src")
+    small = scan(root)
+    assert any(o is small.get("d00/f01") for o in gc.get_objects())
+    monkeypatch.setattr(dirfmt, "_FREEZE_AFTER", len(small))
+    try:
+        tree = scan(root)
+        entry = tree.get("d00/f01")
+        assert gc.is_tracked(entry) and not any(o is entry for o in gc.get_objects())
+        assert not any(o is entry.data for o in gc.get_objects())
+        assert gc.isenabled()
+        assert described(tree) == described(small)
+    finally:
+        gc.unfreeze()
