@@ -161,7 +161,7 @@ class _Chunk:
         self.buf: bytearray | None = None
         self.future: Future | None = None
         self.digests: list[int | bytes] | None = None
-        self.forked = False  # read by the _ForkedReader
+        self.forked: _ForkedReader | None = None  # the reader reading it
 
     def add(self, rec: FileData, data: Data, path: str) -> None:
         self.recs.append(rec)
@@ -220,9 +220,9 @@ class _Chunk:
         return digests
 
 
-# The forked reader: worth a fork (a few ms, and copy-on-write faults while
-# it runs) from this many chunks of host files (about 256 KiB each) on; how
-# many bytes of chunks it may read ahead of their placement.
+# Forked readers: one is worth a fork (a few ms, and copy-on-write faults
+# while it runs) for this many chunks of host files (about 256 KiB each); how
+# many bytes of chunks they may read ahead of their placement, together.
 _FORK_MIN_CHUNKS = 8
 _FORK_AHEAD_BYTES = 8 << 20
 
@@ -249,7 +249,8 @@ def _read_chunks_in_child(chunks: list[_Chunk], ring: mmap.mmap, slots: int, slo
 
 
 class _ForkedReader:
-    """Reads the chunks of small host files in a forked child.
+    """Reads chunks of small host files in a forked child (one reader per
+    thread, each taking every n-th chunk).
 
     On the pool, each file's open, preadv and close hands the GIL over twice
     (100k files: 300k hand-offs, each waiting up to the switch interval
@@ -259,11 +260,15 @@ class _ForkedReader:
     and says when each chunk is in; the parent places chunks in the same
     order as from the pool, so the image is the same."""
 
-    def __init__(self, chunks: list[_Chunk]) -> None:
+    def __init__(self, chunks: list[_Chunk], ahead: int,
+                 others: tuple[int, ...] = ()) -> None:
+        """Start reading ``chunks``; ``others`` are descriptors of earlier
+        readers' parent sides, which the child closes (so that each child
+        sees end-of-file when the parent goes)."""
         self.data_len = max(c.size for c in chunks)
         files = max(len(c.recs) for c in chunks)
         self.slot_len = self.data_len + 4 * files
-        self.slots = max(2, min(len(chunks), _FORK_AHEAD_BYTES // self.slot_len))
+        self.slots = max(2, min(len(chunks), ahead // self.slot_len))
         self.ring = mmap.mmap(-1, self.slots * self.slot_len)
         self.view = memoryview(self.ring)
         self._ready = 0  # chunks the child has reported and this side not yet taken
@@ -279,7 +284,7 @@ class _ForkedReader:
         try:
             self.child = Forked(_read_chunks_in_child, chunks, self.ring, self.slots,
                                 self.slot_len, self.data_len, ready_w, free_child.fileno(),
-                                (ready_r, self.free.fileno()))
+                                (ready_r, self.free.fileno(), *others))
         except BaseException:
             self.close()
             raise
@@ -287,6 +292,9 @@ class _ForkedReader:
             # Only the child writes ``ready``: its exit is end-of-file here.
             os.close(ready_w)
             free_child.close()
+
+    def parent_fds(self) -> tuple[int, int]:
+        return self.ready_r, self.free.fileno()
 
     def take(self, chunk: _Chunk) -> tuple[memoryview, list[int]]:
         """The next chunk's bytes (a view of its slot, valid until
@@ -352,6 +360,7 @@ class DataWriter:
         self.block_size = block_size
         self.fragments_enabled = fragments
         self.dedup = dedup
+        self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="squashfs") \
             if threads > 1 else None
         # Up to 512 KiB of blocks per pool task, and enough tasks in flight
@@ -382,7 +391,7 @@ class DataWriter:
         #: comparison (see ``_Chunk.read``)
         self._dups_small: dict[tuple[int, int | bytes], tuple[FileData, Data]] = {}
         #: the forked reader of small host files, while add_files runs
-        self._forked: _ForkedReader | None = None
+        self._forked: list[_ForkedReader] = []
 
     # -- work done on the pool
 
@@ -549,10 +558,15 @@ class DataWriter:
             steps.append(chunk)
         if self.pool is not None and forking():
             host = [c for c in steps if type(c) is _Chunk and c.host_only]
-            if len(host) >= _FORK_MIN_CHUNKS:
-                self._forked = _ForkedReader(host)
-                for c in host:
-                    c.forked = True
+            # As many readers as threads: on a busy machine a single one
+            # gets one share of the processors, and placing waits for it.
+            count = min(self.threads, len(host) // _FORK_MIN_CHUNKS)
+            for i in range(count):
+                others = tuple(fd for r in self._forked for fd in r.parent_fds())
+                reader = _ForkedReader(host[i::count], _FORK_AHEAD_BYTES // count, others)
+                self._forked.append(reader)
+                for c in host[i::count]:
+                    c.forked = reader
         ahead: deque[_Chunk] = deque()
         for step in steps:
             if type(step) is tuple:
@@ -570,12 +584,11 @@ class DataWriter:
             self._place_chunk(ahead.popleft())
             if idle is not None:
                 idle()
-        if self._forked is not None:
-            self._forked.finish()
-            self._forked = None
+        while self._forked:
+            self._forked.pop().finish()
 
     def _submit_chunk(self, chunk: _Chunk) -> None:
-        if chunk.forked:
+        if chunk.forked is not None:
             return
         if self.pool is not None and chunk.host_only:
             chunk.future = self.pool.submit(chunk.read)
@@ -584,8 +597,8 @@ class DataWriter:
 
     def _place_chunk(self, chunk: _Chunk) -> None:
         """Put one chunk's files, read on the pool, into fragment blocks."""
-        if chunk.forked:
-            view, digests = self._forked.take(chunk)  # type: ignore[union-attr]
+        if chunk.forked is not None:
+            view, digests = chunk.forked.take(chunk)
         else:
             digests = chunk.digests if chunk.future is None else chunk.future.result()
             view = memoryview(chunk.buf)  # type: ignore[arg-type]
@@ -621,8 +634,8 @@ class DataWriter:
             pos += size
         self._frag_fill = fill
         view.release()
-        if chunk.forked:
-            self._forked.release()  # type: ignore[union-attr]
+        if chunk.forked is not None:
+            chunk.forked.release()
         chunk.buf = None
         chunk.recs = chunk.sources = []  # type: ignore[assignment]
 
@@ -767,9 +780,8 @@ class DataWriter:
         return self.pos
 
     def close(self) -> None:
-        if self._forked is not None:
-            self._forked.close()
-            self._forked = None
+        while self._forked:
+            self._forked.pop().close()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
