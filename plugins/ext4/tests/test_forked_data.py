@@ -191,3 +191,38 @@ def test_times_either_side_of_2038(tmp_path, sec):
             times[key] = s * 1_000_000_000 + (extra >> 2)
         assert times[field] == ns, (name, out)
         assert all(v == 5 for k, v in times.items() if k != field), (name, out)
+
+
+def _fragmented(tmp_path) -> tuple[str, str]:
+    """A tree whose one file spans block groups at 1K blocks (several runs)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big"
+    big.write_bytes(random.Random(3).randbytes(12 << 20))
+    os.utime(big, ns=(1_000_000_000, 2_000_000_000))
+    return str(src), str(big)
+
+
+def test_a_file_in_several_runs_leaves_its_atime(tmp_path, forks):
+    """Read with O_NOATIME like every other source file: a second conversion
+    sees the same times (relatime would move this atime, older than mtime)."""
+    src, big = _fragmented(tmp_path)
+    tree = dirfmt.source(src, {}, Context())
+    plan = encode(tree, _opts(block_size=1024), Context(seed="forked"))
+    assert plan.p.runs, "the file should lie in several runs"
+    img = write_plan(plan, tmp_path / "out.img")
+    assert forks
+    assert os.stat(big).st_atime_ns == 1_000_000_000
+    out = tmp_path / "big.out"
+    run("debugfs", "-R", f"dump /big {out}", img)
+    assert out.read_bytes() == open(big, "rb").read()
+
+
+def test_a_file_in_several_runs_removed_after_the_scan(tmp_path, forks):
+    src, big = _fragmented(tmp_path)
+    tree = dirfmt.source(src, {}, Context())
+    plan = encode(tree, _opts(block_size=1024), Context(seed="forked"))
+    os.unlink(big)
+    with pytest.raises(ConvError, match=f"^/big: cannot read {big}: No such file"):
+        write_plan(plan, tmp_path / "out.img")
+    assert not _children()
