@@ -279,3 +279,40 @@ def test_a_large_scanned_tree_is_left_out_of_garbage_collection(tmp_path, monkey
         assert described(tree) == described(small)
     finally:
         gc.unfreeze()
+
+
+def test_split_scan_rescans_a_dead_childs_piece_with_the_right_first_names(tmp_path,
+                                                                          monkeypatch, forks):
+    """The child claims a piece and dies: the parent scans that piece after
+    pieces of its own that come later in tree order and hold names of the
+    same inode; the piece's name still is the first."""
+    root = tmp_path / "src"
+    (root / "a").mkdir(parents=True)
+    for f in range(3):
+        (root / "a" / f"f{f}").write_bytes(b"x")
+    (root / "zz-common").write_bytes(b"shared")
+    for d in range(24):
+        (root / f"b{d:02d}").mkdir()
+        (root / f"b{d:02d}" / "f").write_bytes(b"x")
+        os.link(root / "zz-common", root / f"b{d:02d}" / "link")
+    # The first 5 records (a and its files, then b00) come before the split;
+    # the pieces are b00/f, b00/link, b01, ... The parent dawdles over its
+    # first piece (b00/f) so that the child claims the next (b00/link).
+    parent, real_unit, slow = os.getpid(), dirfmt._Walk.unit, []
+
+    def unit(self, rel_prefix, names):
+        if os.getpid() == parent and not slow:
+            slow.append(time.sleep(0.2))
+        return real_unit(self, rel_prefix, names)
+
+    def claims_one_and_dies(walk, pieces, claims, sent):
+        assert pieces[int.from_bytes(os.read(claims, 4), "little")][2] == ["link"]
+        os.kill(os.getpid(), 9)
+
+    monkeypatch.setattr(dirfmt._Walk, "unit", unit)
+    monkeypatch.setattr(dirfmt, "_child_walk", claims_one_and_dies)
+    tree = scan(root)
+    assert described(tree) == described(alone(root, monkeypatch))
+    assert tree.get("b00/link").link is None
+    assert {tree.get(f"b{d:02d}/link").link for d in range(1, 24)} == {"b00/link"}
+    assert tree.get("zz-common").link == "b00/link"

@@ -402,6 +402,11 @@ class _Scanner:
                 pieces.append((depth, rel_prefix, left[i:i + step]))
         built: dict[int, dict[str, Entry]] = {}
         count = self.share(walk, pieces, children, built) if len(pieces) <= _MAX_PIECES else 0
+        if len(built) < len(pieces):
+            # The pieces left are walked below out of the order this walk
+            # claimed its own in: an inode it recorded in a later piece gets
+            # its full record again (only the first in tree order counts).
+            walk.seen = set()
         for i, (depth, rel_prefix, names) in enumerate(pieces):
             got = built.get(i)
             if got is None:
