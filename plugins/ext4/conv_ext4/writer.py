@@ -267,8 +267,10 @@ class Ext4Plan(Plan):
             while numbers:
                 numbers = numbers[os.write(queue, numbers):]
             os.lseek(queue, 0, os.SEEK_SET)
-            with Forked(self._child_drain, queue, tasks, raw) as child, \
-                    ThreadPoolExecutor(1, thread_name_prefix="ext4-data") as pool:
+            # the pool starts its thread on submit, after the fork; on an
+            # error the child is killed first, then the thread waited for
+            with ThreadPoolExecutor(1, thread_name_prefix="ext4-data") as pool, \
+                    Forked(self._child_drain, queue, tasks, raw) as child:
                 # other sources (one stream, read in order) stay in this process
                 stream = pool.submit(self._write_files, target, others) if others else None
                 try:
@@ -276,8 +278,7 @@ class Ext4Plan(Plan):
                     moved = self._drain(queue, tasks, raw)
                 except BaseException:
                     if stream is not None:
-                        stream.cancel()
-                        wait([stream])
+                        stream.cancel()  # leaving the pool waits for it
                     raise
                 moved += child.result()
                 if stream is not None:

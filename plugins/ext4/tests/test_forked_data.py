@@ -16,10 +16,10 @@ from conv_ext4.writer import encode
 
 from convcore.blockdev import FileTarget
 from convcore.builtin import dirfmt
-from convcore.errors import ConvError, UnsupportedError
+from convcore.errors import ConvError, CorruptError, UnsupportedError
 from convcore.format import Context
 from convcore.testing import make_sample_dir, require_tool, run, write_plan
-from convcore.tree import Entry, FileRangeData, Kind, Tree
+from convcore.tree import BytesData, Entry, FileRangeData, Kind, Tree
 
 
 def _opts(**kw) -> dict:
@@ -98,6 +98,10 @@ def test_forked_copy_gives_the_threaded_bytes(trees, forks, monkeypatch, tmp_pat
                                               block_size, offset):
     require_tool("e2fsck")
     tree = dirfmt.source(trees[name], {}, Context())
+    if name == "files":  # and files from no host file: a stream in the parent
+        for i in range(5):
+            tree.add(Entry(f"mem{i}", Kind.FILE, mode=0o600,
+                           data=BytesData(random.Random(i).randbytes(30000 * i + 1))))
     forked = _write(tree, tmp_path / "forked.img", offset, fs=fs, block_size=block_size)
     assert forks, "the data was not copied in a child"
     monkeypatch.setenv("CONV_NO_FORK", "1")
@@ -225,4 +229,24 @@ def test_a_file_in_several_runs_removed_after_the_scan(tmp_path, forks):
     os.unlink(big)
     with pytest.raises(ConvError, match=f"^/big: cannot read {big}: No such file"):
         write_plan(plan, tmp_path / "out.img")
+    assert not _children()
+
+
+class _Broken(BytesData):
+    """File data from no host file that fails when read."""
+
+    def readinto(self, offset, buf):
+        raise CorruptError("mem: the archive ends early")
+
+    def copy_to(self, fd, dst_offset, buf=None):
+        raise CorruptError("mem: the archive ends early")
+
+
+def test_a_failing_stream_beside_the_child_is_one_line(trees, tmp_path, forks):
+    tree = dirfmt.source(trees["files"], {}, Context())
+    tree.add(Entry("mem", Kind.FILE, mode=0o600, data=_Broken(b"x" * 100000)))
+    plan = encode(tree, _opts(), Context(seed="forked"))
+    with pytest.raises(CorruptError, match="^mem: the archive ends early$"):
+        write_plan(plan, tmp_path / "out.img")
+    assert forks
     assert not _children()
