@@ -338,3 +338,20 @@ def test_gc_paused_restores_the_callers_setting():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_data_order_of_host_tree_files_from_two_roots(tmp_path):
+    """Files of scanned directories (one HostTreeFileData class per root)
+    sort as data_order_key sorts them, mixed with other data, ties kept in
+    tree order."""
+    from convcore.tree import HostTreeFileData, data_order_key
+    a = HostTreeFileData.for_root(f"{tmp_path}/a/")
+    b = HostTreeFileData.for_root(f"{tmp_path}/b/")
+    t = Tree()
+    for i in range(40):
+        rel = f"d{(i * 7) % 5}/f{(i * 13) % 17}-{i}"
+        data = (a if i % 3 else b)(rel, i, bool(i % 2)) if i % 4 else BytesData(b"%d" % i)
+        t.add(Entry(f"x{i % 3}/{i}", Kind.FILE, data=data))
+    expected = sorted((e for e in t if e.data is not None), key=lambda e: data_order_key(e.data))
+    assert [e.path for e in t.data_order()] == [e.path for e in expected]
+    assert {type(e.data).__qualname__ for e in expected} == {"BytesData", "HostTreeFileData"}
