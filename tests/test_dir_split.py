@@ -316,3 +316,15 @@ def test_split_scan_rescans_a_dead_childs_piece_with_the_right_first_names(tmp_p
     assert tree.get("b00/link").link is None
     assert {tree.get(f"b{d:02d}/link").link for d in range(1, 24)} == {"b00/link"}
     assert tree.get("zz-common").link == "b00/link"
+
+
+def test_split_scan_without_a_process_to_spare(tmp_path, monkeypatch, forks):
+    """fork failing (EAGAIN: a process limit) leaves the parent to scan alone."""
+    root = make_tree(tmp_path / "src")
+
+    def no_fork():
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert described(scan(root)) == described(alone(root, monkeypatch))
+    assert len(forks) == 1

@@ -5,7 +5,9 @@ symlinks, children in byte order of name (reproducible), hardlinks by
 (st_dev, st_ino), every xattr ``listxattr`` shows, file data referenced as
 FileRangeData (holes found with SEEK_DATA when a writer asks), nothing read
 at scan time. Per entry that is two syscalls (lstat, listxattr; getxattr only
-for names listed) and a few small objects.
+for names listed), each resolving one name relative to the walked directory,
+and a few small objects. Past 8192 entries a forked child walks part of the
+rest (see _Scanner.split): the Tree is the one a walk in one process gives.
 
 Sink: creates every entry relative to an open parent directory fd, each
 parent opened component by component with O_NOFOLLOW, so neither a path in
@@ -440,13 +442,19 @@ class _Scanner:
                 os.close(w)
             with contextlib.suppress(OSError):  # room for pieces a busy parent has not read
                 fcntl.fcntl(sent, fcntl.F_SETPIPE_SZ, 1 << 20)
-            with Forked(_child_walk, walk, pieces, claims, sent) as child:
+            try:
+                child = Forked(_child_walk, walk, pieces, claims, sent)
+            except OSError:  # no process to spare: the caller scans the pieces alone
+                return 0
+            with child:
                 os.close(sent)
                 sent = -1
                 ended = False
+                arrived = select.poll()
+                arrived.register(results, select.POLLIN)
                 try:
                     while True:
-                        while not ended and select.select([results], [], [], 0)[0]:
+                        while not ended and arrived.poll(0):
                             got = self.build_sent(results, built, children)
                             ended = got < 0
                             count += max(got, 0)
