@@ -559,9 +559,10 @@ class DataWriter:
             steps.append(chunk)
         if self.pool is not None and forking():
             host = [c for c in steps if type(c) is _Chunk and c.host_only]
-            # As many readers as threads: on a busy machine a single one
-            # gets one share of the processors, and placing waits for it.
-            count = min(self.threads, len(host),
+            # As many readers as threads (up to the processors): on a busy
+            # machine a single one gets one share of them, and placing waits
+            # for it; each is a fork of this whole process.
+            count = min(self.threads, os.cpu_count() or 1, len(host),
                         sum(len(c.recs) for c in host) // _FORK_MIN_FILES)
             for i in range(count):
                 others = tuple(fd for r in self._forked for fd in r.parent_fds())

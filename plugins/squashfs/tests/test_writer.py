@@ -676,6 +676,7 @@ def _forked_reader(monkeypatch, chunk_files: int, ahead: int) -> list[tuple[int,
     monkeypatch.setattr(datawriter, "_CHUNK_FILES", chunk_files)
     monkeypatch.setattr(datawriter, "_FORK_AHEAD_BYTES", ahead)
     monkeypatch.setattr(datawriter, "_FORK_MIN_FILES", 16)
+    monkeypatch.setattr(datawriter.os, "cpu_count", lambda: 2)  # one reader per thread
     started = []
     real = datawriter._ForkedReader.__init__
 
