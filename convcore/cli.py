@@ -57,7 +57,9 @@ def _run(args: list[str]) -> None:
     chain, quiet, debug, seed = plain
     from convcore.format import Context
     from convcore.pipeline import convert
-    convert(chain, Context(seed=seed, quiet=quiet, debug=debug))
+    ctx = Context(seed=seed, quiet=quiet, debug=debug)
+    ctx.one_shot = True
+    convert(chain, ctx)
 
 
 def main(argv: list[str] | None = None) -> int:

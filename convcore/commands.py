@@ -32,7 +32,9 @@ class _State:
 
 def _context():
     from convcore.format import Context
-    return Context(seed=_State.seed, quiet=_State.quiet, debug=_State.debug)
+    ctx = Context(seed=_State.seed, quiet=_State.quiet, debug=_State.debug)
+    ctx.one_shot = True
+    return ctx
 
 
 def _version(value: bool) -> None:

@@ -208,6 +208,11 @@ class Context:
         #: filesystem rather than RAM when TMPDIR is a tmpfs, and a finished
         #: image can be linked into place there. None: TMPDIR.
         self.scratch_dir: str | None = None
+        #: True when the process ends with this run (the ``conv`` command):
+        #: a stage may then trade process-wide hygiene for speed, e.g. keep a
+        #: large tree out of garbage collection (``gc.freeze``), which in a
+        #: long-lived library caller would also pin the caller's objects.
+        self.one_shot = False
 
     def derive_seed(self, *inputs: str) -> None:
         """Without --seed, make the seed depend on what is being built (the

@@ -58,10 +58,12 @@ def make_tree(root) -> str:
     return str(root)
 
 
-def scan(path, **opts) -> Tree:
+def scan(path, *, one_shot: bool = False, **opts) -> Tree:
     fmt_opts = {"owner": None, "exclude": ()}
     fmt_opts.update(opts)
-    return dirfmt.source(str(path), fmt_opts, Context())
+    ctx = Context()
+    ctx.one_shot = one_shot
+    return dirfmt.source(str(path), fmt_opts, ctx)
 
 
 def described(tree: Tree) -> list[tuple]:
@@ -262,16 +264,19 @@ def test_split_scan_of_a_deep_tree(tmp_path, monkeypatch, forks):
 
 
 def test_a_large_scanned_tree_is_left_out_of_garbage_collection(tmp_path, monkeypatch):
-    """The entries of a large tree are frozen: collections after the scan
-    (and in forked writer children) do not walk them; a small tree's are not."""
+    """In the conv command (a one-shot run), the entries of a large tree are
+    frozen: collections after the scan (and in forked writer children) do not
+    walk them; a small tree's are not, nor a library caller's large tree."""
     import gc
 
     root = make_tree(tmp_path / "src")
-    small = scan(root)
+    small = scan(root, one_shot=True)
     assert any(o is small.get("d00/f01") for o in gc.get_objects())
     monkeypatch.setattr(dirfmt, "_FREEZE_AFTER", len(small))
+    library = scan(root)
+    assert any(o is library.get("d00/f01") for o in gc.get_objects())
     try:
-        tree = scan(root)
+        tree = scan(root, one_shot=True)
         entry = tree.get("d00/f01")
         assert gc.is_tracked(entry) and not any(o is entry for o in gc.get_objects())
         assert not any(o is entry.data for o in gc.get_objects())

@@ -547,15 +547,16 @@ def source(path: str, opts: dict, ctx: Context) -> Tree:
     scanner = _Scanner(os.fspath(path), opts.get("owner"), opts.get("exclude") or ())
     with gc_paused(), _own_cwd() as scanner.relative:
         tree = scanner.scan()
-        if len(tree) >= _FREEZE_AFTER:
+        if ctx.one_shot and len(tree) >= _FREEZE_AFTER:
             # The Tree's objects (two an entry, acyclic: refcounting frees
             # them) would be the next collections' whole work: the first
             # allocation after the pause walks them all (40 ms at 100k
             # entries) and so does every collection that reaches their
             # generation, and in a forked writer child that walk faults in
             # a copy of every page the tree sits on. Frozen, collections
-            # skip them; so they do whatever else lives now (in a one-shot
-            # command nothing worth collecting).
+            # skip them; so they do whatever else lives now: only done when
+            # the process ends with this run (the conv command), where
+            # nothing else is worth collecting.
             gc.freeze()
     return tree
 
