@@ -3,8 +3,10 @@
 
 Metadata goes out in large contiguous pieces; file data moves straight from
 its source into its blocks (copy_file_range when both ends are host files,
-small files gathered into one buffer) on a second thread while the inode
-tables and bitmaps are built. Superblocks are written last.
+small files gathered into one buffer) while the inode tables and bitmaps
+are built: in a forked child when the output is a host file (then this
+process joins in once its metadata is written), else on threads.
+Superblocks are written last.
 """
 
 from __future__ import annotations
@@ -144,10 +146,10 @@ class _MetaWriter:
 
 _SMALL_FILE = 64 << 10
 #: small files that land next to each other are read into one buffer of up
-#: to this size and written with one pwrite (a task for the data threads)
+#: to this size and written with one pwrite (one data task)
 _BATCH_BYTES = 1 << 20
-#: threads moving file data: opens and reads release the GIL, so two keep
-#: both cores busy while the main thread builds metadata
+#: threads moving file data where no child is forked: opens and reads
+#: release the GIL, so two keep both cores busy as far as the GIL lets them
 _DATA_THREADS = 2
 _ZERO_TAIL = memoryview(bytes(4096))
 #: what open_noatime passes for a source file, and without O_NOATIME
