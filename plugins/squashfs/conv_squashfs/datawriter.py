@@ -3,14 +3,14 @@
 Files of a block or more go block by block into reusable buffers, a few
 blocks per pool task that reads (host files; other sources are read in
 order by the writer's thread) and compresses them; smaller files are read
-many per chunk (host files by a forked child, or on the pool) and packed
-into fragments. Results are retired in
-submission order and written sequentially to the image file, so the bytes do
-not depend on the number of threads. At most ``inflight`` blocks (and their
-buffers) are alive at any time: memory is bounded by
-``block_size * (inflight + 2)`` plus the compressed results waiting to be
-written, plus ``_CHUNKS_AHEAD + 1`` chunks of small files read ahead (about
-256 KiB each).
+many per chunk (many host files by forked readers, else on the pool) and
+packed into fragments. Results are retired in submission order and written
+sequentially to the image file, so the bytes do not depend on the number of
+threads. At most ``inflight`` blocks (and their buffers) are alive at any
+time: memory is bounded by ``block_size * (inflight + 2)`` plus the
+compressed results waiting to be written (up to ``_WRITE_BYTES``), plus
+``_CHUNKS_AHEAD + 1`` chunks of small files read ahead (about 256 KiB each)
+on the pool, or the forked readers' shared ring (``_FORK_AHEAD_BYTES``).
 
 Files smaller than a block are packed into fragment blocks (mksquashfs's
 default: tails of larger files keep their own last block). Identical files
