@@ -514,6 +514,31 @@ def test_file_shorter_than_its_size_is_one_clear_error():
         encode(tree, sqfs_opts(), Context())
 
 
+def test_the_switch_interval_is_shortened_only_while_writing(monkeypatch):
+    """The writer shortens the GIL switch interval for its pool; the
+    caller's own comes back, after an image and after an error."""
+    import sys
+
+    from conv_squashfs import writer
+
+    seen = []
+    real = writer.ImageWriter.write
+
+    def spy(self):
+        seen.append(sys.getswitchinterval())
+        return real(self)
+    monkeypatch.setattr(writer.ImageWriter, "write", spy)
+    before = sys.getswitchinterval()
+    tree = Tree()
+    tree.add(Entry("f", Kind.FILE, size=5, data=BytesData(b"hello")))
+    encode(tree, sqfs_opts(threads=2), Context()).close()
+    tree.add(Entry("short", Kind.FILE, size=10, data=_Lying(10, 4)))
+    with pytest.raises(CorruptError):
+        encode(tree, sqfs_opts(threads=2), Context())
+    assert sys.getswitchinterval() == before
+    assert seen == [min(before, writer.SWITCH_INTERVAL)] * 2
+
+
 class _Lying(Data):
     def __init__(self, size: int, real: int) -> None:
         self.size = size
