@@ -222,6 +222,22 @@ def test_split_scan_survives_a_child_that_dies_while_sending(tmp_path, monkeypat
     assert len(forks) == 1
 
 
+def test_split_scan_survives_a_child_out_of_step(tmp_path, monkeypatch, forks):
+    """A length no piece can have, from a child that then keeps writing far
+    more than a pipe holds: the parent stops reading, kills the child instead
+    of waiting for it, and scans the child's pieces itself."""
+    root = make_tree(tmp_path / "src")
+
+    def out_of_step(walk, pieces, claims, sent):
+        os.write(sent, dirfmt._FRAME.pack(dirfmt._MAX_FRAME + 1))
+        while True:
+            os.write(sent, bytes(1 << 16))
+
+    monkeypatch.setattr(dirfmt, "_child_walk", out_of_step)
+    assert described(scan(root)) == described(alone(root, monkeypatch))
+    assert len(forks) == 1
+
+
 def test_scan_gives_back_the_working_directory(tmp_path, monkeypatch, forks):
     """The scan resolves names relative to the directory it walks (when no
     other thread could be resolving paths meanwhile), from a relative root

@@ -449,7 +449,7 @@ class _Scanner:
             with child:
                 os.close(sent)
                 sent = -1
-                ended = False
+                ended = out_of_step = False
                 arrived = select.poll()
                 arrived.register(results, select.POLLIN)
                 try:
@@ -457,6 +457,7 @@ class _Scanner:
                         while not ended and arrived.poll(0):
                             got = self.build_sent(results, built, children)
                             ended = got < 0
+                            out_of_step = got == _OUT_OF_STEP
                             count += max(got, 0)
                         got = os.read(claims, 4)
                         if not got:
@@ -470,9 +471,14 @@ class _Scanner:
                     _drain(claims)  # the child stops too
                 while not ended and (got := self.build_sent(results, built, children)) >= 0:
                     count += got
-                # a child that died sent fewer pieces: the caller scans them
-                with contextlib.suppress(ConvError):
-                    child.result()
+                if not ended:
+                    out_of_step = got == _OUT_OF_STEP
+                if out_of_step:
+                    child.cancel()  # it may be blocked writing what we no longer read
+                else:
+                    # a child that died sent fewer pieces: the caller scans them
+                    with contextlib.suppress(ConvError):
+                        child.result()
         finally:
             for fd in (claims, results, sent):
                 if fd >= 0:
@@ -482,11 +488,15 @@ class _Scanner:
     def build_sent(self, fd: int, built: dict[int, dict[str, Entry]],
                    children: dict[str, dict]) -> int:
         """Build the next piece the child sent; how many entries, or -1 at
-        the end (or a message cut short: the child died)."""
+        the end (or a message cut short: the child died), or _OUT_OF_STEP
+        for a length no piece can have."""
         head = _read_exactly(fd, _FRAME.size)
         if head is None:
             return -1
-        blob = _read_exactly(fd, _FRAME.unpack(head)[0])
+        size = _FRAME.unpack(head)[0]
+        if size > _MAX_FRAME:
+            return _OUT_OF_STEP  # no length the child sends: rescan its pieces here
+        blob = _read_exactly(fd, size)
         if blob is None:
             return -1
         i, records = marshal.loads(blob)
@@ -497,6 +507,10 @@ class _Scanner:
 
 #: the length of a piece's marshalled records, ahead of them in the pipe
 _FRAME = struct.Struct("<Q")
+#: no piece's records come near this (~40M entries); a larger length means
+#: the stream is out of step, and is handled as a child that died
+_MAX_FRAME = 1 << 32
+_OUT_OF_STEP = -2
 
 
 def _read_exactly(fd: int, size: int) -> bytearray | None:
