@@ -5,6 +5,7 @@ importing typer and its click is a fifth of a small conversion's time."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -122,7 +123,21 @@ def _typer_outcome(e: Exception) -> int | None:
 
 
 def run() -> None:
-    sys.exit(main())
+    """The ``conv`` script: main(), then leave without the interpreter's
+    teardown, which frees every object one by one (30-50 ms after a 100k-entry
+    conversion, once the work is done). atexit handlers (a plugin's) still
+    run and the standard streams are flushed; conv's own scratch files are
+    unnamed and its children reaped before main() returns."""
+    code = main()
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = code or 141
+    except BaseException:
+        sys.exit(code)  # let the normal exit report it
+    os._exit(code)
 
 
 if __name__ == "__main__":
