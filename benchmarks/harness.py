@@ -371,6 +371,9 @@ def synthetic_trees(work: str, builders: Sequence[tuple[str, str, Builder]],
         path = os.path.join(work, key)
         with built(label):
             build(path)
+            # the new tree's writeback (4 GiB for the large-file case) would
+            # otherwise land on whichever side runs first
+            os.sync()
         try:
             yield label, path
         finally:
