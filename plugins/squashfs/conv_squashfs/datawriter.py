@@ -24,10 +24,8 @@ decompressor): by size and SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
-import socket
 import zlib
 from array import array
 from collections import deque
@@ -185,6 +183,8 @@ class _Chunk:
         if self.host_only:
             digest = zlib.crc32
         else:
+            import hashlib  # only for tar members and the like: ~5 ms of start-up
+
             def digest(part: memoryview) -> bytes:
                 return hashlib.sha256(part).digest()
         preadv, close = os.preadv, os.close
@@ -278,7 +278,9 @@ class _ForkedReader:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         # A socket, not a pipe: a send to a child that has stopped (on an
         # unreadable file) is then an EPIPE error, not a SIGPIPE that kills
-        # the conv command.
+        # the conv command. (Imported here: ~3 ms of every start-up otherwise.)
+        import socket
+        self._msg_nosignal = socket.MSG_NOSIGNAL
         self.free, free_child = socket.socketpair()
         self.ready_r = ready_r
         self.child: Forked | None = None
@@ -318,7 +320,7 @@ class _ForkedReader:
         chunk left to read into it)."""
         if self._taken - 1 + self.slots < self.count:
             try:
-                self.free.send(b"\0", socket.MSG_NOSIGNAL)
+                self.free.send(b"\0", self._msg_nosignal)
             except ConnectionError:  # it stopped: ``take`` reports why
                 pass
 
