@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import zlib
+from _thread import allocate_lock
 from array import array
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from queue import Empty, SimpleQueue
 
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec
@@ -111,16 +113,84 @@ class _Done:
 _HOLE = _Done((None, 0, 0))
 
 
+class _Task:
+    """One function run by a ``_Pool`` thread; ``result`` waits for it."""
+
+    __slots__ = ("fn", "value", "error", "_done")
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn: Callable[[], object] | None = fn
+        self.value: object = None
+        self.error: BaseException | None = None
+        self._done = allocate_lock()
+        self._done.acquire()  # held until the task has run
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn()  # type: ignore[misc]
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.fn = None
+            self._done.release()
+
+    def result(self):
+        done = self._done
+        done.acquire()
+        done.release()  # for the next caller
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Pool:
+    """Threads running tasks in submission order.
+
+    Not concurrent.futures: a Future's result hands over a Condition (more
+    GIL hand-offs per task), and importing it (with logging) costs ~5 ms of
+    every conv command's start-up."""
+
+    def __init__(self, threads: int) -> None:
+        self._tasks: SimpleQueue[_Task | None] = SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"squashfs_{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        get = self._tasks.get
+        while (task := get()) is not None:
+            task.run()
+
+    def submit(self, fn: Callable[[], object]) -> _Task:
+        task = _Task(fn)
+        self._tasks.put(task)
+        return task
+
+    def shutdown(self) -> None:
+        """Drop the tasks not started, and wait for the running ones."""
+        tasks = self._tasks
+        try:
+            while True:
+                tasks.get_nowait()
+        except Empty:
+            pass
+        for _ in self._threads:
+            tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 class _Batch:
     """Several blocks compressed by one pool task: a task per block costs a
-    Future, a lock hand-over and a thread wake-up each, against ~0.3 ms of
+    lock hand-over and a thread wake-up each, against ~0.3 ms of
     compression for a 128 KiB LZ4 block."""
 
     __slots__ = ("calls", "future")
 
     def __init__(self) -> None:
         self.calls: list[tuple[Callable, memoryview]] = []
-        self.future: Future | None = None
+        self.future: _Task | None = None
 
     def run(self) -> list:
         return [fn(view) for fn, view in self.calls]
@@ -157,7 +227,7 @@ class _Chunk:
         self.size = 0
         self.host_only = True
         self.buf: bytearray | None = None
-        self.future: Future | None = None
+        self.future: _Task | None = None
         self.digests: list[int | bytes] | None = None
         self.forked: _ForkedReader | None = None  # the reader reading it
 
@@ -364,8 +434,7 @@ class DataWriter:
         self.fragments_enabled = fragments
         self.dedup = dedup
         self.threads = threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="squashfs") \
-            if threads > 1 else None
+        self.pool = _Pool(threads) if threads > 1 else None
         # Up to 512 KiB of blocks per pool task, and enough tasks in flight
         # to keep every thread busy while this thread reads the next ones.
         self.batch_max = max(1, (512 * 1024) // block_size) if threads > 1 else 1
@@ -802,7 +871,7 @@ class DataWriter:
         while self._forked:
             self._forked.pop().close()
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown()
             self.pool = None
         while self._open_fds:
             os.close(self._open_fds.pop())

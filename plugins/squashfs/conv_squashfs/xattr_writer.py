@@ -7,14 +7,10 @@ was stored before is referenced instead of repeated.
 
 from __future__ import annotations
 
-import logging
-
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec
 from conv_squashfs.metadata_writer import MetadataWriter, build_table
 from convcore.errors import UnsupportedError
-
-log = logging.getLogger(__name__)
 
 _PREFIXES = [(prefix.encode(), kind) for kind, prefix in layout.XATTR_PREFIXES.items()]
 _TARGET_MAX = 65536
@@ -51,7 +47,9 @@ class XattrWriter:
             else:
                 if name not in self._warned:
                     self._warned.add(name)
-                    log.warning("squashfs cannot store xattr %s (on /%s); left out", name, path)
+                    import logging  # rare: ~4 ms of every start-up at module level
+                    logging.getLogger(__name__).warning(
+                        "squashfs cannot store xattr %s (on /%s); left out", name, path)
         if not items:
             return layout.INVALID_XATTR
         key = tuple((raw, value) for _, _, raw, value in items)
