@@ -71,6 +71,7 @@ from convcore.tree import (
     Tree,
     copy_range,
     data_order_key,
+    open_noatime,
 )
 
 _M32 = 0xFFFFFFFF
@@ -152,9 +153,9 @@ _BATCH_BYTES = 1 << 20
 #: release the GIL, so two keep both cores busy as far as the GIL lets them
 _DATA_THREADS = 2
 _ZERO_TAIL = memoryview(bytes(4096))
-#: what open_noatime passes for a source file, and without O_NOATIME
-_PLAIN_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
-_READ_FLAGS = _PLAIN_READ_FLAGS | getattr(os, "O_NOATIME", 0)
+#: what open_noatime first tries for a source file (the per-file loop
+#: opens with them directly and falls back to open_noatime on an error)
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 #: fork a data process only for at least this much host file data: the fork
 #: and its copy-on-write faults cost milliseconds
 _FORK_MIN_BYTES = 8 << 20
@@ -496,8 +497,8 @@ class Ext4Plan(Plan):
             end = fill + k * bs
             try:
                 fd = open_(data.path, flags)
-            except OSError as err:
-                fd = self._open_source(ino, err)
+            except OSError:
+                fd = self._open_source(ino)
             try:
                 got = preadv(fd, [view[fill:fill + sz]], data.offset)
             finally:
@@ -511,18 +512,16 @@ class Ext4Plan(Plan):
         target.pwrite(view[:fill], first * bs)
         return fill
 
-    def _open_source(self, ino: int, err: OSError) -> int:
-        """After opening inode ``ino``'s host file with O_NOATIME failed with
-        ``err``: a plain open where only O_NOATIME was refused (not the
-        file's owner), as open_noatime does; otherwise one line naming it."""
+    def _open_source(self, ino: int) -> int:
+        """After the direct open of inode ``ino``'s host file failed:
+        open_noatime (a plain open where only O_NOATIME was refused, the
+        file not being ours), or one line naming the file."""
         e = self.p.ents[ino]
         path = e.data.path  # type: ignore[union-attr]
-        if isinstance(err, PermissionError) and _READ_FLAGS != _PLAIN_READ_FLAGS:
-            try:
-                return os.open(path, _PLAIN_READ_FLAGS)
-            except OSError as again:
-                err = again
-        raise CorruptError(f"/{e.path}: cannot read {path}: {err.strerror}")  # type: ignore[union-attr]
+        try:
+            return open_noatime(path)
+        except OSError as err:
+            raise CorruptError(f"/{e.path}: cannot read {path}: {err.strerror}") from None
 
     def _write_files(self, target: Target, inos: list[int]) -> None:
         for ino in inos:
@@ -545,8 +544,8 @@ class Ext4Plan(Plan):
             fd, base = host
             try:
                 src_fd = os.open(data.path, _READ_FLAGS)
-            except OSError as err:
-                src_fd = self._open_source(ino, err)
+            except OSError:
+                src_fd = self._open_source(ino)
             try:
                 for src, dst, length in pieces:
                     copy_range(src_fd, data.offset + src, fd, base + dst, length, buf,
