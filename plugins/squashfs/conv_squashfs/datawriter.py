@@ -346,9 +346,11 @@ class _ForkedReader:
         self._taken = 0
         self.count = len(chunks)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        # A socket, not a pipe: a send to a child that has stopped (on an
-        # unreadable file) is then an EPIPE error, not a SIGPIPE that kills
-        # the conv command. (Imported here: ~3 ms of every start-up otherwise.)
+        # A socket sent to with MSG_NOSIGNAL, not a pipe: a send to a child
+        # that has stopped (on an unreadable file) is then an EPIPE error
+        # whatever the process does with SIGPIPE (Python ignores it, but a
+        # program embedding conv may not). (Imported here: ~3 ms of every
+        # start-up otherwise.)
         import socket
         self._msg_nosignal = socket.MSG_NOSIGNAL
         self.free, free_child = socket.socketpair()
