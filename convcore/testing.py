@@ -336,3 +336,17 @@ def deleted_in(names: Sequence[str], directory) -> list[str]:
     """The nameless files among ``names`` (as open_at_sink gives) that
     live in ``directory``."""
     return [n for n in names if n.startswith(f"{directory}/") and n.endswith(" (deleted)")]
+
+
+def child_pids() -> set[int]:
+    """Process ids of this process's live (or unreaped) children, from every
+    thread's /proc children list; a thread that ends while they are read
+    (a pool's, an xdist worker's) has none left to report."""
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            continue
+    return pids

@@ -18,7 +18,7 @@ from convcore.blockdev import FileTarget
 from convcore.builtin import dirfmt
 from convcore.errors import ConvError, CorruptError, UnsupportedError
 from convcore.format import Context
-from convcore.testing import make_sample_dir, require_tool, run, write_plan
+from convcore.testing import child_pids, make_sample_dir, require_tool, run, write_plan
 from convcore.tree import BytesData, Entry, FileRangeData, Kind, Tree
 
 
@@ -27,15 +27,6 @@ def _opts(**kw) -> dict:
     opts = {o.name: o.default for o in fmt.options}
     opts.update(kw)
     return opts
-
-
-def _children() -> list[int]:
-    """Process ids of this process's live (or unreaped) children."""
-    pids = []
-    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        with open(path) as f:
-            pids += [int(p) for p in f.read().split()]
-    return pids
 
 
 @pytest.fixture
@@ -110,7 +101,7 @@ def test_forked_copy_gives_the_threaded_bytes(trees, forks, monkeypatch, tmp_pat
     assert forked == threaded
     (tmp_path / "fs.img").write_bytes(forked)
     run("e2fsck", "-fn", str(tmp_path / "fs.img"))
-    assert not _children()
+    assert not child_pids()
 
 
 def _victims(root: str) -> list[str]:
@@ -138,7 +129,7 @@ def test_source_changed_after_the_scan(tmp_path, forks, which, change):
     message = str(info.value)
     assert "\n" not in message and f"/{victim}" in message
     assert ("No such file" if change == "removed" else "shorter") in message
-    assert not _children()
+    assert not child_pids()
 
 
 def test_a_metadata_failure_kills_the_copying_child(tmp_path, forks):
@@ -157,7 +148,7 @@ def test_a_metadata_failure_kills_the_copying_child(tmp_path, forks):
     with pytest.raises(UnsupportedError, match="/owner: uid/gid"):
         write_plan(plan, tmp_path / "out.img")
     assert forks
-    assert not _children()
+    assert not child_pids()
 
 
 @pytest.mark.parametrize("uid,gid", [(-1, 0), (0, -5), (1 << 32, 0), (0, 1 << 40)])
@@ -229,7 +220,7 @@ def test_a_file_in_several_runs_removed_after_the_scan(tmp_path, forks):
     os.unlink(big)
     with pytest.raises(ConvError, match=f"^/big: cannot read {big}: No such file"):
         write_plan(plan, tmp_path / "out.img")
-    assert not _children()
+    assert not child_pids()
 
 
 class _Broken(BytesData):
@@ -249,4 +240,4 @@ def test_a_failing_stream_beside_the_child_is_one_line(trees, tmp_path, forks):
     with pytest.raises(CorruptError, match="^mem: the archive ends early$"):
         write_plan(plan, tmp_path / "out.img")
     assert forks
-    assert not _children()
+    assert not child_pids()

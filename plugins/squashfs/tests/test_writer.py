@@ -17,6 +17,7 @@ from convcore.builtin import dirfmt, raw
 from convcore.errors import CorruptError, UnsupportedError, UsageError
 from convcore.format import Context
 from convcore.testing import (
+    child_pids,
     is_root,
     make_sample_dir,
     normalize_hardlinks,
@@ -677,14 +678,6 @@ def test_a_small_file_that_shrank_or_went_after_the_scan_is_one_error(tmp_path, 
         build(tree, str(tmp_path / "out.sqfs"), threads=threads)
 
 
-def _child_pids() -> set[int]:
-    pids: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            pids.update(int(p) for p in f.read().split())
-    return pids
-
-
 def _small_tree(root, count: int) -> None:
     root.mkdir()
     for i in range(count):
@@ -733,7 +726,7 @@ def test_small_files_read_by_the_forked_reader_give_the_same_bytes(tmp_path, mon
     assert len(started) == 2 and all(chunks > 20 for chunks, _ in started)
     assert ahead > 1 or all(slots == 2 for _, slots in started)
     assert len(os.listdir("/proc/self/fd")) == fds
-    assert not _child_pids()
+    assert not child_pids()
     with open(images[0], "rb") as a, open(images[1], "rb") as b:
         assert a.read() == b.read()
     judge(images[1])
@@ -761,7 +754,7 @@ def test_a_file_the_forked_reader_cannot_read_is_one_error(tmp_path, monkeypatch
         build(tree, str(tmp_path / "out.sqfs"), threads=2)
     assert len(started) == 4  # two readers each time
     assert len(os.listdir("/proc/self/fd")) == fds
-    assert not _child_pids()
+    assert not child_pids()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
