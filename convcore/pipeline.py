@@ -276,10 +276,14 @@ class Chain:
         if self.need_sink:
             ctx.scratch_dir = scratch_dir_for(self.stages[-1].path or "")
         value, start = self.open_source(ctx)
-        if not ctx.seed_given:
-            ctx.derive_seed(*self.identity(), fingerprint(value))
         if isinstance(value, Tree) and ctx.epoch is not None:
+            # The seed covers the times as read, before they are clamped.
+            ctx.derive_seed(*self.identity(), fingerprint(value))
             value.clamp_times(ctx.epoch * 1_000_000_000)
+        else:
+            # Nothing changes the source's value in place from here on.
+            identity = self.identity()
+            ctx.derive_seed_later(lambda source=value: (*identity, fingerprint(source)))
         encoding = False
         end = len(self.stages) - 1 if self.need_sink else len(self.stages)
         for stage in self.stages[start:end]:

@@ -76,3 +76,32 @@ def test_values_beyond_64_bits():
     b.get("var").mtime_ns = (1 << 80) + 1
     assert fingerprint(a) != fingerprint(b)
     assert fingerprint(a) == fingerprint(a)
+
+
+def test_the_seed_is_derived_when_first_used_as_it_would_have_been_at_once():
+    from convcore.format import Context
+    eager, lazy = Context(), Context()
+    eager.derive_seed("chain", "digest")
+    calls = []
+    lazy.derive_seed_later(lambda: calls.append(1) or ("chain", "digest"))
+    assert calls == []
+    assert lazy.uuid("x") == eager.uuid("x")
+    assert lazy.seed == eager.seed and calls == [1]
+    # a given seed is never derived from the input
+    given = Context(seed="s")
+    given.derive_seed_later(lambda: pytest.fail("fingerprinted with --seed"))
+    assert given.seed == "s"
+
+
+def test_a_chain_that_uses_no_seed_does_not_fingerprint_its_input(tmp_path, monkeypatch):
+    import convcore.pipeline as pipeline
+    calls = []
+    real = pipeline.fingerprint
+    monkeypatch.setattr(pipeline, "fingerprint", lambda value: calls.append(1) or real(value))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"data")
+    pipeline.convert(f"dir:{src} -> tar:{tmp_path / 'a.tar'}")
+    assert calls == []
+    pipeline.convert(f"dir:{src} -> ext4 -> raw:{tmp_path / 'a.img'}")  # a UUID: fingerprinted
+    assert calls == [1]
