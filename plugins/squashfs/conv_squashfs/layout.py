@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
+from functools import cached_property
 
 
 class Layout(struct.Struct):
@@ -21,7 +22,12 @@ class Layout(struct.Struct):
         super().__init__("<" + "".join(code for _, code in fields))
         self.name = name
         self.fields = tuple(field for field, _ in fields)
-        self.tuple = namedtuple(name, self.fields)
+
+    @cached_property
+    def tuple(self):
+        # Built on first read/build: creating every structure's namedtuple
+        # up front cost 1.3 ms of each squashfs conversion, which only packs.
+        return namedtuple(self.name, self.fields)
 
     def read(self, buf, offset: int = 0):
         """Unpack at ``offset`` into a named tuple (raises struct.error when short)."""
