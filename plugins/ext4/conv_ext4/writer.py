@@ -18,9 +18,8 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from crc32c import crc32c as _crc32c
-
 from conv_ext4 import journal, mapping
+from conv_ext4.csum import crc32c as _crc32c
 from conv_ext4.csum import crc32c_raw
 from conv_ext4.geometry import (
     INODE_SIZE,
