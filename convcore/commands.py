@@ -8,7 +8,7 @@ import json
 import stat
 import sys
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -83,37 +83,8 @@ def build(spec: Annotated[str, typer.Argument(help="A TOML disk spec.")],
 def formats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
             ) -> None:
     """List every format: directions, kinds, options and the distribution providing it."""
-    from convcore.plugins import registry
-    rows = []
-    for name, fmt in sorted(registry().formats.items()):
-        kinds = fmt.describe_directions()
-        rows.append({
-            "name": name,
-            "help": fmt.help,
-            "reads": bool(fmt.source or fmt.decode),
-            "writes": bool(fmt.encode or fmt.sink),
-            "directions": kinds,
-            "options": [{"name": o.name, "default": _jsonable(o.default), "help": o.help,
-                         **({"choices": list(o.choices)} if o.choices else {})}
-                        for o in fmt.options],
-            "distribution": fmt.distribution,
-        })
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        rw = "/".join(x for x, on in (("reads", row["reads"]), ("writes", row["writes"])) if on)
-        print(f"{row['name']:<10} {rw:<13} {row['help']}  [{row['distribution']}]")
-        for d in row["directions"]:
-            print(f"{'':13}{d}")
-        for o in row["options"]:
-            default = "" if o["default"] in (None, "") else f" (default: {o['default']})"
-            choices = f" {{{'|'.join(o['choices'])}}}" if "choices" in o else ""
-            print(f"{'':13}{o['name']}={choices} {o['help']}{default}")
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+    from convcore.cli import show_formats
+    show_formats(as_json)
 
 
 @app.command()
