@@ -16,7 +16,6 @@ import gc
 import os
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 
 from conv_ext4 import journal, mapping
 from conv_ext4.csum import crc32c as _crc32c
@@ -63,6 +62,7 @@ from convcore.blockdev import FileTarget, Plan, Target
 from convcore.errors import CorruptError, NoSpaceError, UnsupportedError
 from convcore.forked import Forked, forking
 from convcore.format import Context
+from convcore.threads import Pool
 from convcore.tree import (
     COPY_CHUNK,
     FileRangeData,
@@ -237,19 +237,15 @@ class Ext4Plan(Plan):
                         others: list[int]) -> bytes:
         # File data goes in on other threads: they wait on reads and writes
         # (GIL released) while this one builds metadata. The regions are disjoint.
-        with ThreadPoolExecutor(_DATA_THREADS, thread_name_prefix="ext4-data") as pool:
-            futures = [pool.submit(self._run_task, target, t) for t in tasks]
+        # Leaving the pool drops the tasks not started and waits for the
+        # running ones: a metadata error is reported, not a data thread's.
+        with Pool(_DATA_THREADS, "ext4-data") as pool:
+            running = [pool.submit(self._run_task, target, t) for t in tasks]
             if others:
-                futures.append(pool.submit(self._write_files, target, others))
-            try:
-                gdt = self._write_metadata(meta)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                wait(futures)  # report this error, not a data thread's
-                raise
-            for f in futures:
-                f.result()  # the first failure in file order
+                running.append(pool.submit(self._write_files, target, others))
+            gdt = self._write_metadata(meta)
+            for task in running:
+                task.result()  # the first failure in file order
         return gdt
 
     def _write_forked(self, target: Target, host: tuple[int, int], meta: _MetaWriter,
@@ -269,22 +265,24 @@ class Ext4Plan(Plan):
             while numbers:
                 numbers = numbers[os.write(queue, numbers):]
             os.lseek(queue, 0, os.SEEK_SET)
-            # the pool starts its thread on submit, after the fork; on an
-            # error the child is killed first, then the thread waited for
-            with ThreadPoolExecutor(1, thread_name_prefix="ext4-data") as pool, \
-                    Forked(self._child_drain, queue, tasks, raw) as child:
-                # other sources (one stream, read in order) stay in this process
-                stream = pool.submit(self._write_files, target, others) if others else None
-                try:
+            # the pool's thread starts after the fork; on an error the child
+            # is killed first (leaving Forked), then the thread waited for
+            pool: Pool | None = None
+            try:
+                with Forked(self._child_drain, queue, tasks, raw) as child:
+                    # other sources (one stream, read in order) stay in this process
+                    stream = None
+                    if others:
+                        pool = Pool(1, "ext4-data")
+                        stream = pool.submit(self._write_files, target, others)
                     gdt = self._write_metadata(meta)
                     moved = self._drain(queue, tasks, raw)
-                except BaseException:
+                    moved += child.result()
                     if stream is not None:
-                        stream.cancel()  # leaving the pool waits for it
-                    raise
-                moved += child.result()
-                if stream is not None:
-                    stream.result()
+                        stream.result()
+            finally:
+                if pool is not None:
+                    pool.shutdown()
         finally:
             os.close(queue)
         progress = getattr(target, "progress", None)
