@@ -136,6 +136,13 @@ class Format:
     layout: Callable[[list[PartitionRequest], dict, Context], Any] | None = None
     #: for partition tables: list what a volume holds.
     partitions: Callable[[Any], list[PartitionInfo]] | None = None
+    #: for sources: announces regular files on ``Context.file_feed`` as it
+    #: finds them (see convcore.feed).
+    feeds: bool = False
+    #: for tree encoders: called with the stage's options before a feeding
+    #: source runs right before this stage; returns a FileFeed for the
+    #: source to fill, which encode takes back (convcore.feed.take), or None.
+    prepare_encode: Callable[[dict, Context], Any] | None = None
     #: where it sits when ``image:`` peels a file: container, table, filesystem.
     layer: str | None = None
     #: the distribution that registered it (filled in by the plugin manager).
@@ -215,6 +222,9 @@ class Context:
         #: large tree out of garbage collection (``gc.freeze``), which in a
         #: long-lived library caller would also pin the caller's objects.
         self.one_shot = False
+        #: the FileFeed of the stage after a feeding source, from the moment
+        #: the source runs until that stage's encoder takes it (convcore.feed)
+        self.file_feed: Any = None
 
     def derive_seed(self, *inputs: str) -> None:
         """Without --seed, make the seed depend on what is being built (the

@@ -236,6 +236,8 @@ class Chain:
         if fmt.source is not None:
             if not os.path.lexists(path):
                 raise NotFoundError(f"{path}: no such file or directory")
+            if fmt.feeds:
+                ctx.file_feed = self._prepare_feed(ctx)
             with blame(path):
                 return fmt.source(path, opts, ctx), 1
         if fmt.decode is not None:
@@ -243,6 +245,20 @@ class Chain:
                 volume, _ = open_container(self.reg, path, ctx)
                 return fmt.decode(volume, opts, ctx), 1
         raise UsageError(f"{first.label}: {fmt.name} cannot read an input")
+
+    def _prepare_feed(self, ctx: Context) -> Any:
+        """The FileFeed of the stage after the source, when it encodes the
+        tree and wants one (convcore.feed)."""
+        if len(self.stages) < 2:
+            return None
+        stage = self.stages[1]
+        fmt = self._format(stage)
+        if fmt.prepare_encode is None or fmt.encode is None or fmt.encode_kind != TREE:
+            return None
+        if (self.need_sink and len(self.stages) == 2 and fmt.sink is not None
+                and fmt.sink_kind == TREE):
+            return None  # 'dir:a -> tar:b': a tree sink, not the encoder
+        return fmt.prepare_encode(self._options(stage, fmt), ctx)
 
     def _takes_volume(self, stage: Stage) -> bool:
         fmt = self._format(stage)
@@ -275,6 +291,14 @@ class Chain:
         the chain has no sink)."""
         if self.need_sink:
             ctx.scratch_dir = scratch_dir_for(self.stages[-1].path or "")
+        try:
+            return self._run(ctx)
+        finally:
+            feed, ctx.file_feed = ctx.file_feed, None
+            if feed is not None:  # not taken: the run failed before its encoder
+                feed.close()
+
+    def _run(self, ctx: Context) -> Any:
         value, start = self.open_source(ctx)
         if isinstance(value, Tree) and ctx.epoch is not None:
             # The seed covers the times as read, before they are clamped.

@@ -36,6 +36,7 @@ from convcore.builtin.formats import DIR_OPTIONS as OPTIONS  # noqa: F401 (dirfm
 from convcore.builtin.formats import parse_globs as _parse_globs  # noqa: F401
 from convcore.builtin.formats import parse_owner as _parse_owner  # noqa: F401
 from convcore.errors import ConvError, CorruptError, NoSpaceError, NotFoundError
+from convcore.feed import FileFeed
 from convcore.forked import Forked, forking
 from convcore.format import Context
 from convcore.tree import (
@@ -101,8 +102,10 @@ _IFCHR, _IFBLK = stat.S_IFCHR, stat.S_IFBLK
 _FORK_AFTER = 8192
 _PIECES_PER_DIR = 64
 _MAX_PIECES = 1024
-#: records the walk gives the build at a time
+#: records the walk gives the build at a time (while feeding files to an
+#: encoder: see _Scanner.scan)
 _BATCH = 2048
+_FEED_BATCH = 256
 
 
 class _Walk:
@@ -263,6 +266,8 @@ class _Scanner:
         self.owner = owner
         self.excluded = _exclude_matcher(excludes)
         self.relative = False  # see _Walk
+        #: where regular files are announced while scanning (convcore.feed)
+        self.feed: FileFeed | None = None
         self.file_data = HostTreeFileData.for_root(root.rstrip("/") + "/")
         # Equal ids and times share one int object (28-40 bytes each): a
         # package's files have one mtime and owner. Bounded: a tree whose
@@ -274,11 +279,13 @@ class _Scanner:
         self.links: dict[tuple[int, int], list[tuple[tuple[int, int], str]]] = {}
 
     def build(self, records: list, stack: list[dict[str, Entry]],
-              children: dict[str, dict], piece: int, first: int = 0) -> int:
+              children: dict[str, dict], piece: int, first: int = 0,
+              fed: list | None = None) -> int:
         """Entries for ``records`` (numbered from ``first`` within ``piece``)
         into the children map on top of ``stack``, which follows the
         records' directories; returns how many. A further name of a linked
-        inode is None until ``resolve_links``."""
+        inode is None until ``resolve_links``. Regular files' (path, data)
+        are appended to ``fed`` when given."""
         ints = self.ints
         same = ints.setdefault
         owner = self.owner
@@ -307,6 +314,8 @@ class _Scanner:
                 # Only a file with fewer blocks than bytes can have holes: the
                 # rest need no SEEK_DATA probe when a writer copies them.
                 data = file_data(rel, size, blocks * 512 < size)
+                if fed is not None:
+                    fed.append((rel, data))
             else:
                 data = None
                 if rdev:
@@ -374,15 +383,29 @@ class _Scanner:
         fork_after = _FORK_AFTER if forking() else None
         records: list = []
         count = done = 0
+        feed = self.feed
+        # Smaller batches while a feed waits for files: its encoder starts
+        # on the first ones sooner.
+        batch = _BATCH if feed is None else _FEED_BATCH
+        fed: list | None = None if feed is None else []
         while stack:
             # in batches: the records of a whole large tree would double its memory
-            walk.walk(stack, records, _BATCH)
-            count += self.build(records, kids, children, -1, done)
+            walk.walk(stack, records, batch)
+            count += self.build(records, kids, children, -1, done, fed)
             done += len(records)
             records.clear()
+            if fed:
+                feed.add(fed)  # type: ignore[union-attr]
+                fed = []
             if stack and fork_after is not None and count >= fork_after:
+                if feed is not None:
+                    # the pieces are built out of tree order
+                    feed.stop()
+                    feed = None
                 count += self.split(walk, stack, kids, children)
                 break
+        if feed is not None:
+            feed.end()
         tree._count += count
         self.resolve_links(children)
         return tree
@@ -559,6 +582,7 @@ _INTS_KEPT = 1 << 16
 def source(path: str, opts: dict, ctx: Context) -> Tree:
     """The directory at ``path`` as a Tree."""
     scanner = _Scanner(os.fspath(path), opts.get("owner"), opts.get("exclude") or ())
+    scanner.feed = ctx.file_feed
     with gc_paused(), _own_cwd() as scanner.relative:
         tree = scanner.scan()
         if ctx.one_shot and len(tree) >= _FREEZE_AFTER:

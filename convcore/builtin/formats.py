@@ -21,7 +21,7 @@ def dir_format() -> Format:
         name="dir",
         help="a directory tree on the host",
         options=DIR_OPTIONS,
-        source=_lazy("dirfmt", "source"), source_kind=TREE,
+        source=_lazy("dirfmt", "source"), source_kind=TREE, feeds=True,
         sink=_lazy("dirfmt", "sink"), sink_kind=TREE,
     )
 
