@@ -19,6 +19,11 @@ def _encode(tree, opts, ctx):
     return encode(tree, opts, ctx)
 
 
+def _prepare(opts, ctx):
+    from conv_squashfs.writer import prepare
+    return prepare(opts, ctx)
+
+
 def _decode(volume, opts, ctx):
     from conv_squashfs.reader import decode
     return decode(volume, opts, ctx)
@@ -54,7 +59,7 @@ def conv_register_formats(register: Callable[[Format], None]) -> None:
         name="squashfs",
         help="SquashFS 4.0 compressed read-only filesystem",
         options=OPTIONS,
-        encode=_encode, encode_kind=TREE,
+        encode=_encode, encode_kind=TREE, prepare_encode=_prepare,
         decode=_decode, decode_kind=TREE,
         layer="filesystem",
     ))

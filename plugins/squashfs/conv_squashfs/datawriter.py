@@ -466,6 +466,9 @@ class DataWriter:
         self._dups_small: dict[tuple[int, int | bytes], tuple[FileData, Data]] = {}
         #: the forked reader of small host files, while add_files runs
         self._forked: list[_ForkedReader] = []
+        #: add_more's chunk still filling, and chunks read but not placed
+        self._open_chunk = _Chunk()
+        self._ahead: deque[_Chunk] = deque()
 
     # -- work done on the pool
 
@@ -609,25 +612,7 @@ class DataWriter:
         fragment blocks (or finds them duplicates) ``_CHUNKS_AHEAD`` chunks
         later: a fixed distance, so where fragment blocks land among the
         larger files' blocks does not depend on the thread count."""
-        records = self.records
-        small_max = self.block_size if self.fragments_enabled else 0
-        # Every record first, and the files in steps: a file of blocks, or a
-        # chunk of small files (known before any is read, for the reader).
-        steps: list[_Chunk | tuple[FileData, Data, str]] = []
-        chunk = _Chunk()
-        for path, data in files:
-            size = data.size if data is not None else 0
-            if size == 0 or data is None:
-                records[path] = FileData(0, True)
-                continue
-            records[path] = rec = FileData(size)
-            if size >= small_max:
-                steps.append((rec, data, path))
-                continue
-            chunk.add(rec, data, path)
-            if chunk.size >= _CHUNK_BYTES or len(chunk.recs) >= _CHUNK_FILES:
-                steps.append(chunk)
-                chunk = _Chunk()
+        steps, chunk = self._steps(files, _Chunk())
         if chunk.recs:
             steps.append(chunk)
         if self.pool is not None and forking():
@@ -645,23 +630,70 @@ class DataWriter:
                     c.forked = reader
         ahead: deque[_Chunk] = deque()
         for step in steps:
-            if type(step) is tuple:
-                self._add_blocks(*step)
-                if idle is not None:
-                    idle()
+            self._run_step(step, ahead, idle)
+        self._place_ahead(ahead, idle)
+        while self._forked:
+            self._forked.pop().finish()
+
+    def add_more(self, files: list[tuple[str, Data | None]]) -> None:
+        """``add_files`` for a list given in parts (as a source finds them):
+        the same steps in the same order, so the same bytes, when ``end_more``
+        follows the last part. Small files are read on the pool."""
+        steps, self._open_chunk = self._steps(files, self._open_chunk)
+        for step in steps:
+            self._run_step(step, self._ahead, None)
+
+    def end_more(self) -> None:
+        """After the last ``add_more``."""
+        if self._open_chunk.recs:
+            self._run_step(self._open_chunk, self._ahead, None)
+            self._open_chunk = _Chunk()
+        self._place_ahead(self._ahead, None)
+
+    def _steps(self, files: list[tuple[str, Data | None]],
+               chunk: _Chunk) -> tuple[list[_Chunk | tuple[FileData, Data, str]], _Chunk]:
+        """Records for ``files`` (in ``records`` at once) and the work they
+        make: a file of blocks, or a chunk of small files once full (known
+        before any is read, for the reader); returns those steps and the
+        chunk still filling, which ``chunk`` was on entry."""
+        records = self.records
+        small_max = self.block_size if self.fragments_enabled else 0
+        steps: list[_Chunk | tuple[FileData, Data, str]] = []
+        for path, data in files:
+            size = data.size if data is not None else 0
+            if size == 0 or data is None:
+                records[path] = FileData(0, True)
                 continue
+            records[path] = rec = FileData(size)
+            if size >= small_max:
+                steps.append((rec, data, path))
+                continue
+            chunk.add(rec, data, path)
+            if chunk.size >= _CHUNK_BYTES or len(chunk.recs) >= _CHUNK_FILES:
+                steps.append(chunk)
+                chunk = _Chunk()
+        return steps, chunk
+
+    def _run_step(self, step: _Chunk | tuple[FileData, Data, str], ahead: deque[_Chunk],
+                  idle: Callable[[], object] | None) -> None:
+        """Queue a file's blocks, or submit a chunk's read and place the
+        chunk submitted ``_CHUNKS_AHEAD`` before it."""
+        if type(step) is tuple:
+            self._add_blocks(*step)
+        else:
             self._submit_chunk(step)  # type: ignore[arg-type]
             ahead.append(step)  # type: ignore[arg-type]
-            if len(ahead) > _CHUNKS_AHEAD:
-                self._place_chunk(ahead.popleft())
-                if idle is not None:
-                    idle()
+            if len(ahead) <= _CHUNKS_AHEAD:
+                return
+            self._place_chunk(ahead.popleft())
+        if idle is not None:
+            idle()
+
+    def _place_ahead(self, ahead: deque[_Chunk], idle: Callable[[], object] | None) -> None:
         while ahead:
             self._place_chunk(ahead.popleft())
             if idle is not None:
                 idle()
-        while self._forked:
-            self._forked.pop().finish()
 
     def _submit_chunk(self, chunk: _Chunk) -> None:
         if chunk.forked is not None:

@@ -27,16 +27,21 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from itertools import repeat
+from operator import attrgetter
 
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec, make_codec
 from conv_squashfs.datawriter import DataWriter, FileData
+from conv_squashfs.early import EarlyData
 from conv_squashfs.metadata_writer import MetadataWriter, build_table
 from conv_squashfs.xattr_writer import XattrWriter
 from convcore.blockdev import Plan, Target
 from convcore.errors import UnsupportedError, UsageError
+from convcore.feed import take as take_feed
+from convcore.forked import forking
 from convcore.format import Context
-from convcore.tree import Entry, Kind, Tree, gc_paused
+from convcore.tree import Data, Entry, HostTreeFileData, Kind, Tree, gc_paused
 
 _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
                Kind.SYMLINK: layout.INODE_SYMLINK, Kind.BLOCK: layout.INODE_BLKDEV,
@@ -51,6 +56,8 @@ _FILE_INODE_FULL_PACK = struct.Struct(
 _DIR_ENTRY_PACK = layout.DIR_ENTRY.pack
 _MAX_IDS = 65536
 _METADATA_SIZE = layout.METADATA_SIZE
+_DATA_OF = attrgetter("data")
+_PATH_OF = attrgetter("path")
 
 
 def _block_words(rec: FileData) -> bytes:
@@ -149,24 +156,42 @@ def _switch_interval(seconds: float) -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
+def prepare(opts: dict, ctx: Context) -> EarlyData | None:
+    """Before a directory scan: a child that writes file data as the scan
+    finds files (conv_squashfs.early)."""
+    settings = Settings.from_options(opts)
+    if settings.excludes or not forking():
+        return None  # excluded files are only known from the whole tree
+    return EarlyData(settings, ctx)
+
+
 def encode(tree: Tree, opts: dict, ctx: Context) -> SquashfsPlan:
     settings = Settings.from_options(opts)
-    image = ctx.scratch_file("conv-squashfs-")
+    early = take_feed(ctx)
+    if not isinstance(early, EarlyData):
+        early = None
+    image = early.take_image() if early is not None else ctx.scratch_file("conv-squashfs-")
     try:
         # No cyclic GC while writing: a few acyclic objects per entry, and with
         # a large tree alive each collection walks it all (~15% for 100k files).
         with gc_paused(), _switch_interval(SWITCH_INTERVAL):
-            bytes_used = ImageWriter(tree, settings, ctx, image.fileno()).write()
+            bytes_used = ImageWriter(tree, settings, ctx, image.fileno(), early).write()
     except BaseException:
         image.close()
         raise
+    finally:
+        if early is not None:
+            early.close()
     padded = -(-bytes_used // layout.PAD_SIZE) * layout.PAD_SIZE
     return SquashfsPlan(image, bytes_used, padded)
 
 
 class ImageWriter:
-    def __init__(self, tree: Tree, settings: Settings, ctx: Context, fd: int) -> None:
+    def __init__(self, tree: Tree, settings: Settings, ctx: Context, fd: int,
+                 early: EarlyData | None = None) -> None:
         self.tree = tree.sorted()
+        #: the child that may have written the file data already
+        self.early = early
         self.s = settings
         self.ctx = ctx
         self.fd = fd
@@ -271,17 +296,43 @@ class ImageWriter:
         # The inode and directory tables are written while the pool reads and
         # compresses file data, as far as the files' records are ready.
         steps = self._write_inodes(order, nlinks, inode_count)
-        pos = self._write_data(pos, partial(next, steps, None))
+        pos = self._write_data(pos, order, partial(next, steps, None))
         for _ in steps:
             raise AssertionError("a file's record is not ready after the data")
         return self._write_tables(pos, self.dirent[""][0], inode_count, options is not None)
 
-    def _write_data(self, pos: int, idle: Callable[[], object]) -> int:
+    def _data_order(self, order: list[tuple[Entry, list[Entry] | None]]) -> list[Entry]:
+        """The files with data, in the order their data is written: a scanned
+        directory's files in tree order (the order the dir source finds
+        them in, so that a child can write their data while it scans:
+        conv_squashfs.early), other sources' files in the order cheapest to
+        read them (Tree.data_order: a tar's in archive order)."""
+        inodes = [e for e in self.inode_of.values() if e.kind is _FILE and e.data is not None]
+        # ``order`` has every file before its directory, in tree order
+        walked = [e for e, kids in order
+                  if kids is None and e.link is None and e.kind is _FILE and e.data is not None]
+        if len(walked) == len(inodes) and all(
+                map(isinstance, map(_DATA_OF, walked), repeat(HostTreeFileData))):
+            return walked
+        return self.tree.data_order(inodes)
+
+    def _write_data(self, pos: int, order: list[tuple[Entry, list[Entry] | None]],
+                    idle: Callable[[], object]) -> int:
         # An inode's key is its holder's path; files without data (empty)
-        # come first, as data_order_key sorted them.
-        inodes = self.inode_of.values()
-        files = [(e.path, None) for e in inodes if e.kind is _FILE and e.data is None]
-        files += [(e.path, e.data) for e in self.tree.data_order(inodes)]
+        # come first.
+        files: list[tuple[str, Data | None]] = [
+            (e.path, None) for e in self.inode_of.values() if e.kind is _FILE and e.data is None]
+        data_files = self._data_order(order)
+        early, self.early = self.early, None
+        if early is not None:
+            got = early.result(list(map(_DATA_OF, data_files)), pos)
+            if got is not None:
+                end, self.fragment_table, records = got
+                self.files = {path: FileData(0, True) for path, _ in files}
+                self.files.update(zip(map(_PATH_OF, data_files), records, strict=True))
+                idle()  # every record is ready: the inodes and directories, all at once
+                return end
+        files += [(e.path, e.data) for e in data_files]
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
                             self.s.fragments, self.s.dedup)
         self.files = writer.records

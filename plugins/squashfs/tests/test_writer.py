@@ -9,12 +9,14 @@ import struct
 import subprocess
 
 import pytest
-from conv_squashfs import OPTIONS, layout
+from conv_squashfs import OPTIONS, early, layout, writer
 from conv_squashfs.compressors import codec_from_superblock
 from conv_squashfs.writer import encode
 
+from convcore import pipeline
 from convcore.builtin import dirfmt, raw
-from convcore.errors import CorruptError, UnsupportedError, UsageError
+from convcore.errors import ConvError, CorruptError, UnsupportedError, UsageError
+from convcore.forked import forking
 from convcore.format import Context
 from convcore.testing import (
     child_pids,
@@ -870,3 +872,179 @@ def test_cli_our_reader_reads_our_image(sample, tmp_path):
     conv("convert", f"dir:{sample} -> squashfs[comp=xz,block_size=4K] -> raw:{img}")
     conv("convert", f"raw:{img} -> squashfs -> dir:{tmp_path / 'back'}")
     assert_same_tree(sample, str(tmp_path / "back"))
+
+
+# --------------------------------------------------------------------------
+# file data written by a child while the dir source is still scanning
+# (conv_squashfs.early): the image is byte for byte the one written after
+# the scan, whichever way the feed ends, and nothing is left behind
+
+needs_fork = pytest.mark.skipif(not forking(), reason="no fork here")
+
+
+def early_tree(root) -> None:
+    """Names whose byte order differs from their paths' ('lib' < 'lib-x'
+    but 'lib-x/...' < 'lib/...'), files of blocks and of fragments,
+    duplicates, a hardlink, a sparse file, empty files."""
+    for top in ("lib", "lib-x", "lib.d", "a"):
+        d = root / top
+        d.mkdir(parents=True)
+        for i in range(12):
+            (d / f"f{i:02d}").write_bytes(b"%s %d " % (top.encode(), i) * (10 + 50 * i))
+        (d / "empty").write_bytes(b"")
+    (root / "lib" / "sub").mkdir()
+    (root / "lib" / "sub" / "big").write_bytes(os.urandom(40_000) * 3)
+    (root / "lib-x" / "copy").write_bytes((root / "lib" / "f03").read_bytes())
+    os.link(root / "a" / "f05", root / "lib.d" / "again")
+    with open(root / "a" / "sparse", "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(300_000)
+        f.write(b"middle")
+
+
+@pytest.fixture
+def early_log(monkeypatch):
+    """What each EarlyData did: 'used' when its child's records were taken,
+    'refused' when the encoder wrote the data itself, 'stopped' by the
+    source."""
+    log: list[str] = []
+    real_result, real_stop = early.EarlyData.result, early.EarlyData.stop
+
+    def result(self, files, start):
+        got = real_result(self, files, start)
+        log.append("used" if got is not None else "refused")
+        return got
+
+    def stop(self):
+        log.append("stopped")
+        real_stop(self)
+    monkeypatch.setattr(early.EarlyData, "result", result)
+    monkeypatch.setattr(early.EarlyData, "stop", stop)
+    return log
+
+
+def convert_dir(src, out, **opts) -> str:
+    options = ",".join(f"{k}={v}" for k, v in opts.items())
+    pipeline.convert(f"dir:{src} -> squashfs[{options}] -> raw:{out}")
+    return str(out)
+
+
+def without_feed(monkeypatch, src, out, **opts) -> str:
+    with monkeypatch.context() as m:
+        m.setattr(writer, "prepare", lambda opts, ctx: None)
+        return convert_dir(src, out, **opts)
+
+
+def same_bytes(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@needs_fork
+def test_data_written_during_the_scan_gives_the_same_image(tmp_path, monkeypatch, early_log,
+                                                           threads):
+    monkeypatch.setattr(dirfmt, "_FEED_BATCH", 7)  # many frames
+    src = tmp_path / "src"
+    early_tree(src)
+    fed = convert_dir(src, tmp_path / "fed.sqfs", comp="lz4", block_size="4K", threads=threads)
+    assert early_log == ["used"]
+    assert not child_pids()
+    plain = without_feed(monkeypatch, src, tmp_path / "plain.sqfs", comp="lz4",
+                         block_size="4K", threads=threads)
+    assert same_bytes(fed, plain)
+    judge(fed)
+    assert_same_tree(str(src), extract(fed, str(tmp_path / "out")))
+
+
+@needs_fork
+def test_a_scan_that_splits_stops_the_feed_and_the_image_is_the_same(tmp_path, monkeypatch,
+                                                                      early_log):
+    """Past _FORK_AFTER entries the dir source scans the rest in pieces, out
+    of tree order: it stops the feed, the child goes, the writer does it."""
+    monkeypatch.setattr(dirfmt, "_FEED_BATCH", 5)
+    monkeypatch.setattr(dirfmt, "_FORK_AFTER", 12)
+    src = tmp_path / "src"
+    early_tree(src)
+    fed = convert_dir(src, tmp_path / "fed.sqfs", comp="gzip", block_size="4K")
+    assert early_log == ["stopped", "refused"]
+    assert not child_pids()
+    plain = without_feed(monkeypatch, src, tmp_path / "plain.sqfs", comp="gzip",
+                         block_size="4K")
+    assert same_bytes(fed, plain)
+    judge(fed)
+
+
+@needs_fork
+def test_a_feed_that_differs_from_the_tree_is_not_used(tmp_path, monkeypatch, early_log):
+    """The encoder checks the files fed against its own list: a tree that
+    lost a file after it was fed is written from the tree."""
+    src = tmp_path / "src"
+    early_tree(src)
+    opts = sqfs_opts(comp="lz4", block_size="4K")
+    ctx = Context()
+    tree = dirfmt.source(str(src), {o.name: o.default for o in dirfmt.OPTIONS}, ctx)
+    feed = ctx.file_feed = writer.prepare(opts, ctx)
+    feed.add([(e.path, e.data) for e in tree.sorted() if e.data is not None])
+    feed.end()
+    tree.remove("lib/f04")
+    plan = writer.encode(tree, opts, ctx)
+    assert early_log == ["refused"]
+    assert not child_pids()
+    plain = writer.encode(tree, opts, Context())
+    with os.fdopen(os.dup(plan.host_file()), "rb") as a, \
+            os.fdopen(os.dup(plain.host_file()), "rb") as b:
+        assert a.read() == b.read()
+    plan.close()
+    plain.close()
+
+
+@needs_fork
+def test_a_file_gone_before_the_child_reads_it_is_one_error(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    early_tree(src)
+    real_add = early.EarlyData.add
+
+    def add(self, files):
+        for path, _ in files:
+            if path == "lib/f07":
+                (src / path).unlink()
+        real_add(self, files)
+    monkeypatch.setattr(early.EarlyData, "add", add)
+    out = tmp_path / "out.sqfs"
+    with pytest.raises(CorruptError, match="lib/f07: cannot read .*lib/f07: No such file"):
+        convert_dir(src, out, comp="lz4", block_size="4K")
+    assert not out.exists() and os.listdir(tmp_path) == ["src"]
+    assert not child_pids()
+
+
+@needs_fork
+def test_a_scan_that_fails_leaves_no_child_and_no_output(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    early_tree(src)
+    monkeypatch.setattr(dirfmt, "_FEED_BATCH", 3)
+    real_listing = dirfmt._Walk.listing
+
+    def listing(self, path, full):
+        if full.endswith("lib.d"):
+            raise ConvError(f"{full}: cannot list directory: Permission denied")
+        return real_listing(self, path, full)
+    monkeypatch.setattr(dirfmt._Walk, "listing", listing)
+    fds = len(os.listdir("/proc/self/fd"))
+    out = tmp_path / "out.sqfs"
+    with pytest.raises(ConvError, match="lib.d: cannot list directory"):
+        convert_dir(src, out, comp="lz4")
+    assert not out.exists() and os.listdir(tmp_path) == ["src"]
+    assert not child_pids()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@needs_fork
+def test_excludes_and_other_chains_get_no_feed(tmp_path, early_log):
+    src = tmp_path / "src"
+    early_tree(src)
+    out = convert_dir(src, tmp_path / "x.sqfs", comp="lz4", exclude="lib-x")
+    assert early_log == []
+    judge(out)
+    pipeline.convert(f"dir:{src} -> tar:{tmp_path / 'a.tar'}")
+    assert early_log == []
