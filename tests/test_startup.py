@@ -2,7 +2,8 @@
 leaves out the modules only other paths need (typer and click, which only
 option parsing needs; importlib.metadata, which the crc32c package imports
 for its version; concurrent.futures and logging; lzma, which only the xz
-and lzma codecs use). Checked in a fresh interpreter through sys.modules."""
+and lzma codecs use; tempfile, as scratch files go beside the output).
+Checked in a fresh interpreter through sys.modules."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import pytest
 
 _HEAVY = ("typer", "click", "importlib.metadata", "concurrent.futures", "logging", "lzma",
-          "crc32c", "argparse")
+          "crc32c", "argparse", "tempfile")
 
 # modules already loaded before conv starts (an editable install's path
 # hooks load some at interpreter start-up) are not conv's doing
