@@ -635,20 +635,21 @@ class DataWriter:
         while self._forked:
             self._forked.pop().finish()
 
-    def add_more(self, files: list[tuple[str, Data | None]]) -> None:
+    def add_more(self, files: list[tuple[str, Data | None]],
+                 idle: Callable[[], object] | None = None) -> None:
         """``add_files`` for a list given in parts (as a source finds them):
         the same steps in the same order, so the same bytes, when ``end_more``
         follows the last part. Small files are read on the pool."""
         steps, self._open_chunk = self._steps(files, self._open_chunk)
         for step in steps:
-            self._run_step(step, self._ahead, None)
+            self._run_step(step, self._ahead, idle)
 
-    def end_more(self) -> None:
+    def end_more(self, idle: Callable[[], object] | None = None) -> None:
         """After the last ``add_more``."""
         if self._open_chunk.recs:
-            self._run_step(self._open_chunk, self._ahead, None)
+            self._run_step(self._open_chunk, self._ahead, idle)
             self._open_chunk = _Chunk()
-        self._place_ahead(self._ahead, None)
+        self._place_ahead(self._ahead, idle)
 
     def _steps(self, files: list[tuple[str, Data | None]],
                chunk: _Chunk) -> tuple[list[_Chunk | tuple[FileData, Data, str]], _Chunk]:

@@ -20,18 +20,85 @@ import os
 import struct
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from conv_squashfs import layout
 from conv_squashfs.datawriter import DataWriter, FileData
+from convcore.errors import ConvError
 from convcore.feed import FileFeed
 from convcore.forked import Forked
 from convcore.format import Context
 from convcore.tree import Data, FileRangeData, gc_paused
 
-#: a frame of files: its byte length, then a marshal of (tree path, host
-#: path, offset, size, holes) tuples; a length of 0 ends the list
+#: a frame's byte length, before its marshal
 _FRAME = struct.Struct("<I")
+
+
+class _Outbox:
+    """One side's frames to the other: each appended to an anonymous memory
+    file (which takes it whole, so the sender never waits), then a byte on
+    a pipe wakes the reader. The sender keeps the pipe's read end open too:
+    a reader that stopped cannot make a send raise SIGPIPE."""
+
+    def __init__(self) -> None:
+        self.frames = os.memfd_create("conv-squashfs-frames", os.MFD_CLOEXEC)
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.wake_w, False)
+
+    def send(self, value) -> None:
+        blob = marshal.dumps(value)
+        os.write(self.frames, _FRAME.pack(len(blob)) + blob)
+        try:
+            os.write(self.wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the reader has wake-ups it has not read yet
+
+    def close_sending(self) -> None:
+        """No more frames: the reader sees the end once it has them all."""
+        if self.wake_w >= 0:
+            os.close(self.wake_w)
+            self.wake_w = -1
+
+    def close(self) -> None:
+        self.close_sending()
+        for name in ("frames", "wake_r"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+class _Inbox:
+    """The reading side of an _Outbox (the same descriptors, in the other
+    process)."""
+
+    def __init__(self, box: _Outbox) -> None:
+        self.frames, self.wake_r = box.frames, box.wake_r
+        self._done = 0
+        self._buf = b""
+
+    def receive(self) -> list | None:
+        """The frames' values sent since the last call, waiting for one;
+        None once the sender has closed and every frame was received."""
+        while True:
+            woke = os.read(self.wake_r, 4096)
+            have = os.fstat(self.frames).st_size
+            if have > self._done:
+                self._buf += os.pread(self.frames, have - self._done, self._done)
+                self._done = have
+            values = []
+            buf, pos = self._buf, 0
+            while len(buf) - pos >= _FRAME.size:
+                (length,) = _FRAME.unpack_from(buf, pos)
+                if len(buf) - pos - _FRAME.size < length:
+                    break
+                values.append(marshal.loads(buf[pos + _FRAME.size:pos + _FRAME.size + length]))
+                pos += _FRAME.size + length
+            self._buf = buf[pos:]
+            if values:
+                return values
+            if not woke:
+                return None
 
 
 def data_start(codec) -> int:
@@ -44,13 +111,9 @@ def data_start(codec) -> int:
 
 
 class EarlyData(FileFeed):
-    """A forked child writing the data of the files fed to it.
-
-    The files go to the child in frames appended to an anonymous memory
-    file, each followed by a byte on a pipe to wake it: a write there never
-    blocks the scan, and a child that stopped (an unreadable file) can
-    neither make the scan wait nor raise SIGPIPE in it (this side keeps the
-    pipe's read end open too)."""
+    """A forked child writing the data of the files fed to it, and sending
+    back each file's record as it is ready (so the parent writes inodes
+    while the child finishes the data)."""
 
     def __init__(self, settings, ctx: Context) -> None:
         from conv_squashfs.writer import SWITCH_INTERVAL
@@ -60,15 +123,16 @@ class EarlyData(FileFeed):
         self.fed: list[Data] | None = []
         self.ended = False
         self.child: Forked | None = None
-        self._frames = self._wake_r = self._wake_w = -1
+        self._files: _Outbox | None = None
+        self._records: _Outbox | None = None
         try:
-            self._frames = os.memfd_create("conv-squashfs-feed", os.MFD_CLOEXEC)
-            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            self.child = Forked(_write_fed_data, self._frames, self._wake_r, self._wake_w,
+            self._files = _Outbox()
+            self._records = _Outbox()
+            self.child = Forked(_write_fed_data, self._files, self._records,
                                 self.image.fileno(), self.start, settings, SWITCH_INTERVAL)
+            self._records.close_sending()  # the child's copy: its exit ends them
         except BaseException:
-            self._close_channel()
-            self.image.close()
+            self.close()
             raise
 
     # -- the source's side
@@ -83,60 +147,56 @@ class EarlyData(FileFeed):
                 return
             out.append((path, data.path, data.offset, data.size, data.holes))
         self.fed += [data for _, data in files]
-        blob = marshal.dumps(out)
-        self._send(_FRAME.pack(len(blob)) + blob)
+        self._files.send(out)  # type: ignore[union-attr]
 
     def end(self) -> None:
         if self.fed is None:
             return
-        self._send(_FRAME.pack(0))
+        self._files.send(None)  # type: ignore[union-attr]
+        self._files.close()  # type: ignore[union-attr]
+        self._files = None
         self.ended = True
-        # the child reads what is left, then sees the end of the pipe
-        self._close_channel()
 
     def stop(self) -> None:
         self.fed = None
         self._cancel()
 
-    def _send(self, frame: bytes) -> None:
-        os.write(self._frames, frame)  # appends: a memory file takes it whole
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the child has wake-ups it has not read yet
-
     # -- the encoder's side
 
-    def result(self, files: list[Data], start: int) -> tuple[int, list, list[FileData]] | None:
-        """(end of the data, fragment table, a record per file) if the child
-        wrote exactly ``files`` from ``start``; else None, the child stopped
-        (the caller writes the data itself)."""
+    def result(self, files: list[Data], start: int,
+               ready: Callable[[int, list[FileData]], object]) -> tuple[int, list] | None:
+        """If the child wrote exactly ``files`` from ``start``: calls
+        ``ready(index, records)`` as records of the files from ``index`` on
+        come in, and returns (end of the data, fragment table). Else None,
+        the child stopped (the caller writes the data itself)."""
         child = self.child
         if (child is None or not self.ended or start != self.start
                 or self.fed != files):
             self._cancel()
             return None
+        inbox = _Inbox(self._records)  # type: ignore[arg-type]
+        index = 0
+        while (batches := inbox.receive()) is not None:
+            for packed in batches:
+                records = []
+                for size, blocks_start, sizes, fragment, offset, sparse in packed:
+                    rec = FileData(size, True)
+                    rec.blocks_start = blocks_start
+                    if sizes:
+                        rec.block_sizes = array("I")
+                        rec.block_sizes.frombytes(sizes)
+                    rec.fragment = fragment
+                    rec.fragment_offset = offset
+                    rec.sparse = sparse
+                    records.append(rec)
+                ready(index, records)
+                index += len(records)
         self.child = None
-        end, fragment_table, packed = child.result()
-        records = []
-        for size, blocks_start, sizes, fragment, offset, sparse in packed:
-            rec = FileData(size, True)
-            rec.blocks_start = blocks_start
-            if sizes:
-                rec.block_sizes = array("I")
-                rec.block_sizes.frombytes(sizes)
-            rec.fragment = fragment
-            rec.fragment_offset = offset
-            rec.sparse = sparse
-            records.append(rec)
-        return end, fragment_table, records
-
-    def _close_channel(self) -> None:
-        for name in ("_frames", "_wake_r", "_wake_w"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, name, -1)
+        end, fragment_table = child.result()
+        if index != len(files):
+            raise ConvError(f"the data writer process sent {index} of {len(files)} "
+                            "files' records")
+        return end, fragment_table
 
     def take_image(self):
         """The scratch file the image goes to, which the caller now owns."""
@@ -144,7 +204,10 @@ class EarlyData(FileFeed):
         return image
 
     def _cancel(self) -> None:
-        self._close_channel()
+        for box in (self._files, self._records):
+            if box is not None:
+                box.close()
+        self._files = self._records = None
         if self.child is not None:
             self.child.cancel()
             self.child = None
@@ -157,48 +220,51 @@ class EarlyData(FileFeed):
             self.image = None
 
 
-def _write_fed_data(frames: int, wake_r: int, wake_w: int, fd: int, start: int, settings,
+def _write_fed_data(files: _Outbox, records: _Outbox, fd: int, start: int, settings,
                     switch_interval: float) -> tuple | None:
-    """The child: the data of each file in the frames appended to
-    ``frames``, written into ``fd`` from ``start``; returns (end, fragment
-    table, per file (size, blocks_start, block sizes as bytes, fragment,
-    fragment offset, sparse)), or None when the parent gave up (the wake-up
-    pipe ended before the end frame)."""
-    os.close(wake_w)
-    os.set_blocking(wake_r, True)  # the parent's end stays non-blocking
+    """The child: the data of each file in the frames of ``files``, written
+    into ``fd`` from ``start``; each file's record (size, blocks_start,
+    block sizes as bytes, fragment, fragment offset, sparse) goes back on
+    ``records`` in order as soon as it is ready; returns (end, fragment
+    table), or None when the parent gave up (the files ended before their
+    end frame)."""
+    files.close_sending()
+    os.close(records.wake_r)
     sys.setswitchinterval(switch_interval)
     writer = DataWriter(fd, start, settings.codec, settings.block_size, settings.threads,
                         settings.fragments, settings.dedup)
-    done = 0  # bytes of frames taken
-    buf = b""
+    order: list[FileData] = []  # every file's record, in the order fed
+    sent = 0
+
+    def send_ready() -> None:
+        nonlocal sent
+        end = sent
+        while end < len(order) and order[end].ready:
+            end += 1
+        if end > sent:
+            records.send([(rec.size, rec.blocks_start, rec.block_sizes.tobytes(), rec.fragment,
+                           rec.fragment_offset, rec.sparse) for rec in order[sent:end]])
+            sent = end
+
+    inbox = _Inbox(files)
     try:
         with gc_paused():
-            while True:
-                woke = os.read(wake_r, 4096)
-                have = os.fstat(frames).st_size
-                if have > done:
-                    buf += os.pread(frames, have - done, done)
-                    done = have
-                ended = False
-                while len(buf) >= _FRAME.size:
-                    (length,) = _FRAME.unpack_from(buf)
-                    if length == 0:
-                        ended = True
+            while (batches := inbox.receive()) is not None:
+                for batch in batches:
+                    if batch is None:
                         break
-                    if len(buf) < _FRAME.size + length:
-                        break
-                    batch = marshal.loads(buf[_FRAME.size:_FRAME.size + length])
-                    buf = buf[_FRAME.size + length:]
                     writer.add_more([(path, FileRangeData(host, offset, size, holes))
-                                     for path, host, offset, size, holes in batch])
-                if ended:
-                    break
-                if not woke:
-                    return None
-            writer.end_more()
+                                     for path, host, offset, size, holes in batch], send_ready)
+                    order += map(writer.records.__getitem__, [path for path, *_ in batch])
+                    send_ready()
+                else:
+                    continue
+                break
+            else:
+                return None
+            writer.end_more(send_ready)
             end = writer.finish()
+            send_ready()
     finally:
         writer.close()
-    return (end, writer.fragment_table,
-            [(rec.size, rec.blocks_start, rec.block_sizes.tobytes(), rec.fragment,
-              rec.fragment_offset, rec.sparse) for rec in writer.records.values()])
+    return end, writer.fragment_table

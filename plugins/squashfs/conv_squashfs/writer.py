@@ -325,12 +325,16 @@ class ImageWriter:
         data_files = self._data_order(order)
         early, self.early = self.early, None
         if early is not None:
-            got = early.result(list(map(_DATA_OF, data_files)), pos)
+            self.files = {path: FileData(0, True) for path, _ in files}
+            paths = list(map(_PATH_OF, data_files))
+
+            def ready(index: int, records: list[FileData]) -> None:
+                self.files.update(zip(paths[index:index + len(records)], records, strict=True))
+                idle()
+
+            got = early.result(list(map(_DATA_OF, data_files)), pos, ready)
             if got is not None:
-                end, self.fragment_table, records = got
-                self.files = {path: FileData(0, True) for path, _ in files}
-                self.files.update(zip(map(_PATH_OF, data_files), records, strict=True))
-                idle()  # every record is ready: the inodes and directories, all at once
+                end, self.fragment_table = got
                 return end
         files += [(e.path, e.data) for e in data_files]
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,

@@ -902,17 +902,29 @@ def early_tree(root) -> None:
         f.write(b"middle")
 
 
+class _Log(list):
+    batches: list[list[int]]
+
+
 @pytest.fixture
 def early_log(monkeypatch):
     """What each EarlyData did: 'used' when its child's records were taken,
     'refused' when the encoder wrote the data itself, 'stopped' by the
     source."""
-    log: list[str] = []
+    log: _Log = _Log()
+    batches: list[list[int]] = []  # the first file of each batch of records, per result
+    log.batches = batches
     real_result, real_stop = early.EarlyData.result, early.EarlyData.stop
 
-    def result(self, files, start):
-        got = real_result(self, files, start)
+    def result(self, files, start, ready):
+        indexes: list[int] = []
+
+        def counted(index, records):
+            indexes.append(index)
+            ready(index, records)
+        got = real_result(self, files, start, counted)
         log.append("used" if got is not None else "refused")
+        batches.append(indexes)
         return got
 
     def stop(self):
@@ -949,6 +961,9 @@ def test_data_written_during_the_scan_gives_the_same_image(tmp_path, monkeypatch
     early_tree(src)
     fed = convert_dir(src, tmp_path / "fed.sqfs", comp="lz4", block_size="4K", threads=threads)
     assert early_log == ["used"]
+    # records came back in several batches, in order, while the child wrote
+    indexes = early_log.batches[0]
+    assert len(indexes) > 1 and indexes == sorted(indexes) and indexes[0] == 0
     assert not child_pids()
     plain = without_feed(monkeypatch, src, tmp_path / "plain.sqfs", comp="lz4",
                          block_size="4K", threads=threads)
