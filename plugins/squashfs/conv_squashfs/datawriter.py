@@ -199,6 +199,12 @@ class _Batch:
         return self.future.result()  # type: ignore[union-attr]
 
 
+# Distinct files of blocks kept as dedup candidates per key (size, first
+# block's crc): each later file with that key is compared with them, byte
+# for byte where their block sizes match; a tree made to share the key
+# would otherwise cost a comparison with every earlier file.
+_DEDUP_CANDIDATES = 16
+
 # Retired results are written together once this many bytes or pieces
 # wait (the pieces stay below IOV_MAX).
 _WRITE_BYTES = 1 << 20
@@ -476,10 +482,13 @@ class DataWriter:
         # bytes == bytes is a memcmp; memoryview == memoryview compares item by item.
         return view.tobytes() == self._zero_bytes[:len(view)]
 
-    def _pack_block(self, view: memoryview) -> tuple[bytes | None, int, int]:
+    def _pack_block(self, view: memoryview, keyed: bool = False) -> tuple[bytes | None, int, int]:
         """(compressed bytes or None, size word, crc) for one data block; an
         all-zero block is sparse (size word 0). The crc (of what is stored)
-        only finds dedup candidates."""
+        is only taken for a file's first block (``keyed``): with the file's
+        size and its blocks' sizes it finds dedup candidates, which are
+        compared byte for byte, so a crc of every block (6% of the CPU of
+        writing a Debian root with lz4) would only thin them out further."""
         n = len(view)
         packed = self.codec.compress(view)
         m = len(packed)
@@ -487,8 +496,11 @@ class DataWriter:
             # Zeros compress to almost nothing; only then is the memcmp worth it.
             if m <= (n >> 7) + 128 and self._is_zero(view):
                 return None, 0, 0
-            return packed, m, _crc32(packed)
-        return None, n | _UNCOMPRESSED, _crc32(view)
+            return packed, m, _crc32(packed) if keyed else 0
+        return None, n | _UNCOMPRESSED, _crc32(view) if keyed else 0
+
+    def _pack_keyed(self, view: memoryview) -> tuple[bytes | None, int, int]:
+        return self._pack_block(view, True)
 
     def _pack_fragment(self, view: memoryview) -> tuple[bytes | None, int, int]:
         n = len(view)
@@ -790,7 +802,7 @@ class DataWriter:
         if _read_host(fd, base + start, view) != len(view):
             raise CorruptError(f"{path}: file data ended before its size of {size} bytes "
                                f"(at offset {start})")
-        return self._pack_block(view)
+        return self._pack_block(view, start == 0)
 
     def _reader(self, data: Data, path: str) -> tuple[Callable[[int, memoryview], int], int]:
         """A readinto(offset, view) for ``data`` and a descriptor to close (-1)."""
@@ -851,7 +863,8 @@ class DataWriter:
                     self._free.append(buf)
                     raise CorruptError(f"{path}: file data ended before its size of {size} "
                                        f"bytes (at offset {start})")
-                self._submit(_BLOCK, rec, self._pack_block, view, buf, n)
+                self._submit(_BLOCK, rec, self._pack_keyed if i == 0 else self._pack_block,
+                             view, buf, n)
         finally:
             if fd >= 0 and not pooled:
                 os.close(fd)
@@ -868,7 +881,8 @@ class DataWriter:
                 self.pos = rec.blocks_start  # forget the copy just written
                 rec.blocks_start = other.blocks_start
                 return
-        candidates.append(rec)
+        if len(candidates) < _DEDUP_CANDIDATES:
+            candidates.append(rec)
 
     def _same_stored(self, a: int, b: int, length: int) -> bool:
         self._flush_writes()
