@@ -20,7 +20,7 @@ def _encode(tree, opts, ctx):
 
 
 def _prepare(opts, ctx):
-    from conv_squashfs.writer import prepare
+    from conv_squashfs.early import prepare
     return prepare(opts, ctx)
 
 

@@ -21,14 +21,17 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from conv_squashfs import layout
-from conv_squashfs.datawriter import DataWriter, FileData
 from convcore.errors import ConvError
 from convcore.feed import FileFeed
-from convcore.forked import Forked
+from convcore.forked import Forked, forking
 from convcore.format import Context
 from convcore.tree import Data, FileRangeData, gc_paused
+
+if TYPE_CHECKING:
+    from conv_squashfs.datawriter import FileData
 
 #: a frame's byte length, before its marshal
 _FRAME = struct.Struct("<I")
@@ -110,15 +113,22 @@ def data_start(codec) -> int:
     return layout.SUPERBLOCK_SIZE + layout.METADATA_HEADER.size + len(options)
 
 
+def prepare(opts: dict, ctx: Context) -> EarlyData | None:
+    """Before a directory scan: a child that writes file data as the scan
+    finds files. The child imports the writer itself (lz4 or zstd, the pool:
+    ~8 ms the scan need not wait for)."""
+    if opts.get("exclude") or not forking():
+        return None  # excluded files are only known from the whole tree
+    return EarlyData(opts, ctx)
+
+
 class EarlyData(FileFeed):
     """A forked child writing the data of the files fed to it, and sending
     back each file's record as it is ready (so the parent writes inodes
     while the child finishes the data)."""
 
-    def __init__(self, settings, ctx: Context) -> None:
-        from conv_squashfs.writer import SWITCH_INTERVAL
+    def __init__(self, opts: dict, ctx: Context) -> None:
         self.image = ctx.scratch_file("conv-squashfs-")
-        self.start = data_start(settings.codec)
         #: every file fed, in order; None once the feed stopped
         self.fed: list[Data] | None = []
         self.ended = False
@@ -129,7 +139,7 @@ class EarlyData(FileFeed):
             self._files = _Outbox()
             self._records = _Outbox()
             self.child = Forked(_write_fed_data, self._files, self._records,
-                                self.image.fileno(), self.start, settings, SWITCH_INTERVAL)
+                                self.image.fileno(), opts)
             self._records.close_sending()  # the child's copy: its exit ends them
         except BaseException:
             self.close()
@@ -169,14 +179,20 @@ class EarlyData(FileFeed):
         ``ready(index, records)`` as records of the files from ``index`` on
         come in, and returns (end of the data, fragment table). Else None,
         the child stopped (the caller writes the data itself)."""
+        from conv_squashfs.datawriter import FileData
+
         child = self.child
-        if (child is None or not self.ended or start != self.start
-                or self.fed != files):
+        if child is None or not self.ended or self.fed != files:
             self._cancel()
             return None
         inbox = _Inbox(self._records)  # type: ignore[arg-type]
+        first = inbox.receive()  # where the child began writing
+        if first is not None and first[0] != start:
+            self._cancel()
+            return None
+        batches = first[1:] if first is not None else None
         index = 0
-        while (batches := inbox.receive()) is not None:
+        while batches is not None:
             for packed in batches:
                 records = []
                 for size, blocks_start, sizes, fragment, offset, sparse in packed:
@@ -191,6 +207,7 @@ class EarlyData(FileFeed):
                     records.append(rec)
                 ready(index, records)
                 index += len(records)
+            batches = inbox.receive()
         self.child = None
         end, fragment_table = child.result()
         if index != len(files):
@@ -220,17 +237,22 @@ class EarlyData(FileFeed):
             self.image = None
 
 
-def _write_fed_data(files: _Outbox, records: _Outbox, fd: int, start: int, settings,
-                    switch_interval: float) -> tuple | None:
+def _write_fed_data(files: _Outbox, records: _Outbox, fd: int, opts: dict) -> tuple | None:
     """The child: the data of each file in the frames of ``files``, written
-    into ``fd`` from ``start``; each file's record (size, blocks_start,
-    block sizes as bytes, fragment, fragment offset, sparse) goes back on
-    ``records`` in order as soon as it is ready; returns (end, fragment
-    table), or None when the parent gave up (the files ended before their
-    end frame)."""
+    into ``fd`` from where the image's data begins, which goes back first on
+    ``records``; then each file's record (size, blocks_start, block sizes as
+    bytes, fragment, fragment offset, sparse), in order, as soon as it is
+    ready. Returns (end, fragment table), or None when the parent gave up
+    (the files ended before their end frame)."""
+    from conv_squashfs.datawriter import DataWriter
+    from conv_squashfs.writer import SWITCH_INTERVAL, Settings
+
     files.close_sending()
     os.close(records.wake_r)
-    sys.setswitchinterval(switch_interval)
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    settings = Settings.from_options(opts)
+    start = data_start(settings.codec)
+    records.send(start)
     writer = DataWriter(fd, start, settings.codec, settings.block_size, settings.threads,
                         settings.fragments, settings.dedup)
     order: list[FileData] = []  # every file's record, in the order fed

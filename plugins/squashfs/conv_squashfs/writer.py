@@ -39,7 +39,6 @@ from conv_squashfs.xattr_writer import XattrWriter
 from convcore.blockdev import Plan, Target
 from convcore.errors import UnsupportedError, UsageError
 from convcore.feed import take as take_feed
-from convcore.forked import forking
 from convcore.format import Context
 from convcore.tree import Data, Entry, HostTreeFileData, Kind, Tree, gc_paused
 
@@ -154,15 +153,6 @@ def _switch_interval(seconds: float) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
-
-
-def prepare(opts: dict, ctx: Context) -> EarlyData | None:
-    """Before a directory scan: a child that writes file data as the scan
-    finds files (conv_squashfs.early)."""
-    settings = Settings.from_options(opts)
-    if settings.excludes or not forking():
-        return None  # excluded files are only known from the whole tree
-    return EarlyData(settings, ctx)
 
 
 def encode(tree: Tree, opts: dict, ctx: Context) -> SquashfsPlan:

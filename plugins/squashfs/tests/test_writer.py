@@ -966,7 +966,7 @@ def convert_dir(src, out, **opts) -> str:
 
 def without_feed(monkeypatch, src, out, **opts) -> str:
     with monkeypatch.context() as m:
-        m.setattr(writer, "prepare", lambda opts, ctx: None)
+        m.setattr(early, "prepare", lambda opts, ctx: None)
         return convert_dir(src, out, **opts)
 
 
@@ -1022,7 +1022,7 @@ def test_a_feed_that_differs_from_the_tree_is_not_used(tmp_path, monkeypatch, ea
     opts = sqfs_opts(comp="lz4", block_size="4K")
     ctx = Context()
     tree = dirfmt.source(str(src), {o.name: o.default for o in dirfmt.OPTIONS}, ctx)
-    feed = ctx.file_feed = writer.prepare(opts, ctx)
+    feed = ctx.file_feed = early.prepare(opts, ctx)
     feed.add([(e.path, e.data) for e in tree.sorted() if e.data is not None])
     feed.end()
     tree.remove("lib/f04")
