@@ -18,6 +18,10 @@ sink       (input, path, opts, ctx)      tar, dir, oci: tree; raw, qcow2: Plan/V
 ``opts`` is a dict of every declared option, parsed, defaults filled in.
 A sink writes to ``path``, which does not exist yet: the pipeline gives it a
 temporary name beside the real target and renames it only on success.
+
+A tree encoder may also start before its source has finished: with
+``prepare_encode`` it hands a source that ``feeds`` (dir) a FileFeed to
+announce regular files on as it finds them (see convcore.feed).
 """
 
 from __future__ import annotations

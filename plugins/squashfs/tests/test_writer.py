@@ -133,6 +133,29 @@ def test_every_codec_extracts_the_sample_tree(sample, tmp_path, comp):
     assert_same_tree(sample, extract(image, str(tmp_path / "out")))
 
 
+@pytest.mark.parametrize("library", ["libdeflate", "zlib"])
+def test_gzip_streams_from_libdeflate_or_zlib_extract_the_same(sample, tmp_path, monkeypatch,
+                                                              library):
+    """gzip blocks are zlib streams from libdeflate (a dependency) or, without
+    it, zlib; unsquashfs reads either, and so does our reader."""
+    import sys
+    import zlib
+
+    from conv_squashfs.compressors import make_codec
+    if library == "zlib":
+        monkeypatch.setitem(sys.modules, "deflate", None)  # import fails
+        assert make_codec("gzip", 4096, 6)._compress is zlib.compress
+    else:
+        import deflate
+        assert make_codec("gzip", 4096, 6)._compress is deflate.zlib_compress
+    image = build(dir_tree(sample), str(tmp_path / "img.sqfs"), comp="gzip", level=6)
+    assert "compression-level 6" in judge(image)
+    assert_same_tree(sample, extract(image, str(tmp_path / "out")))
+    back = tmp_path / "back"
+    pipeline.convert(f"raw:{image} -> squashfs -> dir:{back}")
+    assert_same_tree(sample, str(back))
+
+
 def test_lzo_level_1_and_without_the_library(sample, tmp_path, monkeypatch):
     """lzo1x_1 (level=1) records its options block and unsquashfs reads it;
     without python-lzo, comp=lzo is one clear error, the other codecs work."""
