@@ -321,10 +321,10 @@ def test_split_scan_rescans_a_dead_childs_piece_with_the_right_first_names(tmp_p
     # first piece (b00/f) so that the child claims the next (b00/link).
     parent, real_unit, slow = os.getpid(), dirfmt._Walk.unit, []
 
-    def unit(self, rel_prefix, names):
+    def unit(self, rel_prefix, names, descend=True):
         if os.getpid() == parent and not slow:
             slow.append(time.sleep(0.2))
-        return real_unit(self, rel_prefix, names)
+        return real_unit(self, rel_prefix, names, descend)
 
     def claims_one_and_dies(walk, pieces, claims, sent):
         assert pieces[int.from_bytes(os.read(claims, 4), "little")][2] == ["link"]
@@ -349,3 +349,66 @@ def test_split_scan_without_a_process_to_spare(tmp_path, monkeypatch, forks):
     monkeypatch.setattr(os, "fork", no_fork)
     assert described(scan(root)) == described(alone(root, monkeypatch))
     assert len(forks) == 1
+
+
+def make_tops(root) -> str:
+    """Three top directories (a Debian root's usr, var, etc. in miniature),
+    each a make_tree, with a name of one inode in each of them."""
+    for top in ("t0", "t1", "t2"):
+        make_tree(os.path.join(root, top))
+    os.link(os.path.join(root, "t0", "d00", "f01"), os.path.join(root, "t1", "d15", "cross"))
+    os.link(os.path.join(root, "t0", "d00", "f01"), os.path.join(root, "t2", "cross"))
+    return str(root)
+
+
+@pytest.fixture
+def pieces_cut(monkeypatch) -> list:
+    """The pieces each split scan made."""
+    made: list = []
+    real = dirfmt._Scanner.share
+
+    def share(self, walk, pieces, children, built):
+        made.append(list(pieces))
+        return real(self, walk, pieces, children, built)
+    monkeypatch.setattr(dirfmt._Scanner, "share", share)
+    return made
+
+
+@pytest.mark.parametrize("exclude", [(), ("t1/d0*", "*/f1?", "t2")])
+def test_split_scan_cuts_the_subdirectories_of_a_directory_with_few_names_left(
+        tmp_path, monkeypatch, forks, pieces_cut, exclude):
+    """Split inside t0, the root has two names left: each becomes a piece of
+    its own record and pieces of what it holds, so the walk does not end
+    with one process walking all of t2. The tree is the one-process one."""
+    root = make_tops(tmp_path / "src")
+    expected = alone(root, monkeypatch, exclude=exclude)
+    for _ in range(3):
+        tree = scan(root, exclude=exclude)
+        assert described(tree) == described(expected)
+        assert fingerprint(tree) == fingerprint(expected)
+    own_records = [(p[1], p[2]) for p in pieces_cut[0] if not p[3]]
+    assert ("", ["t1"]) in own_records
+    assert (("", ["t2"]) in own_records) == ("t2" not in exclude)
+    assert any(prefix == "t1/" for _, prefix, _, _ in pieces_cut[0])
+    assert tree.get("t0/d00/f01").link is None
+    assert tree.get("t1/d15/cross").link == "t0/d00/f01"
+
+
+def test_split_scan_of_a_directory_gone_after_it_was_cut(tmp_path, monkeypatch, forks,
+                                                         pieces_cut):
+    """t2 is cut into pieces, then removed before they are walked: the scan
+    is the one of the tree without it, as a walk that came later would see."""
+    import shutil
+
+    root = make_tops(tmp_path / "src")
+    os.unlink(os.path.join(root, "t2", "cross"))  # removing it would change f01's ctime
+    real = dirfmt._Scanner.share
+
+    def share(self, walk, pieces, children, built):
+        shutil.rmtree(os.path.join(root, "t2"))
+        return real(self, walk, pieces, children, built)
+    monkeypatch.setattr(dirfmt._Scanner, "share", share)
+    tree = scan(root)
+    assert any(p[2] == ["t2"] and not p[3] for p in pieces_cut[0])
+    # (but for the root's times, read before t2 went)
+    assert described(tree)[1:] == described(alone(root, monkeypatch))[1:]

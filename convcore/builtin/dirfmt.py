@@ -101,6 +101,10 @@ _IFCHR, _IFBLK = stat.S_IFCHR, stat.S_IFBLK
 #: PIPE_BUF bytes)
 _FORK_AFTER = 8192
 _PIECES_PER_DIR = 64
+#: a directory with fewer unscanned names than this when the scan splits
+#: has its subdirectories cut into pieces too, this many levels down
+_EXPAND_BELOW = 8
+_EXPAND_DEPTH = 2
 _MAX_PIECES = 1024
 #: records the walk gives the build at a time (while feeding files to an
 #: encoder: see _Scanner.scan)
@@ -127,6 +131,8 @@ class _Walk:
         self.relative = relative
         # the tree path prefix of the working directory (None: unknown)
         self.cwd: str | None = None
+        # False: a directory's record only, not what is below it (see unit)
+        self.descend = True
 
     def listing(self, path: str, full: str) -> list[str]:
         try:
@@ -189,6 +195,8 @@ class _Walk:
                     elif ifmt == _IFDIR:
                         append((rel, mode, st.st_uid, st.st_gid, st.st_mtime_ns,
                                 st.st_atime_ns, st.st_ctime_ns, 0, 0, 0, xattrs, "", None))
+                        if not self.descend:
+                            continue
                         below = self.listing(path, full_root + rel)
                         stack.append((rel + "/", iter(below)))
                         if len(out) >= budget:
@@ -228,11 +236,15 @@ class _Walk:
         self.cwd = rel_prefix
         return ""
 
-    def unit(self, rel_prefix: str, names: list[str]) -> list:
-        """Records of ``names`` (and all below them) in the directory
-        ``rel_prefix``."""
+    def unit(self, rel_prefix: str, names: list[str], descend: bool = True) -> list:
+        """Records of ``names`` (and all below them, with ``descend``) in the
+        directory ``rel_prefix``."""
         out: list = []
-        self.walk([(rel_prefix, iter(names))], out)
+        self.descend = descend
+        try:
+            self.walk([(rel_prefix, iter(names))], out)
+        finally:
+            self.descend = True
         out.pop()  # the end of the piece's directory, which goes on elsewhere
         return out
 
@@ -418,13 +430,10 @@ class _Scanner:
         process claims in increasing order, so its own first name of an
         inode precedes its further ones; which of the two processes' first
         names comes first is settled by resolve_links."""
-        pieces: list[tuple[int, str, list[str]]] = []
+        pieces: list[tuple[str, str, list[str], bool]] = []
         for depth in range(len(stack) - 1, -1, -1):
             rel_prefix, names = stack[depth]
-            left = list(names)
-            step = -(-len(left) // _PIECES_PER_DIR) or 1
-            for i in range(0, len(left), step):
-                pieces.append((depth, rel_prefix, left[i:i + step]))
+            self.cut(walk, rel_prefix, list(names), pieces, _EXPAND_DEPTH)
         built: dict[int, dict[str, Entry]] = {}
         count = self.share(walk, pieces, children, built) if len(pieces) <= _MAX_PIECES else 0
         if len(built) < len(pieces):
@@ -432,17 +441,52 @@ class _Scanner:
             # claimed its own in: an inode it recorded in a later piece gets
             # its full record again (only the first in tree order counts).
             walk.seen = set()
-        for i, (depth, rel_prefix, names) in enumerate(pieces):
+        for i, (target, rel_prefix, names, descend) in enumerate(pieces):
+            into = children.get(target)
+            if into is None:
+                continue  # below a directory that went while we walked
             got = built.get(i)
             if got is None:
                 # not scanned (too many pieces), or failed: here, in tree
                 # order, so an error is the one a sequential scan meets first
-                count += self.build(walk.unit(rel_prefix, names), [kids[depth]], children, i)
+                count += self.build(walk.unit(rel_prefix, names, descend), [into], children, i)
             else:
-                kids[depth].update(got)
+                into.update(got)
         return count
 
-    def share(self, walk: _Walk, pieces: list[tuple[int, str, list[str]]],
+    def cut(self, walk: _Walk, rel_prefix: str, names: list[str],
+            pieces: list[tuple[str, str, list[str], bool]], expand: int) -> None:
+        """Pieces of the directory ``rel_prefix``'s unscanned ``names``, in
+        tree order: (the directory's tree path, rel_prefix, names, descend).
+        A directory with few names left (a root's three top directories)
+        would make a few huge pieces, the last of which one process walks
+        while the other has nothing left: its subdirectories are cut too
+        (a piece of the subdirectory's own record, then pieces of what it
+        holds), ``expand`` levels down."""
+        target = rel_prefix[:-1]
+        if expand and 0 < len(names) < _EXPAND_BELOW:
+            for name in names:
+                rel = rel_prefix + name
+                below = None
+                if walk.excluded is None or not walk.excluded(rel):
+                    # (by absolute path: this process may have moved into
+                    # another directory, see _Walk)
+                    try:
+                        if stat.S_ISDIR(os.lstat(walk.abs_root + rel).st_mode):
+                            below = walk.listing(walk.abs_root + rel, walk.full_root + rel)
+                    except (OSError, ConvError):
+                        pass  # met again, in order, by the walk of a whole piece
+                if below is None:
+                    pieces.append((target, rel_prefix, [name], True))
+                else:
+                    pieces.append((target, rel_prefix, [name], False))
+                    self.cut(walk, rel + "/", below, pieces, expand - 1)
+            return
+        step = -(-len(names) // _PIECES_PER_DIR) or 1
+        for i in range(0, len(names), step):
+            pieces.append((target, rel_prefix, names[i:i + step], True))
+
+    def share(self, walk: _Walk, pieces: list[tuple[str, str, list[str], bool]],
               children: dict[str, dict], built: dict[int, dict[str, Entry]]) -> int:
         """Scan ``pieces`` with a forked child; what each built piece's
         directory gains goes into ``built``. A piece that failed is left
@@ -487,7 +531,7 @@ class _Scanner:
                             break
                         i = int.from_bytes(got, "little")
                         built[i] = mine = {}
-                        count += self.build(walk.unit(pieces[i][1], pieces[i][2]), [mine],
+                        count += self.build(walk.unit(*pieces[i][1:]), [mine],
                                             children, i)
                 except ConvError:
                     del built[i]
@@ -561,7 +605,7 @@ def _child_walk(walk: _Walk, pieces: list, claims: int, sent: int) -> None:
     try:
         while (got := os.read(claims, 4)):
             i = int.from_bytes(got, "little")
-            blob = marshal.dumps((i, walk.unit(pieces[i][1], pieces[i][2])))
+            blob = marshal.dumps((i, walk.unit(*pieces[i][1:])))
             view = memoryview(_FRAME.pack(len(blob)) + blob)
             del blob
             while view:
