@@ -57,6 +57,7 @@ _MAX_IDS = 65536
 _METADATA_SIZE = layout.METADATA_SIZE
 _DATA_OF = attrgetter("data")
 _PATH_OF = attrgetter("path")
+_LINK_OF = attrgetter("link")
 
 
 def _block_words(rec: FileData) -> bytes:
@@ -233,17 +234,23 @@ class ImageWriter:
                 continue
         return order
 
-    @staticmethod
-    def _key(entry: Entry) -> str:
-        return entry.link if entry.link is not None else entry.path
-
-    # -- the image
-
-    def write(self) -> int:
-        order = self._post_order()
-        nlinks: dict[str, int] = {}
-        numbers = self.numbers
-        inode_of = self.inode_of
+    def _number(self, order: list[tuple[Entry, list[Entry] | None]]) -> dict[str, int]:
+        """Number the inodes in ``order`` (filling ``numbers`` and
+        ``inode_of``); returns each inode's link count."""
+        numbers, inode_of = self.numbers, self.inode_of
+        entries = [entry for entry, _ in order]
+        if not any(map(_LINK_OF, entries)):
+            # No hardlink (most trees): every entry is its own inode, numbered
+            # in order, without a Python step per entry (35 ms at 100k).
+            paths = list(map(_PATH_OF, entries))
+            numbers.update(zip(paths, range(1, len(paths) + 1), strict=True))
+            inode_of.update(zip(paths, entries, strict=True))
+            nlinks = dict.fromkeys(paths, 1)
+            for entry, kids in order:
+                if kids is not None:
+                    nlinks[entry.path] = 2 + sum(1 for k in kids if k.kind is _DIR)
+            return nlinks
+        nlinks = {}
         number = 0
         # Once per entry: a name that is its own inode (nearly all) takes the
         # first branch; names counted before it are hardlinks to it.
@@ -271,6 +278,18 @@ class ImageWriter:
                     raise UnsupportedError(f"/{entry.path}: hardlink to a directory")
             else:
                 nlinks[key] += 1
+        return nlinks
+
+    @staticmethod
+    def _key(entry: Entry) -> str:
+        return entry.link if entry.link is not None else entry.path
+
+    # -- the image
+
+    def write(self) -> int:
+        order = self._post_order()
+        nlinks = self._number(order)
+        number = len(self.numbers)
         inode_count = number
         if inode_count > _U32 - 1:
             raise UnsupportedError(f"squashfs holds at most {_U32 - 1} inodes")
