@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import mmap
 import os
-import threading
 import zlib
-from _thread import allocate_lock
 from array import array
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from queue import Empty, SimpleQueue
 
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec
 from convcore.errors import ConvError, CorruptError
 from convcore.forked import Forked, forking
+from convcore.threads import Pool, Task
 from convcore.tree import Data, FileRangeData, open_noatime
 
 _UNCOMPRESSED = layout.DATA_UNCOMPRESSED
@@ -113,74 +111,6 @@ class _Done:
 _HOLE = _Done((None, 0, 0))
 
 
-class _Task:
-    """One function run by a ``_Pool`` thread; ``result`` waits for it."""
-
-    __slots__ = ("fn", "value", "error", "_done")
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.fn: Callable[[], object] | None = fn
-        self.value: object = None
-        self.error: BaseException | None = None
-        self._done = allocate_lock()
-        self._done.acquire()  # held until the task has run
-
-    def run(self) -> None:
-        try:
-            self.value = self.fn()  # type: ignore[misc]
-        except BaseException as e:
-            self.error = e
-        finally:
-            self.fn = None
-            self._done.release()
-
-    def result(self):
-        done = self._done
-        done.acquire()
-        done.release()  # for the next caller
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-class _Pool:
-    """Threads running tasks in submission order.
-
-    Not concurrent.futures: a Future's result hands over a Condition (more
-    GIL hand-offs per task), and importing it (with logging) costs ~5 ms of
-    every conv command's start-up."""
-
-    def __init__(self, threads: int) -> None:
-        self._tasks: SimpleQueue[_Task | None] = SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"squashfs_{i}", daemon=True)
-                         for i in range(threads)]
-        for thread in self._threads:
-            thread.start()
-
-    def _work(self) -> None:
-        get = self._tasks.get
-        while (task := get()) is not None:
-            task.run()
-
-    def submit(self, fn: Callable[[], object]) -> _Task:
-        task = _Task(fn)
-        self._tasks.put(task)
-        return task
-
-    def shutdown(self) -> None:
-        """Drop the tasks not started, and wait for the running ones."""
-        tasks = self._tasks
-        try:
-            while True:
-                tasks.get_nowait()
-        except Empty:
-            pass
-        for _ in self._threads:
-            tasks.put(None)
-        for thread in self._threads:
-            thread.join()
-
-
 class _Batch:
     """Several blocks compressed by one pool task: a task per block costs a
     lock hand-over and a thread wake-up each, against ~0.3 ms of
@@ -190,7 +120,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Callable, memoryview]] = []
-        self.future: _Task | None = None
+        self.future: Task | None = None
 
     def run(self) -> list:
         return [fn(view) for fn, view in self.calls]
@@ -233,7 +163,7 @@ class _Chunk:
         self.size = 0
         self.host_only = True
         self.buf: bytearray | None = None
-        self.future: _Task | None = None
+        self.future: Task | None = None
         self.digests: list[int | bytes] | None = None
         self.forked: _ForkedReader | None = None  # the reader reading it
 
@@ -450,7 +380,7 @@ class DataWriter:
         self.fragments_enabled = fragments
         self.dedup = dedup
         self.threads = threads
-        self.pool = _Pool(threads) if threads > 1 else None
+        self.pool = Pool(threads, "squashfs") if threads > 1 else None
         # Up to 512 KiB of blocks per pool task, and enough tasks in flight
         # to keep every thread busy while this thread reads the next ones.
         self.batch_max = max(1, (512 * 1024) // block_size) if threads > 1 else 1
