@@ -302,7 +302,8 @@ class Chain:
         value, start = self.open_source(ctx)
         if isinstance(value, Tree) and ctx.epoch is not None:
             # The seed covers the times as read, before they are clamped.
-            ctx.derive_seed(*self.identity(), fingerprint(value))
+            if not ctx.seed_given:
+                ctx.derive_seed(*self.identity(), fingerprint(value))
             value.clamp_times(ctx.epoch * 1_000_000_000)
         else:
             # Nothing changes the source's value in place from here on.

@@ -221,13 +221,14 @@ class EarlyData(FileFeed):
         return image
 
     def _cancel(self) -> None:
+        # the child first: it must not see its records' reader gone (EPIPE)
+        if self.child is not None:
+            self.child.cancel()
+            self.child = None
         for box in (self._files, self._records):
             if box is not None:
                 box.close()
         self._files = self._records = None
-        if self.child is not None:
-            self.child.cancel()
-            self.child = None
 
     def close(self) -> None:
         """Kill the child, and close the image unless the encoder took it."""
