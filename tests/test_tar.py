@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -269,6 +270,24 @@ def test_gzip_output_has_no_mtime_or_name(sample_tree, tmp_path):
     head = archive.read_bytes()[:10]
     assert head[:3] == b"\x1f\x8b\x08" and head[3] == 0  # no FNAME/FCOMMENT/FEXTRA
     assert head[4:8] == b"\0\0\0\0"
+
+
+@pytest.mark.parametrize("library", ["libdeflate", "zlib"])
+def test_gzip_members_from_libdeflate_or_zlib(sample, sample_tree, tmp_path, monkeypatch,
+                                              library):
+    """gz output's members come from libdeflate (a dependency) or, without
+    it, zlib: GNU tar extracts either to the source tree, and so do we."""
+    require_tool("tar")
+    if library == "zlib":
+        monkeypatch.setitem(sys.modules, "deflate", None)  # import fails
+    archive = tmp_path / "a.tar.gz"
+    write(sample_tree, archive)
+    assert tar_codec.detect_compression(str(archive)) == "gz"
+    out = tmp_path / "out"
+    out.mkdir()
+    run("tar", *XATTRS, "-xpzf", str(archive), "-C", str(out))
+    assert host_scan(str(out)) == host_scan(sample)
+    assert tree_scan(read(archive)) == tree_scan(sample_tree)
 
 
 def test_parallel_output_does_not_depend_on_thread_count(tmp_path, monkeypatch):

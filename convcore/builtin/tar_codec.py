@@ -5,8 +5,8 @@ Writers emit fixed-size chunks, so the output depends only on the input and
 the level, never on the number of threads:
 
 - gz: each 4 MiB chunk is its own gzip member (mtime 0, no name), compressed
-  on a thread pool and written in order; every gzip reader concatenates
-  members.
+  on a thread pool (by libdeflate where installed) and written in order;
+  every gzip reader concatenates members.
 - xz: likewise, each 24 MiB chunk is its own .xz stream (xz and liblzma
   readers decode concatenated streams).
 - zst: one zstd frame from zstandard's multithreaded compressor, whose output
@@ -384,11 +384,18 @@ class ParallelOutput(ChunkOutput):
 
 
 def _gzip_chunk(chunk: bytes, level: int) -> bytes:
-    import zlib
+    """One gzip member (mtime 0, no file name): libdeflate's (the
+    ``deflate`` distribution) where installed, 2-3x faster than zlib at the
+    same level and a little smaller, with the GIL released; else zlib's."""
+    try:
+        from deflate import gzip_compress
+    except ImportError:
+        import zlib
 
-    # wbits 31: a gzip member whose header has mtime 0 and no file name.
-    comp = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return comp.compress(chunk) + comp.flush()
+        # wbits 31: a gzip member whose header has mtime 0 and no file name.
+        comp = zlib.compressobj(level, zlib.DEFLATED, 31)
+        return comp.compress(chunk) + comp.flush()
+    return gzip_compress(chunk, level)
 
 
 def _xz_chunk(chunk: bytes, level: int) -> bytes:
