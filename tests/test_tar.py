@@ -290,6 +290,19 @@ def test_gzip_members_from_libdeflate_or_zlib(sample, sample_tree, tmp_path, mon
     assert tree_scan(read(archive)) == tree_scan(sample_tree)
 
 
+@pytest.mark.parametrize("compression", ["gz", "zst", "xz"])
+def test_digest_of_the_tar_stream_while_writing(sample_tree, tmp_path, compression):
+    """write_tar's digest (an OCI layer's diff_id) is the hash of the tar
+    inside the compressed file."""
+    archive = tmp_path / f"a{SUFFIX[compression]}"
+    digest = hashlib.sha256()
+    tarfmt.write_tar(sample_tree, archive, compression, ctx(), digest=digest)
+    with tar_codec.open_decompressed(str(archive), compression) as stream:
+        assert digest.hexdigest() == hashlib.sha256(stream.read()).hexdigest()
+    with pytest.raises(ValueError):
+        tarfmt.write_tar(sample_tree, tmp_path / "b.tar", "none", ctx(), digest=hashlib.sha256())
+
+
 def test_parallel_output_does_not_depend_on_thread_count(tmp_path, monkeypatch):
     monkeypatch.setattr(tar_codec, "CHUNK", 1 << 20)
     monkeypatch.setattr(tar_codec, "XZ_CHUNK", 1 << 20)

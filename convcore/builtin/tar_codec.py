@@ -263,6 +263,9 @@ class ChunkOutput:
         self._buf = bytearray(chunk)
         self._fill = 0
         self._emitted = 0
+        #: a hashlib object fed every byte of the tar stream (compressed
+        #: outputs: a plain one copies file data around the buffer)
+        self.digest = None
 
     @property
     def offset(self) -> int:
@@ -295,7 +298,10 @@ class ChunkOutput:
 
     def _flush_buffer(self) -> None:
         if self._fill:
-            self._emit(memoryview(self._buf)[: self._fill])
+            view = memoryview(self._buf)[: self._fill]
+            if self.digest is not None:
+                self.digest.update(view)
+            self._emit(view)
             self._emitted += self._fill
             self._fill = 0
 

@@ -15,6 +15,7 @@ import errno
 import os
 import sys
 from dataclasses import replace
+from typing import Any
 
 from convcore.builtin import tar_layout as L
 from convcore.builtin.tar_codec import ChunkOutput, PlainOutput, open_output
@@ -285,16 +286,22 @@ class TarWriter:
 
 
 def write_tar(tree: Tree, path: str | os.PathLike, compression: str = "none",
-              ctx: Context | None = None, level: int | None = None) -> None:
+              ctx: Context | None = None, level: int | None = None,
+              digest: Any = None) -> None:
     """Write ``tree`` as a new tar file at ``path``, in tree order.
 
     ``compression`` is ``none``, ``gz``, ``zst`` or ``xz``; ``level`` the
     codec's level (its default when None). The file must not exist yet.
+    ``digest``, a hashlib object, is fed the uncompressed tar stream (an
+    OCI layer's diff_id), for a compressed output only.
     """
+    if digest is not None and compression == "none":
+        raise ValueError("write_tar: digest needs a compressed output")
     path = os.fspath(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         out = open_output(fd, compression, level)
+        out.digest = digest
         writer = TarWriter(out)
         writer.link_targets = {e.link for e in tree if e.link is not None}
         try:

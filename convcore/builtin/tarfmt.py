@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from convcore.format import Context, Option
 
@@ -46,12 +46,14 @@ def iter_entries(path: str | os.PathLike, compression: str | None = None) -> Ite
 
 
 def write_tar(tree: Tree, path: str | os.PathLike, compression: str = "none",
-              ctx: Context | None = None, level: int | None = None) -> None:
+              ctx: Context | None = None, level: int | None = None,
+              digest: Any = None) -> None:
     """Write ``tree`` as a new PAX tar at ``path`` (``compression``: none,
-    gz, zst or xz)."""
+    gz, zst or xz); ``digest`` (hashlib) is fed the uncompressed stream of
+    a compressed output."""
     from convcore.builtin.tar_writer import write_tar as _write
 
-    _write(tree, path, compression, ctx, level)
+    _write(tree, path, compression, ctx, level, digest)
 
 
 def source(path: str, opts: dict, ctx: Context) -> Tree:

@@ -12,7 +12,7 @@ import os
 import platform as host_platform
 import time
 
-from conv_oci.blobs import HASH_CHUNK, hash_file
+from conv_oci.blobs import hash_file
 from conv_oci.model import (
     MT_OCI_CONFIG,
     MT_OCI_INDEX,
@@ -61,19 +61,6 @@ def image_platform(tree: Tree, opts: dict) -> Platform:
     return Platform("linux", arch, variant)
 
 
-def uncompressed_digest(path: str, codec: str) -> str:
-    """sha256 of the tar inside a compressed layer: the layer's diff_id."""
-    from convcore.builtin.tar_codec import open_decompressed
-
-    h = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    with open_decompressed(path, codec) as stream:
-        while n := stream.readinto(buf):
-            h.update(view[:n])
-    return "sha256:" + h.hexdigest()
-
-
 class LayoutWriter:
     """Blobs go in by content: write, hash, name."""
 
@@ -114,9 +101,14 @@ def refuse_whiteout_names(tree: Tree) -> None:
                                    "such on purpose)")
 
 
-def write_layer(tree: Tree, path: str, codec: str, level: int | None, ctx: Context) -> None:
+def write_layer(tree: Tree, path: str, codec: str, level: int | None, ctx: Context) -> str:
+    """Write the layer blob; returns its diff_id (the sha256 of the tar,
+    taken as it is written: reading the compressed layer back to hash it
+    was a fifth of a dir -> oci run)."""
     from convcore.builtin.tarfmt import write_tar
-    write_tar(tree, path, codec, ctx, level=level)
+    digest = hashlib.sha256()
+    write_tar(tree, path, codec, ctx, level=level, digest=digest)
+    return "sha256:" + digest.hexdigest()
 
 
 def sink(tree: Tree, path: str, opts: dict, ctx: Context) -> None:
@@ -130,8 +122,7 @@ def sink(tree: Tree, path: str, opts: dict, ctx: Context) -> None:
         refuse_whiteout_names(tree)
     writer = LayoutWriter(path)
     tmp = os.path.join(writer.blob_dir, ".layer.tmp")
-    write_layer(tree, tmp, codec, level, ctx)
-    diff_id = uncompressed_digest(tmp, codec)
+    diff_id = write_layer(tree, tmp, codec, level, ctx)
     layer = writer.add_file(tmp, layer_type)
 
     plat = image_platform(tree, opts)

@@ -76,6 +76,10 @@ def test_zstd_layer_holds_the_same_tar(tmp_path):
     plain = subprocess.run(["zstd", "-dc", blob(layer)], capture_output=True, check=True).stdout
     assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(plain).hexdigest()]
     assert config["rootfs"] == gz_config["rootfs"]
+    # the diff_id is taken while the layer is written: it is the gzip layer's tar too
+    _, _, _, gz_blob = image_docs(str(tmp_path / "gz"))
+    gz_tar = gzip.decompress(open(gz_blob(gz_manifest["layers"][0]), "rb").read())
+    assert gz_tar == plain
     assert layer["digest"] != gz_manifest["layers"][0]["digest"]
 
 
