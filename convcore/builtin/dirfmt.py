@@ -414,7 +414,7 @@ class _Scanner:
                     # the pieces are built out of tree order
                     feed.stop()
                     feed = None
-                count += self.split(walk, stack, kids, children)
+                count += self.split(walk, stack, children)
                 break
         if feed is not None:
             feed.end()
@@ -423,10 +423,10 @@ class _Scanner:
         return tree
 
     def split(self, walk: _Walk, stack: list[tuple[str, Iterator[str]]],
-              kids: list[dict[str, Entry]], children: dict[str, dict]) -> int:
+              children: dict[str, dict]) -> int:
         """Scan what ``stack`` has left with a forked child: pieces of each
-        directory's unscanned names, deepest directory first (tree order),
-        claimed in turn from a pipe by whichever process is free. Each
+        directory's unscanned names (``cut``), deepest directory first (tree
+        order), claimed in turn from a pipe by whichever process is free. Each
         process claims in increasing order, so its own first name of an
         inode precedes its further ones; which of the two processes' first
         names comes first is settled by resolve_links."""
