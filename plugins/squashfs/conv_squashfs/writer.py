@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, is_not
 
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec, make_codec
@@ -239,7 +239,7 @@ class ImageWriter:
         ``inode_of``); returns each inode's link count."""
         numbers, inode_of = self.numbers, self.inode_of
         entries = [entry for entry, _ in order]
-        if not any(map(_LINK_OF, entries)):
+        if not any(map(is_not, map(_LINK_OF, entries), repeat(None))):
             # No hardlink (most trees): every entry is its own inode, numbered
             # in order, without a Python step per entry (35 ms at 100k).
             paths = list(map(_PATH_OF, entries))
