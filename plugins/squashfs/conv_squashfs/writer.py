@@ -33,7 +33,7 @@ from operator import attrgetter, is_not
 from conv_squashfs import layout
 from conv_squashfs.compressors import Codec, make_codec
 from conv_squashfs.datawriter import DataWriter, FileData
-from conv_squashfs.early import EarlyData
+from conv_squashfs.early import EarlyData, data_start
 from conv_squashfs.metadata_writer import MetadataWriter, build_table
 from conv_squashfs.xattr_writer import XattrWriter
 from convcore.blockdev import Plan, Target
@@ -295,12 +295,11 @@ class ImageWriter:
             raise UnsupportedError(f"squashfs holds at most {_U32 - 1} inodes")
 
         options = self.codec.options()
-        pos = layout.SUPERBLOCK_SIZE
         if options is not None:
             block = layout.METADATA_HEADER.pack(len(options) | layout.METADATA_UNCOMPRESSED) \
                 + options
-            os.pwrite(self.fd, block, pos)
-            pos += len(block)
+            os.pwrite(self.fd, block, layout.SUPERBLOCK_SIZE)
+        pos = data_start(self.codec)  # where the early child began too
 
         # The inode and directory tables are written while the pool reads and
         # compresses file data, as far as the files' records are ready.
