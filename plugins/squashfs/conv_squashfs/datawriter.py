@@ -372,7 +372,11 @@ class DataWriter:
     """Appends file data to ``fd`` from offset ``start``; see the module doc."""
 
     def __init__(self, fd: int, start: int, codec: Codec, block_size: int, threads: int,
-                 fragments: bool = True, dedup: bool = True) -> None:
+                 fragments: bool = True, dedup: bool = True,
+                 records: list[FileData | None] | None = None) -> None:
+        """``records``: where each file's record goes, by the key the file
+        is given with (a dict by default; a list with room for every key
+        when the keys are its indices)."""
         self.fd = fd
         self.pos = start
         self.codec = codec
@@ -403,7 +407,8 @@ class DataWriter:
         #: last block retires, or by ``close``)
         self._open_fds: set[int] = set()
         #: every file queued so far, by the caller's key
-        self.records: dict[str, FileData] = {}
+        self.records: dict[int, FileData] | list[FileData | None] = \
+            {} if records is None else records
         self._dups_blocks: dict[tuple[int, int], list[FileData]] = {}
         #: small files by (size, digest), with their data for a host file's
         #: comparison (see ``_Chunk.read``)
@@ -547,12 +552,13 @@ class DataWriter:
 
     # -- files
 
-    def add_files(self, files: list[tuple[str, Data | None]],
+    def add_files(self, files: list[tuple[int, str, Data | None]],
                   idle: Callable[[], object] | None = None) -> None:
-        """Queue many files' contents, in order, recording each in
-        ``records`` at once; a record is complete when ``ready``, all of them
-        after ``finish``. ``idle`` is called whenever more records may have
-        become ready: work for this thread while the pool reads and compresses.
+        """Queue many files' contents (key, path for messages, data), in
+        order, recording each in ``records`` under its key at once; a record
+        is complete when ``ready``, all of them after ``finish``. ``idle`` is
+        called whenever more records may have become ready: work for this
+        thread while the pool reads and compresses.
 
         Files smaller than a block are read many to a chunk (``_Chunk``):
         host files by a forked child when there are threads and enough
@@ -585,7 +591,7 @@ class DataWriter:
         while self._forked:
             self._forked.pop().finish()
 
-    def add_more(self, files: list[tuple[str, Data | None]],
+    def add_more(self, files: list[tuple[int, str, Data | None]],
                  idle: Callable[[], object] | None = None) -> None:
         """``add_files`` for a list given in parts (as a source finds them):
         the same steps in the same order, so the same bytes, when ``end_more``
@@ -601,7 +607,7 @@ class DataWriter:
             self._open_chunk = _Chunk()
         self._place_ahead(self._ahead, idle)
 
-    def _steps(self, files: list[tuple[str, Data | None]],
+    def _steps(self, files: list[tuple[int, str, Data | None]],
                chunk: _Chunk) -> tuple[list[_Chunk | tuple[FileData, Data, str]], _Chunk]:
         """Records for ``files`` (in ``records`` at once) and the work they
         make: a file of blocks, or a chunk of small files once full (known
@@ -610,12 +616,12 @@ class DataWriter:
         records = self.records
         small_max = self.block_size if self.fragments_enabled else 0
         steps: list[_Chunk | tuple[FileData, Data, str]] = []
-        for path, data in files:
+        for key, path, data in files:
             size = data.size if data is not None else 0
             if size == 0 or data is None:
-                records[path] = FileData(0, True)
+                records[key] = FileData(0, True)
                 continue
-            records[path] = rec = FileData(size)
+            records[key] = rec = FileData(size)
             if size >= small_max:
                 steps.append((rec, data, path))
                 continue

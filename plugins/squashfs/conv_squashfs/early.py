@@ -276,9 +276,11 @@ def _write_fed_data(files: _Outbox, records: _Outbox, fd: int, opts: dict) -> tu
                 for batch in batches:
                     if batch is None:
                         break
-                    writer.add_more([(path, FileRangeData(host, offset, size, holes))
-                                     for path, host, offset, size, holes in batch], send_ready)
-                    order += map(writer.records.__getitem__, [path for path, *_ in batch])
+                    base = len(order)
+                    writer.add_more([(base + i, path, FileRangeData(host, offset, size, holes))
+                                     for i, (path, host, offset, size, holes)
+                                     in enumerate(batch)], send_ready)
+                    order += map(writer.records.__getitem__, range(base, base + len(batch)))
                     send_ready()
                 else:
                     continue

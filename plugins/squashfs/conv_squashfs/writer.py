@@ -24,6 +24,7 @@ import fnmatch
 import os
 import struct
 import sys
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -40,7 +41,7 @@ from convcore.blockdev import Plan, Target
 from convcore.errors import UnsupportedError, UsageError
 from convcore.feed import take as take_feed
 from convcore.format import Context
-from convcore.tree import Data, Entry, HostTreeFileData, Kind, Tree, gc_paused
+from convcore.tree import Entry, HostTreeFileData, Kind, Tree, gc_paused
 
 _BASIC_TYPE = {Kind.DIR: layout.INODE_DIR, Kind.FILE: layout.INODE_FILE,
                Kind.SYMLINK: layout.INODE_SYMLINK, Kind.BLOCK: layout.INODE_BLKDEV,
@@ -56,7 +57,6 @@ _DIR_ENTRY_PACK = layout.DIR_ENTRY.pack
 _MAX_IDS = 65536
 _METADATA_SIZE = layout.METADATA_SIZE
 _DATA_OF = attrgetter("data")
-_PATH_OF = attrgetter("path")
 _LINK_OF = attrgetter("link")
 
 
@@ -178,6 +178,11 @@ def encode(tree: Tree, opts: dict, ctx: Context) -> SquashfsPlan:
 
 
 class ImageWriter:
+    """Writes one image. Its state is kept per walk position (an entry's
+    index in ``entries``, children before parents) in lists: with a dict
+    per kind of state keyed by path, each lookup at 100k entries was a
+    cache miss (6% of the CPU of the whole conversion)."""
+
     def __init__(self, tree: Tree, settings: Settings, ctx: Context, fd: int,
                  early: EarlyData | None = None) -> None:
         self.tree = tree.sorted()
@@ -191,10 +196,24 @@ class ImageWriter:
         self.xattrs = XattrWriter(self.codec)
         self.inodes = MetadataWriter(self.codec)
         self.dirs = MetadataWriter(self.codec)
-        self.numbers: dict[str, int] = {}  # inode key -> inode number
-        self.files: dict[str, FileData] = {}
-        self.inode_of: dict[str, Entry] = {}  # inode key -> entry holding its metadata
-        self.dirent: dict[str, tuple[int, int, int]] = {}  # inode key -> (ref, number, type)
+        #: every entry written, children first (the walk)
+        self.entries: list[Entry] = []
+        #: by position: a directory's children's positions, None for others
+        self.kids: list[list[int] | None] = []
+        #: by a directory's position: its parent's, and its subdirectories
+        self.parent: dict[int, int] = {}
+        self.subdirs: dict[int, int] = {}
+        #: by position: where the entry holding its inode is (a further
+        #: name of a hardlinked file points at the first); None when every
+        #: entry holds its own inode
+        self.holder: list[int] | None = None
+        #: by an inode's position: the entry with its metadata (the entry
+        #: itself but for a hardlink whose first name is excluded), its
+        #: number, its data record and its directory entry (ref, number, type)
+        self.inode_entry: list[Entry] = []
+        self.numbers: list[int] = []
+        self.records: list[FileData | None] = []
+        self.dirent: list[tuple[int, int, int] | None] = []
 
     # -- the walk
 
@@ -213,86 +232,108 @@ class ImageWriter:
             kids = [k for k in kids if not self._excluded(k)]
         return kids
 
-    def _post_order(self) -> list[tuple[Entry, list[Entry] | None]]:
-        """(entry, children or None for non-directories), children first."""
-        order: list[tuple[Entry, list[Entry] | None]] = []
-        root = self.tree.root
-        stack = [(root, self._children(""), 0)]
+    def _walk(self) -> None:
+        """Fill ``entries`` (children before their directory, each
+        directory's in order), ``kids``, ``parent`` and ``subdirs``."""
+        entries, kids_at = self.entries, self.kids
+        add_entry, add_kids = entries.append, kids_at.append
+        parent, subdirs = self.parent, self.subdirs
+        # per open directory: (entry, children, next child, children's
+        # positions, subdirectories' positions)
+        stack = [(self.tree.root, self._children(""), 0, [], [])]
         while stack:
-            entry, kids, i = stack[-1]
+            entry, kids, i, at, dirs = stack[-1]
             while i < len(kids):
                 child = kids[i]
                 i += 1
                 if child.kind is _DIR and child.link is None:
-                    stack[-1] = (entry, kids, i)
-                    stack.append((child, self._children(child.path), 0))
+                    stack[-1] = (entry, kids, i, at, dirs)
+                    stack.append((child, self._children(child.path), 0, [], []))
                     break
-                order.append((child, None))
+                at.append(len(entries))
+                add_entry(child)
+                add_kids(None)
             else:
                 stack.pop()
-                order.append((entry, kids))
-                continue
-        return order
+                here = len(entries)
+                add_entry(entry)
+                add_kids(at)
+                subdirs[here] = len(dirs)
+                for d in dirs:
+                    parent[d] = here
+                if stack:
+                    stack[-1][3].append(here)
+                    stack[-1][4].append(here)
 
-    def _number(self, order: list[tuple[Entry, list[Entry] | None]]) -> dict[str, int]:
-        """Number the inodes in ``order`` (filling ``numbers`` and
-        ``inode_of``); returns each inode's link count."""
-        numbers, inode_of = self.numbers, self.inode_of
-        entries = [entry for entry, _ in order]
+    def _number(self) -> list[int]:
+        """Number the inodes, in walk order (filling ``numbers``,
+        ``inode_entry`` and ``holder``); returns each inode's link count."""
+        entries, subdirs = self.entries, self.subdirs
+        n = len(entries)
+        self.numbers = numbers = list(range(1, n + 1))
+        self.inode_entry = inodes = entries
+        nlinks = [1] * n
+        for here, count in subdirs.items():
+            nlinks[here] = 2 + count
         if not any(map(is_not, map(_LINK_OF, entries), repeat(None))):
             # No hardlink (most trees): every entry is its own inode, numbered
             # in order, without a Python step per entry (35 ms at 100k).
-            paths = list(map(_PATH_OF, entries))
-            numbers.update(zip(paths, range(1, len(paths) + 1), strict=True))
-            inode_of.update(zip(paths, entries, strict=True))
-            nlinks = dict.fromkeys(paths, 1)
-            for entry, kids in order:
-                if kids is not None:
-                    nlinks[entry.path] = 2 + sum(1 for k in kids if k.kind is _DIR)
             return nlinks
-        nlinks = {}
+        self.holder = holder = list(range(n))
+        self.inode_entry = inodes = list(entries)
+        linked = {e.link for e in entries if e.link is not None}
+        first: dict[str, int] = {}  # a hardlinked inode's key -> its position
         number = 0
-        # Once per entry: a name that is its own inode (nearly all) takes the
-        # first branch; names counted before it are hardlinks to it.
-        for entry, kids in order:
+        # The inode goes with the first of its names in the walk: its holder
+        # (the tree's first name of it), or a further name that comes before
+        # it (a tar's first name is the first archived) or with it excluded.
+        for i, entry in enumerate(entries):
             key = entry.link
             if key is None:
-                key = entry.path
-                if key not in numbers:
-                    number += 1
-                    numbers[key] = number
-                    inode_of[key] = entry
-                    if kids is None:
-                        nlinks[key] = 1
-                    else:
-                        nlinks[key] = 2 + sum(1 for k in kids
-                                              if k.kind is _DIR and k.link is None)
-                else:
-                    nlinks[key] += 1
-            elif key not in numbers:
+                path = entry.path
+                if path in linked:
+                    h = first.get(path)
+                    if h is not None:
+                        holder[i] = h
+                        numbers[i] = 0
+                        nlinks[h] += 1
+                        continue
+                    first[path] = i
                 number += 1
-                numbers[key] = number
-                nlinks[key] = 1
-                inode = inode_of[key] = self.tree.resolve(entry)
+                numbers[i] = number
+                continue
+            h = first.get(key)
+            if h is None:  # the first name of it in the walk holds it
+                number += 1
+                numbers[i] = number
+                first[key] = i
+                inode = inodes[i] = self.tree.resolve(entry)
                 if inode.kind is Kind.DIR:
                     raise UnsupportedError(f"/{entry.path}: hardlink to a directory")
             else:
-                nlinks[key] += 1
+                holder[i] = h
+                numbers[i] = 0
+                nlinks[h] += 1
         return nlinks
 
-    @staticmethod
-    def _key(entry: Entry) -> str:
-        return entry.link if entry.link is not None else entry.path
+    def _inode_positions(self) -> list[int]:
+        """The positions that hold an inode, in walk (number) order."""
+        holder = self.holder
+        if holder is None:
+            return list(range(len(self.entries)))
+        return [i for i, h in enumerate(holder) if h == i]
 
     # -- the image
 
     def write(self) -> int:
-        order = self._post_order()
-        nlinks = self._number(order)
-        number = len(self.numbers)
-        inode_count = number
+        self._walk()
+        nlinks = self._number()
+        inode_count = len(self.entries) if self.holder is None else \
+            sum(1 for i, h in enumerate(self.holder) if h == i)
         if inode_count > _U32 - 1:
             raise UnsupportedError(f"squashfs holds at most {_U32 - 1} inodes")
+        self.records = [None] * len(self.entries)
+        self.dirent = [None] * len(self.entries)
 
         options = self.codec.options()
         if options is not None:
@@ -303,51 +344,59 @@ class ImageWriter:
 
         # The inode and directory tables are written while the pool reads and
         # compresses file data, as far as the files' records are ready.
-        steps = self._write_inodes(order, nlinks, inode_count)
-        pos = self._write_data(pos, order, partial(next, steps, None))
+        steps = self._write_inodes(nlinks, inode_count)
+        pos = self._write_data(pos, partial(next, steps, None))
         for _ in steps:
             raise AssertionError("a file's record is not ready after the data")
-        return self._write_tables(pos, self.dirent[""][0], inode_count, options is not None)
+        root = self.dirent[-1]
+        assert root is not None
+        return self._write_tables(pos, root[0], inode_count, options is not None)
 
-    def _data_order(self, order: list[tuple[Entry, list[Entry] | None]]) -> list[Entry]:
-        """The files with data, in the order their data is written: a scanned
-        directory's files in tree order (the order the dir source finds
-        them in, so that a child can write their data while it scans:
+    def _files(self) -> tuple[list[int], list[int]]:
+        """The positions of the files without data (empty), in walk order,
+        and of those with data, in the order it is written: a scanned
+        directory's files in walk order (the order the dir source finds them
+        in, so that a child can write their data while it scans:
         conv_squashfs.early), other sources' files in the order cheapest to
         read them (Tree.data_order: a tar's in archive order)."""
-        inodes = [e for e in self.inode_of.values() if e.kind is _FILE and e.data is not None]
-        # ``order`` has every file before its directory, in tree order
-        walked = [e for e, kids in order
-                  if kids is None and e.link is None and e.kind is _FILE and e.data is not None]
-        if len(walked) == len(inodes) and all(
-                map(isinstance, map(_DATA_OF, walked), repeat(HostTreeFileData))):
-            return walked
-        return self.tree.data_order(inodes)
+        inodes = self.inode_entry
+        if self.holder is None:
+            files = [i for i, e in enumerate(inodes) if e.kind is _FILE]
+        else:
+            files = [i for i in self._inode_positions() if inodes[i].kind is _FILE]
+        empty = [i for i in files if inodes[i].data is None]
+        if len(empty) == len(files):
+            return empty, []
+        full = [i for i in files if inodes[i].data is not None] if empty else files
+        entries = self.entries
+        orphans = inodes is not entries and any(inodes[i] is not entries[i] for i in full)
+        if not orphans and all(map(isinstance, map(_DATA_OF, map(inodes.__getitem__, full)),
+                                         repeat(HostTreeFileData))):
+            return empty, full
+        position = {id(inodes[i]): i for i in full}
+        return empty, [position[id(e)] for e in self.tree.data_order(
+            [inodes[i] for i in full])]
 
-    def _write_data(self, pos: int, order: list[tuple[Entry, list[Entry] | None]],
-                    idle: Callable[[], object]) -> int:
-        # An inode's key is its holder's path; files without data (empty)
-        # come first.
-        files: list[tuple[str, Data | None]] = [
-            (e.path, None) for e in self.inode_of.values() if e.kind is _FILE and e.data is None]
-        data_files = self._data_order(order)
+    def _write_data(self, pos: int, idle: Callable[[], object]) -> int:
+        empty, full = self._files()
+        inodes, records = self.inode_entry, self.records
         early, self.early = self.early, None
         if early is not None:
-            self.files = {path: FileData(0, True) for path, _ in files}
-            paths = list(map(_PATH_OF, data_files))
+            for i in empty:
+                records[i] = FileData(0, True)
 
-            def ready(index: int, records: list[FileData]) -> None:
-                self.files.update(zip(paths[index:index + len(records)], records, strict=True))
+            def ready(index: int, got: list[FileData]) -> None:
+                for i, rec in zip(full[index:index + len(got)], got, strict=True):
+                    records[i] = rec
                 idle()
 
-            got = early.result(list(map(_DATA_OF, data_files)), pos, ready)
-            if got is not None:
-                end, self.fragment_table = got
+            result = early.result([inodes[i].data for i in full], pos, ready)
+            if result is not None:
+                end, self.fragment_table = result
                 return end
-        files += [(e.path, e.data) for e in data_files]
+        files = [(i, inodes[i].path, inodes[i].data) for i in empty + full]
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
-                            self.s.fragments, self.s.dedup)
-        self.files = writer.records
+                            self.s.fragments, self.s.dedup, records)
         try:
             writer.add_files(files, idle)
             end = writer.finish()
@@ -387,34 +436,36 @@ class ImageWriter:
             return layout.INVALID_XATTR
         return self.xattrs.add(inode.xattrs, inode.path)
 
-    def _write_inodes(self, order, nlinks: dict[str, int],
-                      inode_count: int) -> Iterator[None]:
-        """Write every inode and directory, in ``order``; pauses (yields) at
-        a file whose data record is not ready yet."""
-        dirent = self.dirent
-        inode_of, numbers, files = self.inode_of, self.numbers, self.files
+    def _write_inodes(self, nlinks: list[int], inode_count: int) -> Iterator[None]:
+        """Write every inode and directory, in walk order; pauses (yields)
+        at a file whose data record is not ready yet."""
+        dirent, records, numbers = self.dirent, self.records, self.numbers
+        inodes, holder = self.inode_entry, self.holder
         # The common case, a plain file, is packed here straight into the
         # inode stream (_header and _file_body inlined): this runs once per
         # file of the tree. ``pending`` and ``out`` stay the same objects.
-        inodes = self.inodes
-        pending, out, flush = inodes.pending, inodes.out, inodes.flush_full
+        pending, out, flush = self.inodes.pending, self.inodes.out, self.inodes.flush_full
         ids = self.ids
         force_uid, force_gid, force_mtime = self.s.uid, self.s.gid, self.s.mtime
         file_type = layout.INODE_FILE
         file_pack = _FILE_INODE_FULL_PACK
-        for entry, kids in order:
-            if kids is None:
-                key = entry.path if entry.link is None else entry.link
-                if key in dirent:
-                    continue
-                inode = inode_of[key]
-                rec = files.get(key)
-                if inode.kind is _FILE:
-                    while rec is None or not rec.ready:
-                        yield
-                        rec = files.get(key)
-                if (rec is not None and nlinks[key] == 1 and not inode.xattrs
-                        and rec.size <= _U32 and rec.blocks_start <= _U32 and not rec.sparse):
+        for i, kids in enumerate(self.kids):
+            if kids is not None:
+                dirent[i] = (self._write_dir(i, kids, nlinks[i], inode_count), numbers[i],
+                             layout.INODE_DIR)
+                continue
+            if holder is not None:
+                i = holder[i]
+                if dirent[i] is not None:
+                    continue  # a further name of an inode written
+            inode = inodes[i]
+            if inode.kind is _FILE:
+                rec = records[i]
+                while rec is None or not rec.ready:
+                    yield
+                    rec = records[i]
+                if (nlinks[i] == 1 and not inode.xattrs and rec.size <= _U32
+                        and rec.blocks_start <= _U32 and not rec.sparse):
                     uid = inode.uid if force_uid is None else force_uid
                     gid = inode.gid if force_gid is None else force_gid
                     uid_idx = ids.get(uid)
@@ -429,7 +480,7 @@ class ImageWriter:
                             mtime = 0 if mtime < 0 else _U32
                     else:
                         mtime = force_mtime
-                    number = numbers[key]
+                    number = numbers[i]
                     ref = (len(out) << 16) | len(pending)
                     pending += file_pack(
                         file_type, inode.mode & 0o7777, uid_idx, gid_idx, mtime, number,
@@ -438,23 +489,20 @@ class ImageWriter:
                         pending += _block_words(rec)
                     if len(pending) >= _METADATA_SIZE:
                         flush()
-                    dirent[key] = (ref, number, file_type)
+                    dirent[i] = (ref, number, file_type)
                     continue
-                ref = self._write_leaf(inode, key, nlinks[key])
-                dirent[key] = (ref, numbers[key], _BASIC_TYPE[inode.kind])
-            else:
-                ref = self._write_dir(entry, kids, nlinks[entry.path], inode_count)
-                dirent[entry.path] = (ref, numbers[entry.path], layout.INODE_DIR)
+            dirent[i] = (self._write_leaf(inode, numbers[i], records[i], nlinks[i]), numbers[i],
+                         _BASIC_TYPE[inode.kind])
 
-    def _write_leaf(self, inode: Entry, key: str, nlink: int) -> int:
+    def _write_leaf(self, inode: Entry, number: int, rec: FileData | None, nlink: int) -> int:
         ref = self.inodes.ref
-        number = self.numbers[key]
         xattr = self._xattr(inode)
         kind = inode.kind
         basic = _BASIC_TYPE[kind]
         extended = xattr != layout.INVALID_XATTR
         if kind is Kind.FILE:
-            extended, body = self._file_body(self.files[key], nlink, xattr)
+            assert rec is not None
+            extended, body = self._file_body(rec, nlink, xattr)
         elif kind is Kind.SYMLINK:
             target = inode.target.encode("utf-8", "surrogateescape")
             body = layout.SYMLINK_INODE.pack(nlink, len(target)) + target
@@ -487,13 +535,14 @@ class ImageWriter:
         return False, layout.FILE_INODE.pack(
             rec.blocks_start, rec.fragment, rec.fragment_offset, rec.size) + sizes
 
-    def _write_dir(self, entry: Entry, kids: list[Entry], nlink: int, inode_count: int) -> int:
+    def _write_dir(self, here: int, kids: list[int], nlink: int, inode_count: int) -> int:
+        entry = self.entries[here]
         skip = len(entry.path) + 1 if entry.path else 0
         listing, index, start_pos = self._write_listing(kids, skip)
         start_block = self.dirs.block_start(start_pos)
         offset = start_pos % layout.METADATA_SIZE
-        number = self.numbers[entry.path]
-        parent = self.numbers[entry.parent] if entry.path else inode_count + 1
+        number = self.numbers[here]
+        parent = self.numbers[self.parent[here]] if entry.path else inode_count + 1
         xattr = self._xattr(entry)
         file_size = listing + 3  # the kernel counts "." and ".." as 3 bytes
         ref = self.inodes.ref
@@ -510,11 +559,11 @@ class ImageWriter:
             self.inodes.write(self._header(layout.INODE_DIR, entry, number) + body)
         return ref
 
-    def _write_listing(self, kids: list[Entry], skip: int) -> tuple[int, list, int]:
-        """Write one directory's entries (their paths start with ``skip``
-        characters of the directory's own and a slash) into the directory
-        table; returns (listing size, index entries (offset, block, first
-        name), stream start)."""
+    def _write_listing(self, kids: list[int], skip: int) -> tuple[int, list, int]:
+        """Write one directory's entries (the positions of its children,
+        whose paths start with ``skip`` characters of the directory's own
+        and a slash) into the directory table; returns (listing size, index
+        entries (offset, block, first name), stream start)."""
         start_pos = self.dirs.position
         buf = bytearray()
         index_pos: list[tuple[int, bytes]] = []  # (listing offset, first name)
@@ -522,13 +571,13 @@ class ImageWriter:
         count = 0
         base_block = base_number = 0
         index_block = start_pos // layout.METADATA_SIZE
-        dirent = self.dirent
+        dirent, entries, holder = self.dirent, self.entries, self.holder
         for kid in kids:
-            path = kid.path
+            path = entries[kid].path
             name = path[skip:].encode("utf-8", "surrogateescape")
             if not 0 < len(name) <= layout.NAME_MAX:
                 raise UnsupportedError(f"/{path}: name longer than {layout.NAME_MAX} bytes")
-            ref, number, inode_type = dirent[path if kid.link is None else kid.link]
+            ref, number, inode_type = dirent[kid if holder is None else holder[kid]]
             block, offset = ref >> 16, ref & 0xFFFF
             if (header_at < 0 or count == layout.DIR_ENTRIES_MAX or block != base_block
                     or not layout.DIR_INODE_DELTA_MIN <= number - base_number
@@ -578,9 +627,12 @@ class ImageWriter:
         fragment_table_start = pos
         put(index)
 
-        export = bytearray(8 * inode_count)
-        for key, number in self.numbers.items():
-            layout.EXPORT_ENTRY.pack_into(export, 8 * (number - 1), self.dirent[key][0])
+        # inode number n's ref at 8 * (n - 1): inode positions are in number order
+        dirent = self.dirent
+        refs = array("Q", [dirent[i][0] for i in self._inode_positions()])  # type: ignore[index]
+        if sys.byteorder != "little":
+            refs.byteswap()
+        export = refs.tobytes()
         blocks, index = build_table(codec, export, pos)
         put(blocks)
         export_table_start = pos
