@@ -32,6 +32,7 @@ from convcore.tree import Data, FileRangeData, gc_paused
 
 if TYPE_CHECKING:
     from conv_squashfs.datawriter import FileData
+    from conv_squashfs.writer import Settings
 
 #: a frame's byte length, before its marshal
 _FRAME = struct.Struct("<I")
@@ -115,11 +116,15 @@ def data_start(codec) -> int:
 
 def prepare(opts: dict, ctx: Context) -> EarlyData | None:
     """Before a directory scan: a child that writes file data as the scan
-    finds files. The child imports the writer itself (lz4 or zstd, the pool:
-    ~8 ms the scan need not wait for)."""
+    finds files."""
     if opts.get("exclude") or not forking():
         return None  # excluded files are only known from the whole tree
-    return EarlyData(opts, ctx)
+    # The data writer and its codec are imported here, before the fork: in
+    # the child they were 10-16 ms (copy-on-write faults on top of the
+    # imports) in which the data, the critical path, waited while the
+    # other core scanned; the parent needs them for its own tables anyway.
+    from conv_squashfs.writer import Settings
+    return EarlyData(Settings.from_options(opts), ctx)
 
 
 class EarlyData(FileFeed):
@@ -127,7 +132,7 @@ class EarlyData(FileFeed):
     back each file's record as it is ready (so the parent writes inodes
     while the child finishes the data)."""
 
-    def __init__(self, opts: dict, ctx: Context) -> None:
+    def __init__(self, settings: Settings, ctx: Context) -> None:
         self.image = ctx.scratch_file("conv-squashfs-")
         #: every file fed, in order; None once the feed stopped
         self.fed: list[Data] | None = []
@@ -139,7 +144,7 @@ class EarlyData(FileFeed):
             self._files = _Outbox()
             self._records = _Outbox()
             self.child = Forked(_write_fed_data, self._files, self._records,
-                                self.image.fileno(), opts)
+                                self.image.fileno(), settings)
             self._records.close_sending()  # the child's copy: its exit ends them
         except BaseException:
             self.close()
@@ -238,7 +243,8 @@ class EarlyData(FileFeed):
             self.image = None
 
 
-def _write_fed_data(files: _Outbox, records: _Outbox, fd: int, opts: dict) -> tuple | None:
+def _write_fed_data(files: _Outbox, records: _Outbox, fd: int,
+                    settings: Settings) -> tuple | None:
     """The child: the data of each file in the frames of ``files``, written
     into ``fd`` from where the image's data begins, which goes back first on
     ``records``; then each file's record (size, blocks_start, block sizes as
@@ -246,12 +252,11 @@ def _write_fed_data(files: _Outbox, records: _Outbox, fd: int, opts: dict) -> tu
     ready. Returns (end, fragment table), or None when the parent gave up
     (the files ended before their end frame)."""
     from conv_squashfs.datawriter import DataWriter
-    from conv_squashfs.writer import SWITCH_INTERVAL, Settings
+    from conv_squashfs.writer import SWITCH_INTERVAL
 
     files.close_sending()
     os.close(records.wake_r)
     sys.setswitchinterval(SWITCH_INTERVAL)
-    settings = Settings.from_options(opts)
     start = data_start(settings.codec)
     records.send(start)
     writer = DataWriter(fd, start, settings.codec, settings.block_size, settings.threads,
