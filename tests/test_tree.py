@@ -340,6 +340,33 @@ def test_gc_paused_restores_the_callers_setting():
         gc.enable()
 
 
+def test_gc_paused_keep_freezes_what_was_made_instead_of_collecting_it():
+    """A one-shot run keeps what a pause made out of collection: frozen, the
+    first collection after the pause does not walk it; still freed by
+    refcounting."""
+    import gc
+    import weakref
+
+    from convcore.tree import gc_paused
+
+    class Node:
+        pass
+
+    try:
+        with gc_paused(keep=True):
+            made = [Node() for _ in range(1000)]
+        assert gc.isenabled() and gc.get_count()[0] < 10
+        assert not any(o is made[0] for o in gc.get_objects())
+        gone = weakref.ref(made[-1])
+        del made
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+    with gc_paused():
+        made = [Node()]
+    assert any(o is made[0] for o in gc.get_objects())
+
+
 def test_data_order_of_host_tree_files_from_two_roots(tmp_path):
     """Files of scanned directories (one HostTreeFileData class per root)
     sort as data_order_key sorts them, mixed with other data, ties kept in
