@@ -43,7 +43,9 @@ class FileFeed:
 
     def stop(self) -> None:
         """The source will not announce the rest (it went on in a way that
-        does not find files in tree order)."""
+        does not find files in tree order); the files announced so far are
+        still the first ones of the tree, in order, so an encoder may keep
+        its work on them and do the rest from the tree."""
 
     def close(self) -> None:
         """Release what the feed holds (a worker process, a scratch file);

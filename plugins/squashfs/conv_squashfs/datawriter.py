@@ -567,8 +567,11 @@ class DataWriter:
         digests come back with the bytes, and this thread places them in
         fragment blocks (or finds them duplicates) ``_CHUNKS_AHEAD`` chunks
         later: a fixed distance, so where fragment blocks land among the
-        larger files' blocks does not depend on the thread count."""
-        steps, chunk = self._steps(files, _Chunk())
+        larger files' blocks does not depend on the thread count.
+
+        After ``resume``, the files go on from the chunks it carried over."""
+        steps, chunk = self._steps(files, self._open_chunk)
+        self._open_chunk = _Chunk()
         if chunk.recs:
             steps.append(chunk)
         if self.pool is not None and forking():
@@ -584,12 +587,75 @@ class DataWriter:
                 self._forked.append(reader)
                 for c in host[i::count]:
                     c.forked = reader
-        ahead: deque[_Chunk] = deque()
+        ahead = self._ahead
         for step in steps:
             self._run_step(step, ahead, idle)
         self._place_ahead(ahead, idle)
         while self._forked:
             self._forked.pop().finish()
+
+    # -- handing over to another writer (conv_squashfs.early)
+
+    def suspend(self) -> dict:
+        """Stop after the files added so far (``add_more``) and return, as
+        plain values (marshal), what a writer given the same files needs to
+        go on from here exactly as this one would (``resume``). Every block
+        and fragment queued is written first; the fragment still filling,
+        the chunks of small files not placed yet (read ahead, or filling)
+        and the duplicate candidates are handed over, files by key: the
+        records of the chunks' files are left not ready."""
+        while self._queue:
+            self._retire()
+        self._flush_writes()
+        key_of = {id(rec): key for key, rec in self.records.items()}  # type: ignore[union-attr]
+        fill = self._frag_fill
+        return {
+            "pos": self.pos,
+            "fragment_table": self.fragment_table,
+            "fragment": None if self._frag_buf is None else bytes(self._frag_buf[:fill]),
+            "chunks": [[key_of[id(rec)] for rec in chunk.recs]
+                       for chunk in (*self._ahead, self._open_chunk)],
+            "dups_small": [(size, digest, key_of[id(rec)])
+                           for (size, digest), (rec, _) in self._dups_small.items()],
+            "dups_blocks": [(size, crc, [key_of[id(rec)] for rec in recs])
+                            for (size, crc), recs in self._dups_blocks.items()],
+        }
+
+    def resume(self, state: dict, files: list[tuple[int, str, Data]]) -> None:
+        """Go on from where a writer that was given ``files`` (key, path,
+        data; the suspended writer's key of each is its index here) stopped
+        (``suspend``): its ``pos``, fragments and duplicate candidates, and
+        the chunks it had not placed, read again here. ``records`` must hold
+        the records of the files it finished (under these keys)."""
+        records = self.records
+        self.pos = state["pos"]
+        self.fragment_table = [tuple(entry) for entry in state["fragment_table"]]
+        self._frag_count = len(self.fragment_table)
+        fragment = state["fragment"]
+        if fragment is not None:
+            self._frag_buf = self._take_buffer()
+            self._frag_buf[:len(fragment)] = fragment
+            self._frag_fill = len(fragment)
+        for size, digest, index in state["dups_small"]:
+            key, _, data = files[index]
+            self._dups_small[(size, digest)] = (records[key], data)  # type: ignore[index]
+        for size, crc, indexes in state["dups_blocks"]:
+            self._dups_blocks[(size, crc)] = [records[files[i][0]]  # type: ignore[misc]
+                                              for i in indexes]
+        *ahead, filling = state["chunks"]
+        for indexes in ahead:
+            chunk = self._chunk_of(indexes, files)
+            self._submit_chunk(chunk)
+            self._ahead.append(chunk)
+        self._open_chunk = self._chunk_of(filling, files)
+
+    def _chunk_of(self, indexes: list[int], files: list[tuple[int, str, Data]]) -> _Chunk:
+        chunk = _Chunk()
+        for i in indexes:
+            key, path, data = files[i]
+            rec = self.records[key] = FileData(data.size)  # type: ignore[index]
+            chunk.add(rec, data, path)
+        return chunk
 
     def add_more(self, files: list[tuple[int, str, Data | None]],
                  idle: Callable[[], object] | None = None) -> None:

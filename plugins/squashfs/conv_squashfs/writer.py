@@ -393,14 +393,22 @@ class ImageWriter:
                     records[i] = rec
                 idle()
 
-            result = early.result([inodes[i].data for i in full], pos, ready)
-            if result is not None:
-                end, self.fragment_table = result
-                return end
+            handover = early.result([inodes[i].data for i in full], pos, ready)
+            if handover is not None and handover.state is None:
+                self.fragment_table = handover.fragment_table
+                return handover.end
+        else:
+            handover = None
         files = [(i, inodes[i].path, inodes[i].data) for i in empty + full]
         writer = DataWriter(self.fd, pos, self.codec, self.s.block_size, self.s.threads,
                             self.s.fragments, self.s.dedup, records)
         try:
+            if handover is not None:
+                # the child wrote the first files' data, and stopped where
+                # this writer goes on (the source stopped feeding it)
+                done = len(empty) + handover.count
+                writer.resume(handover.state, files[len(empty):done])  # type: ignore[arg-type]
+                files = files[:len(empty)] + files[done:]
             writer.add_files(files, idle)
             end = writer.finish()
         finally:

@@ -9,7 +9,7 @@ import struct
 import subprocess
 
 import pytest
-from conv_squashfs import OPTIONS, early, layout, writer
+from conv_squashfs import OPTIONS, datawriter, early, layout, writer
 from conv_squashfs.compressors import codec_from_superblock
 from conv_squashfs.writer import encode
 
@@ -1018,22 +1018,44 @@ def test_data_written_during_the_scan_gives_the_same_image(tmp_path, monkeypatch
     assert_same_tree(str(src), extract(fed, str(tmp_path / "out")))
 
 
+@pytest.mark.parametrize("at_once", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("split_after", [3, 12, 20, 31, 45])
 @needs_fork
-def test_a_scan_that_splits_stops_the_feed_and_the_image_is_the_same(tmp_path, monkeypatch,
-                                                                      early_log):
+def test_a_scan_that_splits_hands_the_data_over_and_the_image_is_the_same(
+        tmp_path, monkeypatch, early_log, split_after, threads, at_once):
     """Past _FORK_AFTER entries the dir source scans the rest in pieces, out
-    of tree order: it stops the feed, the child goes, the writer does it."""
+    of tree order: it stops the feed; the child writes the files it was fed
+    (or, at once, those it had started) and hands its writer over (the
+    fragment filling, small files not placed yet, duplicate candidates:
+    lib-x/copy repeats lib/f03 across some of these split points), and the
+    encoder goes on from there."""
     monkeypatch.setattr(dirfmt, "_FEED_BATCH", 5)
-    monkeypatch.setattr(dirfmt, "_FORK_AFTER", 12)
+    monkeypatch.setattr(dirfmt, "_FORK_AFTER", split_after)
+    monkeypatch.setattr(early, "_SUSPEND_AT_ONCE", at_once)
+    # chunks of 3 small files: some placed (fragments written, one filling,
+    # duplicates known) and some read ahead when the child stops
+    monkeypatch.setattr(datawriter, "_CHUNK_FILES", 3)
+    handed: list[dict] = []
+    real_resume = datawriter.DataWriter.resume
+
+    def resume(self, state, files):
+        handed.append(state)
+        real_resume(self, state, files)
+    monkeypatch.setattr(datawriter.DataWriter, "resume", resume)
     src = tmp_path / "src"
     early_tree(src)
-    fed = convert_dir(src, tmp_path / "fed.sqfs", comp="gzip", block_size="4K")
-    assert early_log == ["stopped", "refused"]
+    fed = convert_dir(src, tmp_path / "fed.sqfs", comp="gzip", block_size="4K",
+                      threads=threads)
+    assert early_log == ["stopped", "used"] and len(handed) == 1
+    if split_after >= 20 and not at_once:
+        assert handed[0]["fragment"] and handed[0]["dups_small"] and len(handed[0]["chunks"]) > 1
     assert not child_pids()
     plain = without_feed(monkeypatch, src, tmp_path / "plain.sqfs", comp="gzip",
-                         block_size="4K")
+                         block_size="4K", threads=threads)
     assert same_bytes(fed, plain)
     judge(fed)
+    assert_same_tree(str(src), extract(fed, str(tmp_path / "out")))
 
 
 @needs_fork
