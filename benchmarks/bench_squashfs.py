@@ -60,7 +60,8 @@ def run_pair(table: harness.Table, tree: str, comp: str, level: int | None, bloc
                             f"dir:{tree} -> squashfs[{','.join(opts)}] -> raw:{conv_img}")
     # alternating, each one's best run: on a shared machine other load only adds time
     ours, theirs = harness.side_by_side(conv, mk, repeat,
-                                        prepare=harness.clearing(conv_img, mk_img))
+                                        prepare=harness.clearing(conv_img, mk_img),
+                                        before_each=harness.warming(tree))
     subprocess.run(["unsquashfs", "-s", conv_img], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["unsquashfs", "-lln", conv_img], check=True, stdout=subprocess.DEVNULL)
     conv_size, mk_size = os.path.getsize(conv_img), os.path.getsize(mk_img)

@@ -147,18 +147,61 @@ def repeat(cmd: Command, times: int, *, prepare: Callable[[], None] | None = Non
 
 def side_by_side(conv: Command, ref: Command, times: int = 1, *,
                  prepare: Callable[[], None] | None = None,
+                 before_each: Callable[[], None] | None = None,
                  env: dict[str, str] | None = None, ref_env: dict[str, str] | None = None,
                  limit: float | None = None) -> tuple[Run, Run]:
     """conv and the reference, alternating ``times`` times (conv first) so both
-    see the same machine; ``best`` of each. The outputs of the last pair are
-    left in place for the caller to judge."""
+    see the same machine; ``best`` of each. ``prepare`` runs before each pair,
+    ``before_each`` (e.g. ``warming``) before each of the two commands, both
+    untimed. The outputs of the last pair are left in place for the caller
+    to judge."""
     ours, theirs = [], []
     for _ in range(max(1, times)):
         if prepare is not None:
             prepare()
+        if before_each is not None:
+            before_each()
         ours.append(measure(conv, env=env))
+        if before_each is not None:
+            before_each()
         theirs.append(measure(ref, env=ref_env, limit=limit))
     return best(ours), best(theirs)
+
+
+def warming(root: str) -> Callable[[], None]:
+    """A ``before_each`` step: read every regular file under ``root``, so the
+    command starts with the whole tree in the page cache. Some machines page
+    cold page cache out within seconds (DAMON pageout on a VM): without this,
+    a run after a long one (xz) read part of its input from disk, a cost of
+    the machine that landed on whichever tool came next."""
+
+    def warm() -> None:
+        buf = bytearray(1 << 20)
+        dirs = [root]
+        while dirs:
+            try:
+                entries = list(os.scandir(dirs.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(entry.path)
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue  # never open a FIFO or a device
+                try:
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                try:
+                    while os.readv(fd, [buf]) == len(buf):
+                        pass
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+
+    return warm
 
 
 def clearing(*paths: str, mkdirs: Sequence[str] = ()) -> Callable[[], None]:
