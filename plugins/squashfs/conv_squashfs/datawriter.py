@@ -175,10 +175,10 @@ class _Chunk:
             self.host_only = False
 
     def read(self) -> list[int | bytes]:
-        """Read every file into a new ``buf`` (on a pool thread when all are
-        host files); see ``read_into``."""
-        buf = self.buf = bytearray(self.size)
-        return self.read_into(memoryview(buf))
+        """Read every file into ``buf`` (given, at least ``size`` long; on a
+        pool thread when all are host files); see ``read_into``."""
+        with memoryview(self.buf) as view:  # type: ignore[arg-type]
+            return self.read_into(view[:self.size])
 
     def read_into(self, view: memoryview) -> list[int | bytes]:
         """Read every file into ``view``, back to back; returns a digest of
@@ -418,6 +418,8 @@ class DataWriter:
         #: add_more's chunk still filling, and chunks read but not placed
         self._open_chunk = _Chunk()
         self._ahead: deque[_Chunk] = deque()
+        #: buffers of chunks placed, for the next ones (see _submit_chunk)
+        self._chunk_buffers: list[bytearray] = []
 
     # -- work done on the pool
 
@@ -721,6 +723,10 @@ class DataWriter:
     def _submit_chunk(self, chunk: _Chunk) -> None:
         if chunk.forked is not None:
             return
+        # Buffers are reused: a new one per chunk (256 KiB and more) was
+        # zero-filled and page-faulted in each time, on the pool threads.
+        free = self._chunk_buffers
+        chunk.buf = free.pop() if free else bytearray(_CHUNK_BYTES + self.block_size)
         if self.pool is not None and chunk.host_only:
             chunk.future = self.pool.submit(chunk.read)
         else:
@@ -732,7 +738,7 @@ class DataWriter:
             view, digests = chunk.forked.take(chunk)
         else:
             digests = chunk.digests if chunk.future is None else chunk.future.result()
-            view = memoryview(chunk.buf)  # type: ignore[arg-type]
+            view = memoryview(chunk.buf)[:chunk.size]  # type: ignore[arg-type]
         block_size = self.block_size
         dups = self._dups_small if self.dedup else None
         buf, fill = self._frag_buf, self._frag_fill
@@ -781,6 +787,8 @@ class DataWriter:
         view.release()
         if chunk.forked is not None:
             chunk.forked.release()
+        else:
+            self._chunk_buffers.append(chunk.buf)  # type: ignore[arg-type]
         chunk.buf = None
         chunk.recs = chunk.sources = []  # type: ignore[assignment]
 
