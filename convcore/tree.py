@@ -76,18 +76,19 @@ KIND_BY_IFMT: dict[int, Kind] = {kind._value_: kind for kind in Kind}
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-def open_noatime(path: str, flags: int = os.O_RDONLY) -> int:
+def open_noatime(path: str, flags: int = os.O_RDONLY, *, dir_fd: int | None = None) -> int:
     """Open a source file or directory for reading without moving its atime
     where the kernel lets us (its owner, or root): a second conversion of
     the same tree then sees the same times, so gives the same bytes, and
-    the host writes no inode per file read. Elsewhere a plain open."""
+    the host writes no inode per file read. Elsewhere a plain open.
+    ``dir_fd``: ``path`` is relative to that directory (see os.open)."""
     flags |= os.O_CLOEXEC
     if _NOATIME:
         try:
-            return os.open(path, flags | _NOATIME)
+            return os.open(path, flags | _NOATIME, dir_fd=dir_fd)
         except PermissionError:
             pass
-    return os.open(path, flags)
+    return os.open(path, flags, dir_fd=dir_fd)
 
 
 class Data:

@@ -194,36 +194,63 @@ class _Chunk:
             def digest(part: memoryview) -> bytes:
                 return hashlib.sha256(part).digest()
         preadv, close = os.preadv, os.close
+        # Each file is opened by its name in its directory, which stays open
+        # while its files follow one another (as in tree order): an open by
+        # full path walked every component again (open, read and close of
+        # 50k of the 100k tree's files: 0.18-0.21 s of system time by path,
+        # 0.16-0.17 s by name).
+        folder, folder_fd = None, -1
         pos = 0
-        for rec, (data, path) in zip(self.recs, self.sources, strict=True):
-            size = rec.size
-            part = view[pos:pos + size]
-            if isinstance(data, FileRangeData):
-                host = data.path
-                try:
-                    fd = open_noatime(host)
-                except OSError as e:
-                    raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
-                try:
-                    got = preadv(fd, [part], data.offset)
-                    if got < size:  # rare: an interrupted read, or a shrunk file
-                        got += _read_host(fd, data.offset + got, part[got:])
-                except OSError as e:
-                    raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
-                finally:
-                    close(fd)
-            else:
-                got = 0
-                while got < size:
-                    more = data.readinto(got, part[got:])
-                    if more <= 0:
-                        break
-                    got += more
-            if got != size:
-                raise CorruptError(f"{path}: file data ended before its size of {size} bytes")
-            digests.append(digest(part))
-            pos += size
+        try:
+            for rec, (data, path) in zip(self.recs, self.sources, strict=True):
+                size = rec.size
+                part = view[pos:pos + size]
+                if isinstance(data, FileRangeData):
+                    host = data.path
+                    head, slash, name = host.rpartition("/")
+                    if head != folder:
+                        if folder_fd >= 0:
+                            close(folder_fd)
+                        folder, folder_fd = head, _open_folder(head or slash or ".")
+                    try:
+                        fd = (open_noatime(name, dir_fd=folder_fd) if folder_fd >= 0
+                              else open_noatime(host))
+                    except OSError as e:
+                        raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
+                    try:
+                        got = preadv(fd, [part], data.offset)
+                        if got < size:  # rare: an interrupted read, or a shrunk file
+                            got += _read_host(fd, data.offset + got, part[got:])
+                    except OSError as e:
+                        raise CorruptError(f"{path}: cannot read {host}: {e.strerror}") from None
+                    finally:
+                        close(fd)
+                else:
+                    got = 0
+                    while got < size:
+                        more = data.readinto(got, part[got:])
+                        if more <= 0:
+                            break
+                        got += more
+                if got != size:
+                    raise CorruptError(f"{path}: file data ended before its size of {size} "
+                                       "bytes")
+                digests.append(digest(part))
+                pos += size
+        finally:
+            if folder_fd >= 0:
+                close(folder_fd)
         return digests
+
+
+def _open_folder(path: str) -> int:
+    """A descriptor of the directory ``path`` to open files in (O_PATH: no
+    read permission needed), or -1 (the caller opens by full path, which
+    reports the error an open would)."""
+    try:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 # Forked readers: one is worth a fork (a few ms, and copy-on-write faults
