@@ -1101,6 +1101,43 @@ def test_a_file_gone_before_the_child_reads_it_is_one_error(tmp_path, monkeypatc
     assert not child_pids()
 
 
+@pytest.mark.parametrize("gone", ["a/f02", "lib.d/f09"])
+@needs_fork
+def test_a_file_gone_around_a_handover_is_one_error(tmp_path, monkeypatch, gone):
+    """A file the scan found and that is then removed: one fed to the child
+    before the split (read by the child, or by the encoder if it was in a
+    chunk handed over unread) or one found after the split (read by the
+    encoder's writer after it resumed): one line, nothing left behind."""
+    monkeypatch.setattr(dirfmt, "_FEED_BATCH", 5)
+    monkeypatch.setattr(dirfmt, "_FORK_AFTER", 20)
+    monkeypatch.setattr(datawriter, "_CHUNK_FILES", 3)
+    monkeypatch.setattr(early, "_SUSPEND_AT_ONCE", False)
+    src = tmp_path / "src"
+    early_tree(src)
+    if gone.startswith("a/"):
+        real_add = early.EarlyData.add
+
+        def add(self, files):
+            if any(path == gone for path, _ in files):
+                (src / gone).unlink()
+            real_add(self, files)
+        monkeypatch.setattr(early.EarlyData, "add", add)
+    else:
+        real_resume = datawriter.DataWriter.resume
+
+        def resume(self, state, files):
+            (src / gone).unlink()
+            real_resume(self, state, files)
+        monkeypatch.setattr(datawriter.DataWriter, "resume", resume)
+    out = tmp_path / "out.sqfs"
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(CorruptError, match=f"{gone}: cannot read .*{gone}: No such file"):
+        convert_dir(src, out, comp="lz4", block_size="4K")
+    assert not out.exists() and os.listdir(tmp_path) == ["src"]
+    assert not child_pids()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 @needs_fork
 def test_a_scan_that_fails_leaves_no_child_and_no_output(tmp_path, monkeypatch):
     src = tmp_path / "src"
