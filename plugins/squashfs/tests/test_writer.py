@@ -993,6 +993,15 @@ def without_feed(monkeypatch, src, out, **opts) -> str:
         return convert_dir(src, out, **opts)
 
 
+def assert_nothing_left(tmp_path, out, fds: int) -> None:
+    """After a failed conversion of tmp_path/src into ``out``: no output, no
+    scratch file, no child process, no descriptor beyond the ``fds`` open
+    before."""
+    assert not out.exists() and os.listdir(tmp_path) == ["src"]
+    assert not child_pids()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def same_bytes(a: str, b: str) -> bool:
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return fa.read() == fb.read()
@@ -1133,9 +1142,7 @@ def test_a_file_gone_around_a_handover_is_one_error(tmp_path, monkeypatch, gone)
     fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(CorruptError, match=f"{gone}: cannot read .*{gone}: No such file"):
         convert_dir(src, out, comp="lz4", block_size="4K")
-    assert not out.exists() and os.listdir(tmp_path) == ["src"]
-    assert not child_pids()
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert_nothing_left(tmp_path, out, fds)
 
 
 @needs_fork
@@ -1154,9 +1161,7 @@ def test_a_scan_that_fails_leaves_no_child_and_no_output(tmp_path, monkeypatch):
     out = tmp_path / "out.sqfs"
     with pytest.raises(ConvError, match="lib.d: cannot list directory"):
         convert_dir(src, out, comp="lz4")
-    assert not out.exists() and os.listdir(tmp_path) == ["src"]
-    assert not child_pids()
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert_nothing_left(tmp_path, out, fds)
 
 
 @needs_fork
