@@ -408,7 +408,7 @@ class ImageWriter:
                 # this writer goes on (the source stopped feeding it)
                 done = len(empty) + handover.count
                 writer.resume(handover.state, files[len(empty):done])  # type: ignore[arg-type]
-                files = files[:len(empty)] + files[done:]
+                files = files[done:]  # the empty files' records are set above
             writer.add_files(files, idle)
             end = writer.finish()
         finally:

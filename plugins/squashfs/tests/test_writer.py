@@ -1002,6 +1002,16 @@ def assert_nothing_left(tmp_path, out, fds: int) -> None:
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
+def assert_as_without_feed(monkeypatch, tmp_path, fed: str, **opts) -> None:
+    """``fed``, made from tmp_path/src with a feed, is byte for byte the image
+    made without one, unsquashfs accepts it and extracts the source tree."""
+    src = str(tmp_path / "src")
+    plain = without_feed(monkeypatch, src, tmp_path / "plain.sqfs", **opts)
+    assert same_bytes(fed, plain)
+    judge(fed)
+    assert_same_tree(src, extract(fed, str(tmp_path / "out")))
+
+
 def same_bytes(a: str, b: str) -> bool:
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return fa.read() == fb.read()
@@ -1020,11 +1030,8 @@ def test_data_written_during_the_scan_gives_the_same_image(tmp_path, monkeypatch
     indexes = early_log.batches[0]
     assert len(indexes) > 1 and indexes == sorted(indexes) and indexes[0] == 0
     assert not child_pids()
-    plain = without_feed(monkeypatch, src, tmp_path / "plain.sqfs", comp="lz4",
-                         block_size="4K", threads=threads)
-    assert same_bytes(fed, plain)
-    judge(fed)
-    assert_same_tree(str(src), extract(fed, str(tmp_path / "out")))
+    assert_as_without_feed(monkeypatch, tmp_path, fed, comp="lz4", block_size="4K",
+                           threads=threads)
 
 
 @pytest.mark.parametrize("at_once", [False, True])
@@ -1060,11 +1067,8 @@ def test_a_scan_that_splits_hands_the_data_over_and_the_image_is_the_same(
     if split_after >= 20 and not at_once:
         assert handed[0]["fragment"] and handed[0]["dups_small"] and len(handed[0]["chunks"]) > 1
     assert not child_pids()
-    plain = without_feed(monkeypatch, src, tmp_path / "plain.sqfs", comp="gzip",
-                         block_size="4K", threads=threads)
-    assert same_bytes(fed, plain)
-    judge(fed)
-    assert_same_tree(str(src), extract(fed, str(tmp_path / "out")))
+    assert_as_without_feed(monkeypatch, tmp_path, fed, comp="gzip", block_size="4K",
+                           threads=threads)
 
 
 @needs_fork
